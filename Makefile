@@ -1,0 +1,38 @@
+# The project's commands. Each target sets itself up: `.venv` at the repo root is created when
+# missing or built with another Python, and (re)installed when pyproject.toml or
+# constraints.txt changed since the last install; otherwise nothing is installed again.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export HYDRA_FULL_ERROR ?= 1
+
+.PHONY: setup test lint demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP):
+	@if ! $(PY) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then \
+		echo ">> creating $(VENV) with $(PYTHON)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); \
+	fi
+	@echo ">> installing the project and its dev extra into $(VENV) (pinned by constraints.txt)"
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	@rm -f $(VENV)/.installed-*; touch $@
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+demo: setup
+	$(PY) benchmarks/objectives.py --quick
+
+bench: setup
+	$(PY) benchmarks/objectives.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
