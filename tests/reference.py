@@ -114,7 +114,7 @@ def cacr_moco_v3(q, k, temperature, cost="rbf", full_mode=False):
                     a = sqd(qn[j][n], kn[i][n])
                     r = 2 * T * torch.log(sum(torch.exp(-sqd(qn[j][n], kn[i][m]) / (2 * T))
                                               for m in range(B)))
-                    assert abs(float(a + r - 2 * T * ce)) < 1e-9  # the spec's identity
+                    assert abs(float((a + r - 2 * T * ce).detach())) < 1e-9  # the spec's identity
                 else:
                     costs = [1 - dot(qn[j][n], kn[i][m]) for m in range(B)]
                     a = costs[n]

@@ -1,0 +1,33 @@
+"""Worker of the 2-process gloo test (importable by spawned processes, hence not a test module)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+import objectives
+
+
+def local_part(x: torch.Tensor, batch_dim: int | None, rank: int, world: int) -> torch.Tensor:
+    """This rank's equal share of ``x`` along ``batch_dim`` (``None``: shared, e.g. a queue)."""
+    if batch_dim is None:
+        return x.clone()
+    return x.chunk(world, dim=batch_dim)[rank].clone()
+
+
+def run(rank: int, world: int, init_file: str, cases_path: str, out_pattern: str) -> None:
+    """Compute every case's loss with ``gather=True`` on this rank's share and save loss and grads."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        results = []
+        for case in torch.load(cases_path):
+            inputs = [
+                local_part(x, d, rank, world).requires_grad_(d is not None)
+                for x, d in zip(case["inputs"], case["batch_dims"], strict=True)
+            ]
+            out = objectives.build(case["name"], gather=True, **case["hp"])(*inputs)
+            out.loss.backward()
+            results.append({"loss": out.loss.detach(), "grads": [x.grad for x in inputs]})
+        torch.save(results, out_pattern.format(rank=rank))
+    finally:
+        dist.destroy_process_group()
