@@ -182,6 +182,27 @@ def sq_dist_from_dot(dot: Tensor) -> Tensor:
     return 2.0 - 2.0 * dot
 
 
+@torch.no_grad()
+def softmax_against_rows(scaled: Tensor, rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Softmax statistics of the logits ``A = scaled @ rows.T`` without keeping ``A``.
+
+    Args:
+        scaled: ``[..., D]`` queries, already multiplied by the logit scale.
+        rows: ``[Q, D]`` keys (a queue).
+
+    Returns:
+        ``logsumexp(A)`` and ``max(A)`` (``[...]`` each) and ``softmax(A) @ rows`` (``[..., D]``).
+        No gradient flows; the ``[..., Q]`` buffer is reused in place.
+
+    """
+    logits = scaled @ rows.t()
+    top = logits.amax(-1, keepdim=True)
+    weights = logits.sub_(top).exp_()
+    total = weights.sum(-1, keepdim=True)
+    mixed = (weights @ rows).div_(total)
+    return (top + total.log()).squeeze(-1), top.squeeze(-1), mixed
+
+
 def entropy_and_max(weights: Tensor) -> tuple[Tensor, Tensor]:
     """Mean entropy (nats) and mean largest weight of the distributions in the last dimension."""
     return torch.special.entr(weights).sum(-1).mean(), weights.amax(-1).mean()

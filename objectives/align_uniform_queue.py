@@ -1,7 +1,7 @@
 r"""Alignment + uniformity against a MoCo queue (the moco_align_uniform AU-CL baseline).
 
 Inputs: queries ``q`` ``[B, D]``, keys ``k`` ``[B, D]`` and the queue ``[Q, D]`` of unit keys.
-``q`` and ``k`` are L2-normalised inside unless ``normalize=False``; the queue is used as given.
+``q`` and ``k`` are L2-normalised inside unless ``normalize=False``; the queue is used as given and is a constant (no gradient).
 All negatives are pooled in one log-mean-exp::
 
     align   = mean_b (2 - 2 q_b . k_b)^(align_alpha / 2)
@@ -79,7 +79,7 @@ class AlignUniformQueue(nn.Module):
         """Compute the loss; terms ``align`` and ``uniform``."""
         check_query_key_queue(q, k, queue, min_batch=2 if self.intra_batch else 1)
         with full_precision(q.device):
-            q, k, queue = prepare((q, self.normalize), (k, self.normalize), (queue, False))
+            q, k, queue = prepare((q, self.normalize), (k, self.normalize), (queue.detach(), False))
             align_d = sq_dist_from_dot((q * k).sum(-1)).clamp_min(0.0)
             align = align_d.pow(self.align_alpha / 2).mean()
             qg, _ = maybe_gather(q, self.gather, dim=0)

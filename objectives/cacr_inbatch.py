@@ -30,6 +30,8 @@ then equals the single-process loss on the global batch.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -50,16 +52,17 @@ from objectives.distributed import maybe_gather
 WEIGHTINGS = ("full", "uniform_attraction", "uniform_repulsion", "uniform")
 
 
-def other_views(V: int, device: torch.device) -> Tensor:
-    """``[V, V - 1]`` index of the views other than ``v`` for every ``v`` (in increasing order)."""
-    idx = torch.arange(V, device=device).expand(V, V)
-    keep = ~torch.eye(V, dtype=torch.bool, device=device)
-    return idx[keep].view(V, V - 1)
-
-
 def row_sq_dist(a: Tensor, b: Tensor, dots: Tensor) -> Tensor:
     """``||a_i - b_j||^2`` from row norms and the given dot products (works for any norms)."""
     return (a * a).sum(-1).unsqueeze(-1) + (b * b).sum(-1).unsqueeze(-2) - 2.0 * dots
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(V: int, B: int, N: int, offset: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Index tensors and masks that depend only on the shapes (built once per shape)."""
+    same_view = torch.eye(V, dtype=torch.bool, device=device).unsqueeze(-1)  # [V, V, 1]
+    xs, ys = torch.triu_indices(V, V, 1, device=device)
+    return same_view, xs, ys, eye_mask(B, N, offset, device)
 
 
 class CACRInBatch(nn.Module):
@@ -106,39 +109,36 @@ class CACRInBatch(nn.Module):
             f"weighting={self.weighting!r}, tau_plus={self.tau_plus}, gather={self.gather}"
         )
 
-    def _attraction(self, z: Tensor) -> tuple[Tensor, Tensor]:
-        """Weights ``[B, V, K]`` and distances ``[B, V, K]`` of every anchor to its positives."""
-        V = z.shape[0]
-        dots = torch.einsum("vbd,ubd->bvu", z, z)
-        sq = (z * z).sum(-1).t()  # [B, V]
-        dist = sq.unsqueeze(-1) + sq.unsqueeze(-2) - 2.0 * dots  # [B, V, V]
-        others = other_views(V, z.device)
-        dist = dist[:, torch.arange(V, device=z.device).unsqueeze(-1), others]  # [B, V, K]
-        if self.weighting in ("uniform_attraction", "uniform"):
-            weights = torch.full_like(dist, 1.0 / (V - 1))
-        else:
-            weights = torch.softmax(self.t_pos * dist, dim=-1)
-        return weights, dist
+    def _pieces(self, z: Tensor) -> dict[str, Tensor]:
+        """Distances and weights of every anchor, from one Gram matrix of all views.
 
-    def _repulsion(self, z: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Weights and distances ``[P, B, N]`` of each pair's anchors to all candidates.
-
-        Also returns the mask of each anchor's own column and its positive distance ``[P, B]``.
+        Keys: ``pos_d``/``w_pos`` ``[V, V, B]`` (anchor view, positive view, image; zero weight on
+        the anchor's own view), ``neg_d`` ``[P, B, N]`` (view pair, anchor, candidate), ``w_neg``
+        (same shape, zero on the anchor's own image), ``d_pos`` ``[P, B]``.
         """
         V, B, _ = z.shape
         zg, offset = maybe_gather(z, self.gather, dim=1)
-        xs, ys = torch.triu_indices(V, V, 1, device=z.device)
-        anchors, cands = z[xs], zg[ys]  # [P, B, D], [P, N, D]
-        dist = row_sq_dist(anchors, cands, torch.bmm(anchors, cands.transpose(1, 2)))
-        N = cands.shape[1]
-        own = eye_mask(B, N, offset, z.device)
-        if self.weighting in ("uniform_repulsion", "uniform"):
-            weights = (~own).to(dist.dtype).div(N - 1).expand_as(dist)
+        N = zg.shape[1]
+        same_view, xs, ys, own = _layout(V, B, N, offset, z.device)
+        anchors, cands = z.index_select(0, xs), zg.index_select(0, ys)  # [P, B, D], [P, N, D]
+        pos_dots = (z.unsqueeze(1) * z.unsqueeze(0)).sum(-1)  # [V, V, B]; tiny, no bmm
+        neg_dots = torch.bmm(anchors, cands.transpose(1, 2))  # [P, B, N]: only the pairs x < y
+        if self.normalize:  # unit rows: ||a - b||^2 = 2 - 2 a.b
+            pos_d, neg_d = torch.rsub(pos_dots, 2.0, alpha=2.0), torch.rsub(neg_dots, 2.0, alpha=2.0)
         else:
-            logits = (-self.t_neg * dist).masked_fill(own, float("-inf"))
-            weights = torch.softmax(logits, dim=-1)
-        d_pos = dist[:, own]  # [P, B]: d(z_x[i], z_y[i])
-        return weights, dist, own, d_pos
+            sq = (z * z).sum(-1)  # [V, B]
+            pos_d = sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * pos_dots
+            neg_d = row_sq_dist(anchors, cands, neg_dots)
+        if self.weighting in ("uniform_attraction", "uniform"):
+            w_pos = (~same_view).to(pos_d.dtype).div(V - 1).expand_as(pos_d)
+        else:
+            w_pos = torch.softmax((self.t_pos * pos_d).masked_fill(same_view, float("-inf")), dim=1)
+        pieces = {"pos_d": pos_d, "w_pos": w_pos, "neg_d": neg_d, "d_pos": pos_d[xs, ys]}
+        if self.weighting in ("uniform_repulsion", "uniform"):
+            pieces["w_neg"] = (~own).to(neg_d.dtype).div(N - 1).expand_as(neg_d)
+        else:
+            pieces["w_neg"] = torch.softmax((-self.t_neg * neg_d).masked_fill(own, float("-inf")), -1)
+        return pieces
 
     def forward(self, views: Tensor) -> LossOutput:
         """Compute the loss.
@@ -152,13 +152,12 @@ class CACRInBatch(nn.Module):
         """
         check_views("views", views)
         with full_precision(views.device):
-            z = working(views, self.normalize)
-            w_pos, d_att = self._attraction(z)
-            attraction = self.alpha * (w_pos * d_att).sum(-1).mean()
-            w_neg, d_rep, own, d_pos = self._repulsion(z)
-            per_anchor = -self.beta * (w_neg * d_rep.masked_fill(own, 0.0)).sum(-1)  # [P, B]
+            p = self._pieces(working(views, self.normalize))
+            # the anchor's own view / own image carries zero weight, so full sums are exact
+            attraction = self.alpha * (p["w_pos"] * p["pos_d"]).sum(1).mean()
+            per_anchor = -self.beta * (p["w_neg"] * p["neg_d"]).sum(-1)  # [P, B]
             if self.tau_plus is not None:
-                per_anchor = (per_anchor - self.tau_plus * d_pos) / (1.0 - self.tau_plus)
+                per_anchor = (per_anchor - self.tau_plus * p["d_pos"]) / (1.0 - self.tau_plus)
             repulsion = per_anchor.mean()
         return LossOutput(attraction + repulsion, {"attraction": attraction, "repulsion": repulsion})
 
@@ -170,11 +169,9 @@ class CACRInBatch(nn.Module):
         """
         check_views("views", views)
         with full_precision(views.device):
-            z = working(views, self.normalize)
-            w_pos, _ = self._attraction(z)
-            w_neg = self._repulsion(z)[0]
-            a_ent, a_max = entropy_and_max(w_pos)
-            r_ent, r_max = entropy_and_max(w_neg)
+            p = self._pieces(working(views, self.normalize))
+            a_ent, a_max = entropy_and_max(p["w_pos"].transpose(1, 2))  # over positives
+            r_ent, r_max = entropy_and_max(p["w_neg"])
         return {
             "attraction_entropy": a_ent,
             "attraction_max_weight": a_max,

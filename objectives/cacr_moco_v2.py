@@ -2,7 +2,8 @@ r"""CACR with a MoCo-v2 queue (the official ImageNet-100 / WebVision / ImageNet-
 
 Inputs: queries ``q`` ``[V, B, D]`` (with gradient), momentum keys ``k`` ``[V, B, D]`` and the
 queue ``[Q, D]`` of unit keys, one per row. ``q`` and ``k`` are L2-normalised inside unless
-``normalize=False``; the queue is used as given (it holds normalised keys already).
+``normalize=False``; the queue is used as given (it holds normalised keys already) and is a
+constant: it gets no gradient.
 
 For every view ``v`` (``V = K + 1``):
 
@@ -43,9 +44,9 @@ from objectives._common import (
     eye_mask,
     full_precision,
     prepare,
-    sq_dist_from_dot,
+    softmax_against_rows,
 )
-from objectives.cacr_inbatch import other_views, row_sq_dist
+from objectives.cacr_inbatch import row_sq_dist
 from objectives.distributed import maybe_gather
 
 
@@ -101,46 +102,43 @@ class CACRMoCoV2(nn.Module):
         check_same_dim("q", q, "queue", queue)
 
     def _attraction(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
-        """Detached weights and costs ``[B, V, K]`` of each query to the other views' keys."""
-        V = q.shape[0]
-        dots = torch.einsum("vbd,ubd->bvu", q, k)
-        cost = row_sq_dist(q.transpose(0, 1), k.transpose(0, 1), dots)  # [B, V(q), V(k)]
-        others = other_views(V, q.device)
-        cost = cost[:, torch.arange(V, device=q.device).unsqueeze(-1), others]
-        weights = torch.softmax(self.t_pos * cost.detach(), dim=-1)
-        return weights, cost
+        """Detached weights and costs ``[V, V, B]`` (query view, key view, image).
 
-    def _queue_dist(self, q: Tensor, queue: Tensor) -> Tensor:
-        """``[V, B, Q]`` (or ``[1, B, Q]`` with the official cache) queue distances."""
-        source = q[:1] if self.official_queue_cache else q
-        return sq_dist_from_dot(torch.matmul(source, queue.t()))
-
-    def _intra_dist(self, q: Tensor) -> tuple[Tensor, Tensor]:
-        """``[V, B, N]`` distances to the (gathered) same-view queries and the own-row mask."""
-        qg, offset = maybe_gather(q, self.gather, dim=1)
-        dist = row_sq_dist(q, qg, torch.bmm(q, qg.transpose(1, 2)))
-        return dist, eye_mask(q.shape[1], qg.shape[1], offset, q.device)
-
-    def _repulsion_parts(
-        self, q: Tensor, queue: Tensor
-    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor]:
-        """Queue distances, their log-weights, intra distances, their log-weights, the normaliser.
-
-        The softmax runs over the queue and intra-batch parts together without concatenating
-        them: each part's log-weights are ``logits - logsumexp(all logits)``.
+        The query's own view gets weight zero, so sums over the key views are exact.
         """
-        d_q = self._queue_dist(q, queue)
-        logits_q = -self.t_neg * d_q.detach()
-        lse = torch.logsumexp(logits_q, dim=-1)
-        d_i = logits_i = None
-        if self.intra_batch:
-            d_i, own = self._intra_dist(q)
-            logits_i = (-self.t_neg * d_i).masked_fill(own, float("-inf"))
-            d_i = d_i.masked_fill(own, 0.0)
-            lse = torch.logaddexp(lse, torch.logsumexp(logits_i, dim=-1))
-        lse = lse.unsqueeze(-1)
-        log_w_i = None if logits_i is None else logits_i - lse
-        return d_q, logits_q - lse, d_i, log_w_i, lse
+        V = q.shape[0]
+        cost = (q.unsqueeze(1) - k.unsqueeze(0)).pow(2).sum(-1)  # ||q_v[b] - k_u[b]||^2
+        same_view = torch.eye(V, dtype=torch.bool, device=q.device).unsqueeze(-1)
+        logits = (self.t_pos * cost.detach()).masked_fill(same_view, float("-inf"))
+        return torch.softmax(logits, dim=1), cost
+
+    def _repulsion(self, q: Tensor, queue: Tensor) -> dict[str, Tensor]:
+        """Per-anchor repulsion pieces, ``[V, B]`` each (``[1, B]`` for cached queue parts).
+
+        The queue weights are detached, so the queue part of ``sum_m w_m d_m`` needs only
+        ``p = softmax(2 t_neg q . queue)`` and ``r = p @ queue``: with ``lse_q`` the log of the
+        queue part's softmax normaliser and ``L`` the joint one (queue + intra-batch),
+        ``sum_m w_m dQ_m = exp(lse_q - L) * (2 - 2 q . r)``, whose gradient is
+        ``-2 exp(lse_q - L) r`` plus the path through ``L``. Nothing of size ``[B, Q]`` is
+        kept for the backward pass.
+        """
+        source = q[:1] if self.official_queue_cache else q
+        lse_a, top_a, r = softmax_against_rows((2.0 * self.t_neg) * source.detach(), queue)
+        lse_q = lse_a - 2.0 * self.t_neg  # log sum_m exp(-t_neg * dQ_m)
+        s_bar = (source * r).sum(-1)  # sum_m p_m q . queue_m, gradient to q only
+        parts = {"lse_a": lse_a, "top_a": top_a, "s_bar": s_bar, "queue_cost": 2.0 - 2.0 * s_bar}
+        if not self.intra_batch:
+            parts["mass_q"] = torch.ones_like(lse_q)
+            return parts
+        qg, offset = maybe_gather(q, self.gather, dim=1)
+        d_i = row_sq_dist(q, qg, torch.bmm(q, qg.transpose(1, 2)))
+        own = eye_mask(q.shape[1], qg.shape[1], offset, q.device)
+        logits_i = (-self.t_neg * d_i).masked_fill(own, float("-inf"))
+        joint = torch.logaddexp(lse_q, torch.logsumexp(logits_i, dim=-1))  # [V, B]
+        parts["mass_q"] = torch.exp(lse_q - joint)
+        parts["w_i"] = torch.exp(logits_i - joint.unsqueeze(-1))
+        parts["intra_cost"] = (parts["w_i"] * d_i.masked_fill(own, 0.0)).sum(-1)
+        return parts
 
     def forward(self, q: Tensor, k: Tensor, queue: Tensor) -> LossOutput:
         """Compute the loss.
@@ -148,7 +146,7 @@ class CACRMoCoV2(nn.Module):
         Args:
             q: ``[V, B, D]`` queries (gradient).
             k: ``[V, B, D]`` momentum keys.
-            queue: ``[Q, D]`` unit keys, ``Q >= 1``.
+            queue: ``[Q, D]`` unit keys, ``Q >= 1``; a constant (it gets no gradient).
 
         Returns:
             ``LossOutput`` with terms ``attraction`` and ``repulsion`` (both already divided by V).
@@ -156,32 +154,42 @@ class CACRMoCoV2(nn.Module):
         """
         self._check(q, k, queue)
         with full_precision(q.device):
-            q, k, queue = prepare((q, self.normalize), (k, self.normalize), (queue, False))
+            q, k, queue = prepare((q, self.normalize), (k, self.normalize), (queue.detach(), False))
             w_pos, cost = self._attraction(q, k)
-            attraction = self.alpha * (w_pos * cost).sum(-1).mean()
-            d_q, log_w_q, d_i, log_w_i, _ = self._repulsion_parts(q, queue)
-            pushed = (log_w_q.exp() * d_q).sum(-1)  # [V or 1, B]
-            if d_i is not None:
-                pushed = pushed + (log_w_i.exp() * d_i).sum(-1)
+            attraction = self.alpha * (w_pos * cost).sum(1).mean()
+            parts = self._repulsion(q, queue)
+            pushed = parts["mass_q"] * parts["queue_cost"]  # [V, B] (cache: broadcast of [1, B])
+            if self.intra_batch:
+                pushed = pushed + parts["intra_cost"]
             # mean over views; with the official cache and no intra part all views are equal
             repulsion = -self.beta * pushed.mean()
         return LossOutput(attraction + repulsion, {"attraction": attraction, "repulsion": repulsion})
 
     @torch.no_grad()
     def diagnostics(self, q: Tensor, k: Tensor, queue: Tensor) -> dict[str, Tensor]:
-        """Mean entropy and mean largest value of the attraction and repulsion weights."""
+        """Mean entropy and mean largest value of the attraction and repulsion weights.
+
+        The repulsion distribution runs over the queue and the intra-batch negatives together;
+        its entropy is assembled from the queue softmax's ``logsumexp`` and ``sum p A`` without
+        materialising the ``[B, Q]`` weights.
+        """
         self._check(q, k, queue)
         with full_precision(q.device):
             q, k, queue = prepare((q, self.normalize), (k, self.normalize), (queue, False))
             w_pos, _ = self._attraction(q, k)
-            _, log_w_q, _, log_w_i, _ = self._repulsion_parts(q, queue)
-            w_q = log_w_q.exp().expand(q.shape[0], -1, -1)
-            w_neg = w_q if log_w_i is None else torch.cat([w_q, log_w_i.exp()], dim=-1)
-            a_ent, a_max = entropy_and_max(w_pos)
-            r_ent, r_max = entropy_and_max(w_neg)
+            parts = self._repulsion(q, queue)
+            mass = parts["mass_q"]
+            entropy_p = parts["lse_a"] - 2.0 * self.t_neg * parts["s_bar"]  # H(softmax(A))
+            entropy = mass * (entropy_p - torch.log(mass))
+            top = mass * torch.exp(parts["top_a"] - parts["lse_a"])
+            if self.intra_batch:
+                entropy = entropy + torch.special.entr(parts["w_i"]).sum(-1)
+                top = torch.maximum(top, parts["w_i"].amax(-1))
+            shape = (q.shape[0], q.shape[1])
+            a_ent, a_max = entropy_and_max(w_pos.transpose(1, 2))
         return {
             "attraction_entropy": a_ent,
             "attraction_max_weight": a_max,
-            "repulsion_entropy": r_ent,
-            "repulsion_max_weight": r_max,
+            "repulsion_entropy": entropy.expand(shape).mean(),
+            "repulsion_max_weight": top.expand(shape).mean(),
         }

@@ -2,7 +2,7 @@ r"""InfoNCE against a MoCo queue (the MoCo v1/v2 CL baseline).
 
 Inputs: queries ``q`` ``[B, D]``, keys ``k`` ``[B, D]`` (one positive per query) and the queue
 ``[Q, D]`` of unit keys, one per row. ``q`` and ``k`` are L2-normalised inside unless
-``normalize=False``; the queue is used as given::
+``normalize=False``; the queue is used as given and is a constant (no gradient)::
 
     logits[b] = [q_b . k_b, q_b . queue_1, ..., q_b . queue_Q] / tau
     L = mean_b CE(logits[b], label 0) = mean_b ( logsumexp(logits[b]) - logits[b, 0] )
@@ -47,7 +47,7 @@ class InfoNCEQueue(nn.Module):
         """Compute the loss from ``q [B, D]``, ``k [B, D]`` and ``queue [Q, D]``."""
         check_query_key_queue(q, k, queue, min_batch=1)
         with full_precision(q.device):
-            q, k, queue = prepare((q, self.normalize), (k, self.normalize), (queue, False))
+            q, k, queue = prepare((q, self.normalize), (k, self.normalize), (queue.detach(), False))
             pos = (q * k).sum(-1) / self.tau
             lse = torch.logaddexp(pos, torch.logsumexp(q @ queue.t() / self.tau, dim=-1))
             loss = (lse - pos).mean()

@@ -18,9 +18,9 @@ def make_inputs(name: str, *, V: int = 3, B: int = 5, D: int = 6, Q: int = 7, se
     def rand(*shape: int) -> Tensor:
         return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype).requires_grad_(grad)
 
-    def queue() -> Tensor:
+    def queue() -> Tensor:  # a buffer of momentum keys: never requires grad
         x = torch.randn(Q, D, generator=g, dtype=torch.float64)
-        return (x / x.norm(dim=-1, keepdim=True)).to(dtype).requires_grad_(grad)
+        return (x / x.norm(dim=-1, keepdim=True)).to(dtype)
 
     if name in TWO_VIEW:
         return [rand(2, B, D)]
