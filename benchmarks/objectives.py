@@ -112,7 +112,10 @@ def main() -> None:
             r["target"] = "ratio <= 1.3" if r["K"] == 1 else "ratio_per_view <= 1.3"
             r["meets_target"] = (r["ratio"] if r["K"] == 1 else r["ratio_per_view"]) <= TARGET
 
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+    if device.type == "cuda":
+        device_name = torch.cuda.get_device_name(device)
+    else:
+        device_name = platform.processor() or platform.machine()
     print(f"\nforward+backward, median of {reps}, device {device.type} ({device_name}), "
           f"torch threads {torch.get_num_threads()}")
     print(f"in-batch: B=128 D=128 vs infonce_inbatch; queue: B=256 Q={Q} D=128 vs infonce_queue\n")

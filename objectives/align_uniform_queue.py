@@ -1,7 +1,8 @@
 r"""Alignment + uniformity against a MoCo queue (the moco_align_uniform AU-CL baseline).
 
 Inputs: queries ``q`` ``[B, D]``, keys ``k`` ``[B, D]`` and the queue ``[Q, D]`` of unit keys.
-``q`` and ``k`` are L2-normalised inside unless ``normalize=False``; the queue is used as given and is a constant (no gradient).
+``q`` and ``k`` are L2-normalised inside unless ``normalize=False``; the queue is used as given
+and is a constant (no gradient).
 All negatives are pooled in one log-mean-exp::
 
     align   = mean_b (2 - 2 q_b . k_b)^(align_alpha / 2)

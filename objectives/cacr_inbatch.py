@@ -62,7 +62,9 @@ def _layout(V: int, B: int, N: int, offset: int, device: torch.device) -> tuple[
     """Index tensors and masks that depend only on the shapes (built once per shape)."""
     same_view = torch.eye(V, dtype=torch.bool, device=device).unsqueeze(-1)  # [V, V, 1]
     xs, ys = torch.triu_indices(V, V, 1, device=device)
-    return same_view, xs, ys, eye_mask(B, N, offset, device)
+    pair_of = torch.full((V, V), len(xs), dtype=torch.long, device=device)  # v == u: padding row
+    pair_of[xs, ys] = pair_of[ys, xs] = torch.arange(len(xs), device=device)
+    return same_view, xs, ys, pair_of.view(-1), eye_mask(B, N, offset, device)
 
 
 class CACRInBatch(nn.Module):
@@ -110,7 +112,7 @@ class CACRInBatch(nn.Module):
         )
 
     def _pieces(self, z: Tensor) -> dict[str, Tensor]:
-        """Distances and weights of every anchor, from one Gram matrix of all views.
+        """Distances and weights of every anchor, from one batched product over the view pairs.
 
         Keys: ``pos_d``/``w_pos`` ``[V, V, B]`` (anchor view, positive view, image; zero weight on
         the anchor's own view), ``neg_d`` ``[P, B, N]`` (view pair, anchor, candidate), ``w_neg``
@@ -119,21 +121,23 @@ class CACRInBatch(nn.Module):
         V, B, _ = z.shape
         zg, offset = maybe_gather(z, self.gather, dim=1)
         N = zg.shape[1]
-        same_view, xs, ys, own = _layout(V, B, N, offset, z.device)
+        same_view, xs, ys, pair_of, own = _layout(V, B, N, offset, z.device)
         anchors, cands = z.index_select(0, xs), zg.index_select(0, ys)  # [P, B, D], [P, N, D]
-        pos_dots = (z.unsqueeze(1) * z.unsqueeze(0)).sum(-1)  # [V, V, B]; tiny, no bmm
         neg_dots = torch.bmm(anchors, cands.transpose(1, 2))  # [P, B, N]: only the pairs x < y
         if self.normalize:  # unit rows: ||a - b||^2 = 2 - 2 a.b
-            pos_d, neg_d = torch.rsub(pos_dots, 2.0, alpha=2.0), torch.rsub(neg_dots, 2.0, alpha=2.0)
+            neg_d = torch.rsub(neg_dots, 2.0, alpha=2.0)
         else:
-            sq = (z * z).sum(-1)  # [V, B]
-            pos_d = sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * pos_dots
             neg_d = row_sq_dist(anchors, cands, neg_dots)
+        # the positives of pair (x, y) sit on the diagonal of its block (at this rank's offset);
+        # spread them to [V, V, B] for both orders, with a zero distance for v == u
+        d_pos = neg_d[..., offset : offset + B].diagonal(dim1=1, dim2=2)  # [P, B]
+        padded = torch.cat([d_pos, d_pos.new_zeros(1, B)])
+        pos_d = padded.index_select(0, pair_of).view(V, V, B)
         if self.weighting in ("uniform_attraction", "uniform"):
             w_pos = (~same_view).to(pos_d.dtype).div(V - 1).expand_as(pos_d)
         else:
             w_pos = torch.softmax((self.t_pos * pos_d).masked_fill(same_view, float("-inf")), dim=1)
-        pieces = {"pos_d": pos_d, "w_pos": w_pos, "neg_d": neg_d, "d_pos": pos_d[xs, ys]}
+        pieces = {"pos_d": pos_d, "w_pos": w_pos, "neg_d": neg_d, "d_pos": d_pos}
         if self.weighting in ("uniform_repulsion", "uniform"):
             pieces["w_neg"] = (~own).to(neg_d.dtype).div(N - 1).expand_as(neg_d)
         else:

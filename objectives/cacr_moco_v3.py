@@ -27,6 +27,8 @@ crops ``p = 1`` and the RBF loss is the MoCo-v3 loss divided by 2.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -44,6 +46,19 @@ from objectives._common import (
 from objectives.distributed import maybe_gather
 
 COSTS = ("rbf", "euclidean")
+
+
+@functools.lru_cache(maxsize=64)
+def _layout(V: int, n_keys: int, B: int, M: int, offset: int, device: torch.device) -> tuple[Tensor, ...]:
+    """Index layout for one shape, built once.
+
+    Returns the key-view and query-view index of every (key i, query j != i) pair, keys
+    outermost, and the ``[B, M]`` mask of each anchor's positive key.
+    """
+    keys = torch.arange(n_keys, device=device).repeat_interleave(V - 1)
+    queries = torch.arange(V, device=device).expand(n_keys, V)
+    queries = queries[queries != torch.arange(n_keys, device=device).unsqueeze(-1)]
+    return keys, queries, eye_mask(B, M, offset, device)
 
 
 class CACRMoCoV3(nn.Module):
@@ -78,25 +93,21 @@ class CACRMoCoV3(nn.Module):
         """Hyper-parameters shown in ``repr``."""
         return f"temperature={self.temperature}, cost={self.cost!r}, full_mode={self.full_mode}"
 
-    def _pairs(self, V: int, device: torch.device) -> tuple[Tensor, Tensor, int]:
-        """Key-view and query-view index of every (key i, query j != i) pair, keys outermost."""
-        n_keys = V if self.full_mode else 2
-        keys = torch.arange(n_keys, device=device).repeat_interleave(V - 1)
-        queries = torch.arange(V, device=device).expand(n_keys, V)
-        queries = queries[queries != torch.arange(n_keys, device=device).unsqueeze(-1)]
-        return keys, queries, n_keys
-
     def _parts(self, q: Tensor, k: Tensor) -> dict[str, Tensor]:
         """Dot products of every pair's queries with the (gathered) keys, and the weights ``p``."""
         V, B, _ = q.shape
-        key_idx, query_idx, n_keys = self._pairs(V, q.device)
+        n_keys = V if self.full_mode else 2
         kg, offset = maybe_gather(k, self.gather, dim=1)
-        queries = q[query_idx]  # [P, B, D]
-        dots = torch.bmm(queries, kg[key_idx].transpose(1, 2))  # [P, B, M]
-        own = eye_mask(B, kg.shape[1], offset, q.device)
-        pos = dots[:, own]  # [P, B]: q_j[n] . k_i[n]
-        d_pos = (queries - k[key_idx]).pow(2).sum(-1)  # [P, B]
-        p = torch.softmax(d_pos.detach().view(n_keys, V - 1, B) / self.temperature, dim=1)
+        key_idx, query_idx, own = _layout(V, n_keys, B, kg.shape[1], offset, q.device)
+        queries = q.index_select(0, query_idx)  # [P, B, D]
+        dots = torch.bmm(queries, kg.index_select(0, key_idx).transpose(1, 2))  # [P, B, M]
+        pos = dots[..., offset : offset + B].diagonal(dim1=1, dim2=2)  # [P, B]: q_j[n] . k_i[n]
+        with torch.no_grad():
+            if self.normalize:  # unit rows
+                d_pos = 2.0 - 2.0 * pos
+            else:
+                d_pos = (queries - k.index_select(0, key_idx)).pow(2).sum(-1)
+            p = torch.softmax(d_pos.view(n_keys, V - 1, B) / self.temperature, dim=1)
         return {"dots": dots, "own": own, "pos": pos, "p": p.view(-1, B), "n_keys": n_keys}
 
     def _terms(self, parts: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
