@@ -1,6 +1,8 @@
 # The project's commands. Each target sets itself up: `.venv` at the repo root is created when
 # missing or built with another Python, and (re)installed when pyproject.toml or
 # constraints.txt changed since the last install; otherwise nothing is installed again.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -19,7 +21,8 @@ $(STAMP):
 		echo ">> creating $(VENV) with $(PYTHON)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); \
 	fi
 	@echo ">> installing the project and its dev extra into $(VENV) (pinned by constraints.txt)"
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]' 2>&1 \
+		| { grep -v 'is ignored: it is neither a file nor a directory' || true; }
 	@rm -f $(VENV)/.installed-*; touch $@
 
 lint: setup
