@@ -87,7 +87,8 @@ class AlignUniformInBatch(nn.Module):
         check_views("views", views, exact_views=2)
         with full_precision(views.device):
             z = working(views, self.normalize)
-            align = (z[0] - z[1]).pow(2).sum(-1).pow(self.align_alpha / 2).mean()
+            # ||.||^alpha via the norm: a finite (zero) gradient for identical pairs when alpha < 2
+            align = torch.linalg.vector_norm(z[0] - z[1], dim=-1).pow(self.align_alpha).mean()
             zg, _ = maybe_gather(z, self.gather, dim=1)
             d = pair_sq_dists(zg)  # [2, pairs]
             uniform = (log_mean_exp(-self.unif_t * d[0]) + log_mean_exp(-self.unif_t * d[1])) / 2

@@ -145,7 +145,7 @@ class CACRMoCoV2(nn.Module):
 
         Args:
             q: ``[V, B, D]`` queries (gradient).
-            k: ``[V, B, D]`` momentum keys.
+            k: ``[V, B, D]`` momentum keys (not detached here: compute them under no_grad).
             queue: ``[Q, D]`` unit keys, ``Q >= 1``; a constant (it gets no gradient).
 
         Returns:

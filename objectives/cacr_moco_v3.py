@@ -129,7 +129,7 @@ class CACRMoCoV3(nn.Module):
 
         Args:
             q: ``[V, B, D]`` queries, ``V >= 2`` (2 global views, then local crops).
-            k: ``[V, B, D]`` momentum keys.
+            k: ``[V, B, D]`` momentum keys (not detached here: compute them under no_grad).
 
         Returns:
             ``LossOutput`` with terms ``attraction`` and ``repulsion``, averaged over key views.

@@ -117,6 +117,15 @@ def test_align_uniform_orthogonal(alpha):
     assert out.terms["uniform"].item() == pytest.approx(-2 * t, rel=1e-12)
 
 
+@pytest.mark.parametrize("alpha", [1.0, 1.5, 2.0])
+def test_align_gradient_is_finite_for_identical_pairs(alpha):
+    views = make_inputs("align_uniform_inbatch", B=4, D=5, grad=False)[0].clone()
+    views[1, 0] = views[0, 0]  # one pair is perfectly aligned
+    views.requires_grad_(True)
+    objectives.build("align_uniform_inbatch", align_alpha=alpha)(views).loss.backward()
+    assert torch.isfinite(views.grad).all()
+
+
 # ---------------------------------------------------------------- invariances
 
 
