@@ -1,0 +1,1 @@
+"""The data layer: sources, guarded decoding, class imbalance, multi-view augmentation."""
