@@ -1,0 +1,285 @@
+"""Class-per-folder trees: ``imagefolder``, ``imagenet1k`` (ILSVRC2012) and ``imagenet100``.
+
+Labels are the positions of the class folder names in sorted order (torchvision's ImageFolder
+convention; for ImageNet the sorted-WNID index 0 = n01440764 ... 999 = n15075141). Each class
+folder is one chunk, listed inside its Ray task, so the driver never lists the images.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from pipelines.data.sources.base import Chunk, Record, Source, record
+from pipelines.data.storage import Store
+
+IMAGE_SUFFIXES = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".pnm",
+)
+VAL_CHUNK = 5000
+
+# CMC's ImageNet-100 subset (as in the official CACR repo's imagenet100_classes.txt)
+IMAGENET100 = (
+    "n02869837",
+    "n01749939",
+    "n02488291",
+    "n02107142",
+    "n13037406",
+    "n02091831",
+    "n04517823",
+    "n04589890",
+    "n03062245",
+    "n01773797",
+    "n01735189",
+    "n07831146",
+    "n07753275",
+    "n03085013",
+    "n04485082",
+    "n02105505",
+    "n01983481",
+    "n02788148",
+    "n03530642",
+    "n04435653",
+    "n02086910",
+    "n02859443",
+    "n13040303",
+    "n03594734",
+    "n02085620",
+    "n02099849",
+    "n01558993",
+    "n04493381",
+    "n02109047",
+    "n04111531",
+    "n02877765",
+    "n04429376",
+    "n02009229",
+    "n01978455",
+    "n02106550",
+    "n01820546",
+    "n01692333",
+    "n07714571",
+    "n02974003",
+    "n02114855",
+    "n03785016",
+    "n03764736",
+    "n03775546",
+    "n02087046",
+    "n07836838",
+    "n04099969",
+    "n04592741",
+    "n03891251",
+    "n02701002",
+    "n03379051",
+    "n02259212",
+    "n07715103",
+    "n03947888",
+    "n04026417",
+    "n02326432",
+    "n03637318",
+    "n01980166",
+    "n02113799",
+    "n02086240",
+    "n03903868",
+    "n02483362",
+    "n04127249",
+    "n02089973",
+    "n03017168",
+    "n02093428",
+    "n02804414",
+    "n02396427",
+    "n04418357",
+    "n02172182",
+    "n01729322",
+    "n02113978",
+    "n03787032",
+    "n02089867",
+    "n02119022",
+    "n03777754",
+    "n04238763",
+    "n02231487",
+    "n03032252",
+    "n02138441",
+    "n02104029",
+    "n03837869",
+    "n03494278",
+    "n04136333",
+    "n03794056",
+    "n03492542",
+    "n02018207",
+    "n04067472",
+    "n03930630",
+    "n03584829",
+    "n02123045",
+    "n04229816",
+    "n02100583",
+    "n03642806",
+    "n04336792",
+    "n03259280",
+    "n02116738",
+    "n02108089",
+    "n03424325",
+    "n01855672",
+    "n02090622",
+)
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name has an image extension (case-insensitive; content is checked later)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
+
+
+class ImageFolder(Source):
+    """Any ``<root>/<class>/<image>`` tree.
+
+    With ``train/``, ``val/`` or ``test/`` folders under the root those are the splits, otherwise
+    the root itself is the single split ``all``.
+    """
+
+    name = "imagefolder"
+    split_dirs = ("train", "val", "test")
+
+    def __init__(self, root: str, **options: Any) -> None:
+        super().__init__(root, **options)
+        if not self.store.is_dir():
+            raise FileNotFoundError(f"{self.name}: dataset.root {root!r} is not a folder")
+        present = tuple(s for s in self.split_dirs if self.store.is_dir(s))
+        self.splits = present or ("all",)
+
+    def _split_dir(self, split: str) -> str:
+        return "" if split == "all" else split
+
+    def _class_dirs(self, split: str) -> list[str]:
+        return [
+            i.base_name
+            for i in self.store.listdir(self._split_dir(split))
+            if i.type == pafs.FileType.Directory and not i.base_name.startswith(".")
+        ]
+
+    def classes(self) -> list[str]:
+        return self._class_dirs(self.splits[0])
+
+    def chunks(self, split: str) -> list[Chunk]:
+        self.check_split(split)
+        index = {c: i for i, c in enumerate(self.classes())}
+        out = []
+        for cls in self._class_dirs(split):
+            if cls not in index:
+                raise ValueError(
+                    f"{self.name}: class folder {split}/{cls} is not a class of the {self.splits[0]} split"
+                )
+            out.append(Chunk(split, cls, (self._split_dir(split), cls, index[cls])))
+        return out
+
+    def read(self, chunk: Chunk) -> Iterator[Record]:
+        if chunk.args[0] == "__flat_val__":
+            yield from self._read_flat_val(chunk)
+            return
+        folder, cls, label = chunk.args
+        sub = [p for p in (folder, cls) if p]
+        for info in self.store.listdir(*sub):
+            if info.type == pafs.FileType.File and is_image_name(info.base_name):
+                key = "/".join([*sub, info.base_name])
+                yield record(key, label, image=self.store.read(key))
+
+    def _read_flat_val(self, chunk: Chunk) -> Iterator[Record]:
+        raise NotImplementedError
+
+
+class ImageNet1k(ImageFolder):
+    """ILSVRC2012: ``train/<wnid>/`` and either ``val/<wnid>/`` or a flat ``val/``.
+
+    The flat ``val/ILSVRC2012_val_XXXXXXXX.JPEG`` files are labelled by the devkit
+    (``data/ILSVRC2012_validation_ground_truth.txt`` + ``data/meta.mat``, mapped ID -> WNID ->
+    sorted index; ``dataset.devkit`` names the devkit folder, default
+    ``<root>/ILSVRC2012_devkit_t12``).
+    """
+
+    name = "imagenet1k"
+    split_dirs = ("train", "val")
+    wnids: tuple[str, ...] | None = None
+
+    def classes(self) -> list[str]:
+        present = self._class_dirs("train")
+        if self.wnids is None:
+            return present
+        missing = sorted(set(self.wnids) - set(present))
+        if missing:
+            raise FileNotFoundError(
+                f"{self.name}: {len(missing)} class folders missing under train/, e.g. {missing[:3]}"
+            )
+        return sorted(self.wnids)
+
+    def _class_dirs(self, split: str) -> list[str]:
+        dirs = super()._class_dirs(split)
+        return dirs if self.wnids is None else [d for d in dirs if d in set(self.wnids)]
+
+    def chunks(self, split: str) -> list[Chunk]:
+        self.check_split(split)
+        if split == "val" and not super()._class_dirs("val"):
+            return self._flat_val_chunks()
+        return super().chunks(split)
+
+    def _flat_val_chunks(self) -> list[Chunk]:
+        truth = self._val_wnids()
+        return [
+            Chunk(
+                "val",
+                f"val-{s:05d}",
+                ("__flat_val__", s, min(s + VAL_CHUNK, len(truth))),
+                min(VAL_CHUNK, len(truth) - s),
+            )
+            for s in range(0, len(truth), VAL_CHUNK)
+        ]
+
+    def _val_wnids(self) -> list[str]:
+        """WNID of every flat val image, in file-number order."""
+        devkit = str(self.options.get("devkit") or "ILSVRC2012_devkit_t12")
+        if "://" in devkit or os.path.isabs(devkit):
+            base = Store.open(devkit)
+        else:
+            base = Store(self.store.fs, self.store.path(devkit))
+        ids = [int(x) for x in base.read_text("data", "ILSVRC2012_validation_ground_truth.txt").split()]
+        id_to_wnid = read_meta_mat(base.read("data", "meta.mat"))
+        return [id_to_wnid[i] for i in ids]
+
+    def _read_flat_val(self, chunk: Chunk) -> Iterator[Record]:
+        _, start, stop = chunk.args
+        index = {c: i for i, c in enumerate(self.classes())}
+        wnids = self._val_wnids()
+        for n in range(start, stop):
+            if wnids[n] not in index:  # ImageNet-100: other classes' images
+                continue
+            key = f"val/ILSVRC2012_val_{n + 1:08d}.JPEG"
+            yield record(key, index[wnids[n]], image=self.store.read(key))
+
+
+def read_meta_mat(data: bytes | None) -> dict[int, str]:
+    """``ILSVRC2012_ID -> WNID`` from the devkit's ``meta.mat``."""
+    if data is None:
+        raise FileNotFoundError("imagenet1k: the devkit's data/meta.mat is missing")
+    from scipy.io import loadmat
+
+    synsets = loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]
+    return {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
+
+
+class ImageNet100(ImageNet1k):
+    """The CMC ImageNet-100 subset of an ILSVRC2012 tree (labels: sorted subset WNIDs)."""
+
+    name = "imagenet100"
+    wnids = IMAGENET100

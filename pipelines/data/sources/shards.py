@@ -1,0 +1,122 @@
+"""Shards of encoded images: Parquet (``image``/``label``/``key`` columns) or WebDataset tars.
+
+``shards`` reads what ``prepare`` writes: ``manifest.json`` plus the shard files, from a local
+folder or a filesystem URI. ``cifar10_jpeg`` reads the CIFAR-10 Parquet shards of
+``../shared/datasets/cifar10-jpeg`` (``train-*.parquet``, ``test-*.parquet``, ``classes.txt``).
+Without a manifest, ``<split>-*.parquet`` or ``<split>-*.tar`` files and ``classes.txt`` are used.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipelines.data.sources.base import Chunk, Record, Source, record
+
+MANIFEST = "manifest.json"
+IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "image")
+
+
+def read_manifest(source: Source) -> dict[str, Any] | None:
+    """The parsed ``manifest.json`` under the source's root, or ``None``."""
+    data = source.store.read(MANIFEST)
+    return None if data is None else json.loads(data)
+
+
+class Shards(Source):
+    """Parquet or WebDataset shards with (or without) a manifest."""
+
+    name = "shards"
+
+    def __init__(self, root: str, **options: Any) -> None:
+        super().__init__(root, **options)
+        if not self.store.is_dir():
+            raise FileNotFoundError(f"{self.name}: dataset.root {root!r} is not a folder")
+        self.manifest = read_manifest(self)
+        if self.manifest is not None:
+            self.splits = tuple(self.manifest["splits"])
+        else:
+            names = [i.base_name for i in self.store.listdir() if i.type == pafs.FileType.File]
+            found = sorted(
+                {n.split("-", 1)[0] for n in names if n.endswith((".parquet", ".tar")) and "-" in n}
+            )
+            if not found:
+                raise FileNotFoundError(
+                    f"{self.name}: no {MANIFEST} and no <split>-*.parquet/.tar under {root!r}"
+                )
+            self.splits = tuple(found)
+
+    def classes(self) -> list[str]:
+        if self.manifest is not None:
+            return list(self.manifest["classes"])
+        return [c.strip() for c in self.store.read_text("classes.txt").splitlines() if c.strip()]
+
+    def chunks(self, split: str) -> list[Chunk]:
+        self.check_split(split)
+        if self.manifest is not None:
+            shards = self.manifest["splits"][split]["shards"]
+            return [Chunk(split, s["file"].replace("/", "_"), (s["file"],), s.get("rows")) for s in shards]
+        files = [
+            i.base_name
+            for i in self.store.listdir()
+            if i.base_name.startswith(f"{split}-") and i.base_name.endswith((".parquet", ".tar"))
+        ]
+        return [Chunk(split, f, (f,)) for f in files]
+
+    def read(self, chunk: Chunk) -> Iterator[Record]:
+        (file,) = chunk.args
+        if file.endswith(".parquet"):
+            yield from read_parquet_shard(self.store.fs, self.store.path(file), file)
+        else:
+            yield from read_webdataset_shard(self.store.fs, self.store.path(file), file)
+
+
+def read_parquet_shard(fs: pafs.FileSystem, path: str, name: str) -> Iterator[Record]:
+    """Records of a Parquet shard; keys come from ``key`` or ``source_path``, else the row."""
+    with fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        cols = pf.schema_arrow.names
+        key_col = "key" if "key" in cols else "source_path" if "source_path" in cols else None
+        row = 0
+        for batch in pf.iter_batches(batch_size=1024, columns=[c for c in ("image", "label", key_col) if c]):
+            data = batch.to_pydict()
+            for i, (image, label) in enumerate(zip(data["image"], data["label"], strict=True)):
+                key = data[key_col][i] if key_col else f"{name}#{row + i}"
+                yield record(key, label, image=image)
+            row += batch.num_rows
+
+
+def read_webdataset_shard(fs: pafs.FileSystem, path: str, name: str) -> Iterator[Record]:
+    """Records of a WebDataset tar: members grouped by key (name up to the first dot)."""
+    with fs.open_input_stream(path, compression=None) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+        key, fields = None, {}
+        for m in tf:
+            if not m.isfile():
+                continue
+            folder, _, base = m.name.rpartition("/")
+            stem, _, field = base.partition(".")
+            k = f"{folder}/{stem}" if folder else stem
+            if key is not None and k != key:
+                yield _sample(name, key, fields)
+                fields = {}
+            key = k
+            fields[field.lower()] = tf.extractfile(m).read()
+        if key is not None:
+            yield _sample(name, key, fields)
+
+
+def _sample(shard: str, key: str, fields: dict[str, bytes]) -> Record:
+    image = next((fields[f] for f in IMAGE_FIELDS if f in fields), None)
+    label = fields.get("cls", b"-1").decode("ascii", "replace").strip()
+    return record(f"{shard}/{key}", label, image=image)
+
+
+class Cifar10Jpeg(Shards):
+    """The CIFAR-10 JPEG Parquet shards (``train`` 50,000, ``test`` 10,000)."""
+
+    name = "cifar10_jpeg"

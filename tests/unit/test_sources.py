@@ -1,0 +1,195 @@
+"""Every source on a byte-exact miniature replica (and the real CIFAR-10 shards): counts, labels, pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipelines.data.decode import decode_image
+from pipelines.data.sources import SOURCES, open_source
+from tests import replicas
+
+
+def read_all(source, split):
+    return [r for chunk in source.chunks(split) for r in source.read(chunk)]
+
+
+def test_registry_names_every_source_of_the_issue():
+    assert set(SOURCES) == {
+        "cifar10", "cifar100", "stl10", "cifar10_jpeg", "imagefolder", "imagenet1k", "imagenet100",
+        "webvision", "imagenet22k", "shards",
+    }
+    with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; choose one of"):
+        open_source("mnist", "/tmp")
+    with pytest.raises(ValueError, match=r"dataset\.root is not set"):
+        open_source("cifar10", "")
+
+
+def test_cifar10_pickles_are_pixel_exact(tmp_path):
+    rep = replicas.cifar10(tmp_path)
+    src = open_source("cifar10", str(tmp_path))  # the parent of cifar-10-batches-py works too
+    assert src.classes() == rep["classes"]
+    test = read_all(src, "test")
+    images, labels = rep["test"]
+    assert [r["label"] for r in test] == labels
+    assert labels == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1, 0, 9, 5, 7, 9, 8, 5, 7, 8, 6]
+    np.testing.assert_array_equal(np.stack([r["pixels"] for r in test]), images)
+    # formats doc: the first red row of test image 0 starts 158 159 165 166 160 156 162 159
+    assert test[0]["pixels"][0, :8, 0].tolist() == [158, 159, 165, 166, 160, 156, 162, 159]
+    train = read_all(src, "train")
+    assert len(train) == sum(len(v[1]) for v in rep["train"].values())
+    np.testing.assert_array_equal(train[0]["pixels"], rep["train"][1][0][0])
+
+
+def test_cifar100_pickles_use_fine_labels(tmp_path):
+    rep = replicas.cifar100(tmp_path)
+    src = open_source("cifar100", str(tmp_path / "cifar-100-python"))
+    test = read_all(src, "test")
+    assert [r["label"] for r in test][:5] == [49, 33, 72, 51, 71]
+    assert src.classes()[49] == "mountain"
+    np.testing.assert_array_equal(np.stack([r["pixels"] for r in test]), rep["test"][0])
+
+
+def test_missing_cifar_folder_says_what_to_set(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"set dataset\.root to the extracted cifar-10-batches-py"):
+        open_source("cifar10", str(tmp_path))
+
+
+def test_stl10_binary_orientation_labels_and_splits(tmp_path):
+    rep = replicas.stl10(tmp_path)
+    src = open_source("stl10", str(tmp_path))
+    train = read_all(src, "train")
+    imgs, labels = rep["train"]
+    assert [r["label"] for r in train] == labels
+    np.testing.assert_array_equal(np.stack([r["pixels"] for r in train]), imgs)
+    assert train[0]["pixels"][0, :5, 0].tolist() == [0, 1, 2, 3, 4]  # the top row, not the column
+    both = read_all(src, "train+unlabeled")
+    assert len(both) == 7 + 6 and [r["label"] for r in both][-6:] == [-1] * 6
+    assert src.fold_indices()[0] == [0, 3, 6]
+    with pytest.raises(ValueError, match=r"no split 'val'; choose one of train, test"):
+        src.chunks("val")
+
+
+def test_cifar10_jpeg_real_shards():
+    src = open_source("cifar10_jpeg", str(replicas.SHARED / "cifar10-jpeg"))
+    assert src.splits == ("test", "train")
+    chunk = src.chunks("test")[0]
+    rows = []
+    for r in src.read(chunk):
+        rows.append(r)
+        if len(rows) == 20:
+            break
+    # test shards are round-robin by class: row r is class r % 10
+    assert [r["label"] for r in rows] == [i % 10 for i in range(20)]
+    assert rows[0]["key"] == "test/airplane/0000.jpg"
+    pixels, why = decode_image(rows[0]["image"])
+    assert why is None and pixels.shape == (32, 32, 3)
+
+
+def test_cifar10_jpeg_is_within_jpeg_error_of_the_exact_samples():
+    """Exact test image i is test/<class>/NNNN.jpg with NNNN = earlier images of its class."""
+    images, labels, names = replicas.exact_samples("cifar10")
+    src = open_source("cifar10_jpeg", str(replicas.SHARED / "cifar10-jpeg"))
+    wanted, seen = {}, {}
+    for i, lab in enumerate(labels):
+        wanted[f"test/{names[lab]}/{seen.get(lab, 0):04d}.jpg"] = i
+        seen[lab] = seen.get(lab, 0) + 1
+    found = {}
+    for chunk in src.chunks("test"):
+        for r in src.read(chunk):
+            if r["key"] in wanted:
+                found[wanted[r["key"]]] = decode_image(r["image"])[0]
+    assert len(found) == 20
+    for i, pixels in found.items():
+        assert np.abs(pixels.astype(int) - images[i]).mean() < 9  # the README's 4.5 to 8.1
+
+
+def test_imagenet1k_flat_val_is_labelled_through_the_devkit(tmp_path):
+    expected = replicas.imagenet(tmp_path)
+    src = open_source("imagenet1k", str(tmp_path))
+    assert src.classes() == sorted(replicas.WNIDS)
+    got = {r["key"]: r["label"] for s in ("train", "val") for r in read_all(src, s)}
+    assert got == expected
+    for r in read_all(src, "train"):
+        assert decode_image(r["image"])[1] is None  # PNG-as-JPEG, CMYK, greyscale all decode
+
+
+def test_imagenet1k_reorganised_val_folders(tmp_path):
+    replicas.imagenet(tmp_path, val_layout="folders")
+    for wnid in replicas.WNIDS[:2]:
+        (tmp_path / "val" / wnid).mkdir(parents=True)
+        (tmp_path / "val" / wnid / "ILSVRC2012_val_00000009.JPEG").write_bytes(b"x")
+    src = open_source("imagenet1k", str(tmp_path))
+    assert [r["label"] for r in read_all(src, "val")] == [0, 1]
+
+
+def test_imagenet100_keeps_only_its_classes(tmp_path):
+    expected = replicas.imagenet(tmp_path)
+    with pytest.raises(FileNotFoundError, match="99 class folders missing"):
+        open_source("imagenet100", str(tmp_path)).classes()
+    from pipelines.data.sources.folders import ImageNet100
+
+    class Tiny(ImageNet100):
+        wnids = ("n02869837", "n01443537")
+
+    src = Tiny(str(tmp_path))
+    assert src.classes() == ["n01443537", "n02869837"]
+    got = {r["key"]: r["label"] for s in ("train", "val") for r in read_all(src, s)}
+    want = {k: ["n01443537", "n02869837"].index(replicas.WNIDS[v]) for k, v in expected.items()
+            if replicas.WNIDS[v] in ("n02869837", "n01443537")}
+    assert got == want
+
+
+def test_imagefolder_single_split(tmp_path):
+    for c in ("b", "a"):
+        (tmp_path / c).mkdir()
+        (tmp_path / c / "1.png").write_bytes(b"x")
+        (tmp_path / c / "notes.txt").write_text("not listed")
+    src = open_source("imagefolder", str(tmp_path))
+    assert src.splits == ("all",) and src.classes() == ["a", "b"]
+    assert [(r["key"], r["label"]) for r in read_all(src, "all")] == [("a/1.png", 0), ("b/1.png", 1)]
+
+
+def test_webvision_lists_labels_and_histogram(tmp_path):
+    rep = replicas.webvision(tmp_path)
+    src = open_source("webvision", str(tmp_path))
+    assert src.classes() == ["n01440764", "n01443537", "n01484850"]
+    recs = read_all(src, "train") + read_all(src, "val")
+    good = {r["key"]: r["label"] for r in recs if decode_image(r["image"])[1] is None}
+    assert good == rep["expected"]
+    reasons = {r["key"]: decode_image(r["image"])[1] for r in recs if r["key"] in rep["bad"]}
+    assert all(rep["bad"][k] in v for k, v in reasons.items()) and len(reasons) == 2
+    assert src.class_histogram() == [5 + 1, 2, 1]  # the missing file is listed too
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_imagenet22k_tar_of_tars(tmp_path, gz):
+    rep = replicas.imagenet22k(tmp_path, gz=gz)
+    src = open_source("imagenet22k", str(rep["path"]))
+    assert src.classes() == sorted(rep["sizes"])
+    recs = read_all(src, "train")
+    assert len(recs) == sum(rep["sizes"].values())
+    counts = np.bincount([r["label"] for r in recs]).tolist()
+    assert counts == [rep["sizes"][w] for w in sorted(rep["sizes"])]
+    bad = {r["key"] for r in recs if decode_image(r["image"])[1] is not None}
+    assert bad == set(rep["bad"])
+
+
+def test_imagenet22k_21k_p_split_rule(tmp_path):
+    rep = replicas.imagenet22k(tmp_path)
+    src = open_source("imagenet22k", str(rep["path"]), variant="21k_p")
+    assert src.classes() == ["n00000004"]  # only the class with > 500 images survives
+    val, train = read_all(src, "val"), read_all(src, "train")
+    assert len(val) == 50 and len(train) == 550
+    assert [r["key"] for r in val][:2] == ["n00000004/n00000004_0000.JPEG", "n00000004/n00000004_0001.JPEG"]
+    assert {r["label"] for r in val + train} == {0}
+
+
+def test_imagenet22k_extracted_folders(tmp_path):
+    for wnid, n in (("n2", 2), ("n1", 1)):
+        (tmp_path / wnid).mkdir()
+        for i in range(n):
+            (tmp_path / wnid / f"{wnid}_{i}.JPEG").write_bytes(b"x")
+    src = open_source("imagenet22k", str(tmp_path))
+    assert [(r["key"], r["label"]) for r in read_all(src, "train")] == [
+        ("n1/n1_0.JPEG", 0), ("n2/n2_0.JPEG", 1), ("n2/n2_1.JPEG", 1)]
