@@ -86,11 +86,11 @@ class Store:
     def write_atomic(self, data: bytes, *parts: str) -> None:
         """Write a file so that readers never see it half-written (temporary name, then move)."""
         final = self.path(*parts)
-        self.fs.create_dir(posixpath.dirname(final), recursive=True)
-        if not self.is_local:  # object stores publish a PUT all at once
+        if not self.is_local:  # object stores have no folders and publish a PUT all at once
             with self.fs.open_output_stream(final) as f:
                 f.write(data)
             return
+        self.fs.create_dir(posixpath.dirname(final), recursive=True)
         tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)

@@ -1,0 +1,23 @@
+"""Connecting an entry point to Ray the same way everywhere."""
+
+from __future__ import annotations
+
+import os
+
+
+def connect(address: str | None = None) -> None:
+    """Connect to Ray once: ``address``, else ``$RAY_ADDRESS``, else a new local cluster.
+
+    A plain ``ray.init()`` would attach to any cluster already running on the machine; a run
+    without an address gets a cluster of its own instead. ``RAY_AUTH_MODE`` defaults to
+    ``disabled`` for such a local cluster so no token file appears as a side effect.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    target = address or os.environ.get("RAY_ADDRESS") or "local"
+    if target == "local":
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address=target, log_to_driver=True)
+    ray.data.DataContext.get_current().enable_progress_bars = False

@@ -1,0 +1,43 @@
+"""The user command ``python pipelines/prepare.py ...`` as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from tests import replicas
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def run(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run([sys.executable, str(ROOT / "pipelines" / "prepare.py"), *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=240)
+
+
+def test_prepare_command_writes_shards_and_manifest(tmp_path):
+    replicas.stl10(tmp_path / "raw")
+    out = tmp_path / "shards"
+    proc = run("dataset=stl10", f"dataset.root={tmp_path / 'raw'}", f"out={out}",
+               "splits=[train+unlabeled,test]", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["splits"]["train+unlabeled"]["rows"] == 13
+    assert manifest["splits"]["train+unlabeled"]["unlabeled"] == 6
+    assert manifest["splits"]["test"]["rows"] == 4
+    assert "train+unlabeled: 13 images" in proc.stdout
+    assert not (tmp_path / "outputs").exists()  # Hydra writes nothing into the working folder
+
+
+def test_prepare_command_names_the_missing_key(tmp_path):
+    proc = run("dataset=cifar10", f"out={tmp_path / 'x'}", cwd=tmp_path)
+    assert proc.returncode != 0 and "dataset.root is not set" in proc.stderr
+    proc = run("dataset=cifar10", f"dataset.root={tmp_path}", f"out={tmp_path / 'x'}", cwd=tmp_path)
+    assert proc.returncode != 0 and "set dataset.root to the extracted cifar-10-batches-py" in proc.stderr
+    proc = run("dataset=nope", cwd=tmp_path)
+    assert proc.returncode != 0 and "nope" in proc.stderr

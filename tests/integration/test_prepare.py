@@ -1,0 +1,123 @@
+"""``prepare`` on a real local Ray cluster: replicas round-trip, bad files reported, resume, S3."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.data.decode import decode_image
+from pipelines.data.prepare import prepare_dataset
+from pipelines.data.sources import open_source
+from tests import replicas
+from tests.data_fixtures import corrupt_cases
+
+
+def read_back(out, split):
+    src = open_source("shards", str(out))
+    return [r for c in src.chunks(split) for r in src.read(c)]
+
+
+def test_cifar10_pickles_round_trip_pixel_exact(ray_cluster, tmp_path):
+    rep = replicas.cifar10(tmp_path / "raw")
+    manifest = prepare_dataset("cifar10", str(tmp_path / "raw"), str(tmp_path / "out"))
+    assert manifest["classes"] == rep["classes"]
+    assert manifest["splits"]["test"]["rows"] == 20
+    assert manifest["splits"]["test"]["per_class"] == np.bincount(rep["test"][1], minlength=10).tolist()
+    assert len(manifest["splits"]["train"]["shards"]) == 5 and manifest["bad_files"] == []
+    back = read_back(tmp_path / "out", "test")
+    assert [r["label"] for r in back] == rep["test"][1]
+    np.testing.assert_array_equal(np.stack([decode_image(r["image"])[0] for r in back]), rep["test"][0])
+    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert on_disk["splits"]["train"]["rows"] == manifest["splits"]["train"]["rows"]
+
+
+def test_every_bad_kind_is_reported_and_every_good_file_kept(ray_cluster, tmp_path):
+    raw = tmp_path / "raw"
+    cases = corrupt_cases()
+    for name, (data, _) in cases.items():
+        (raw / "cls").mkdir(parents=True, exist_ok=True)
+        if data is not None:
+            (raw / "cls" / name).write_bytes(data)
+    manifest = prepare_dataset("imagefolder", str(raw), str(tmp_path / "out"))
+    reasons = {b["path"].split("/")[-1]: b["reason"] for b in manifest["bad_files"]}
+    expected_bad = {n: r for n, (d, r) in cases.items() if r is not None and d is not None}
+    assert set(reasons) == set(expected_bad)
+    for name, fragment in expected_bad.items():
+        assert fragment in reasons[name]
+    kept = {r["key"].split("/")[-1] for r in read_back(tmp_path / "out", "all")}
+    assert kept == {n for n, (_, r) in cases.items() if r is None}
+
+
+def test_webvision_missing_truncated_and_out_of_range_labels(ray_cluster, tmp_path):
+    rep = replicas.webvision(tmp_path / "raw")
+    lst = tmp_path / "raw" / "info" / "train_filelist_flickr.txt"
+    lst.write_text(lst.read_text() + "flickr/q0003/img007.jpg 7\n")  # a label out of range
+    manifest = prepare_dataset("webvision", str(tmp_path / "raw"), str(tmp_path / "out"))
+    reasons = {b["path"]: b["reason"] for b in manifest["bad_files"]}
+    assert "label out of range: 7 not in [0, 3)" in reasons["flickr/q0003/img007.jpg"]
+    for path, fragment in rep["bad"].items():
+        assert fragment in reasons[path]
+    got = {r["key"]: r["label"] for s in ("train", "val") for r in read_back(tmp_path / "out", s)}
+    assert got == rep["expected"]
+    assert manifest["splits"]["train"]["per_class"] == [4, 2, 1]  # good images only
+
+
+def test_unreadable_shard_is_reported_not_fatal(ray_cluster, tmp_path):
+    src_dir = tmp_path / "shards_in"
+    prepare_dataset("cifar10", str(replicas.cifar10(tmp_path / "raw") and tmp_path / "raw"), str(src_dir))
+    broken = src_dir / "train" / "data_batch_3.parquet"
+    broken.write_bytes(b"PAR1 this is not parquet")
+    manifest = prepare_dataset("shards", str(src_dir), str(tmp_path / "again"), splits=["train"])
+    unreadable = [b for b in manifest["bad_files"] if "unreadable" in b["reason"]]
+    assert len(unreadable) == 1 and "data_batch_3" in unreadable[0]["path"]
+    assert manifest["splits"]["train"]["rows"] == sum(3 + b for b in (1, 2, 4, 5))
+
+
+def test_rerun_keeps_finished_shards_and_redoes_only_the_missing(ray_cluster, tmp_path):
+    replicas.cifar10(tmp_path / "raw")
+    out = tmp_path / "out"
+    prepare_dataset("cifar10", str(tmp_path / "raw"), str(out))
+    # simulate a crash that lost one chunk: its shard and completion record are gone
+    (out / "train" / "_done" / "data_batch_2.json").unlink()
+    (out / "train" / "data_batch_2.parquet").unlink()
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.parquet")}
+    manifest = prepare_dataset("cifar10", str(tmp_path / "raw"), str(out))
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.parquet")}
+    assert set(after) == set(stamps) | {"data_batch_2.parquet"}
+    assert all(after[k] == v for k, v in stamps.items())  # untouched
+    assert manifest["splits"]["train"]["rows"] == sum(3 + b for b in range(1, 6))
+
+
+def test_imagenet22k_tar_of_tars_through_prepare(ray_cluster, tmp_path):
+    rep = replicas.imagenet22k(tmp_path / "raw")
+    manifest = prepare_dataset("imagenet22k", str(rep["path"]), str(tmp_path / "out"))
+    sizes = [rep["sizes"][w] for w in sorted(rep["sizes"])]
+    sizes[2] -= 1  # the corrupt file
+    assert manifest["splits"]["train"]["per_class"] == sizes
+    assert [b["path"] for b in manifest["bad_files"]] == list(rep["bad"])
+
+
+def test_s3_output_and_input_against_a_local_s3_server(ray_cluster, s3_server, tmp_path):
+    replicas.cifar10(tmp_path / "raw")
+    uri = s3_server("cifar-shards")
+    manifest = prepare_dataset("cifar10", str(tmp_path / "raw"), uri, splits=["test"])
+    assert manifest["splits"]["test"]["rows"] == 20
+    src = open_source("shards", uri)
+    back = [r for c in src.chunks("test") for r in src.read(c)]
+    images, labels, _ = replicas.exact_samples("cifar10")
+    assert [r["label"] for r in back] == labels
+    np.testing.assert_array_equal(np.stack([decode_image(r["image"])[0] for r in back]), images)
+    # and a second prepare from S3 shards to a local folder
+    again = prepare_dataset("shards", uri, str(tmp_path / "local"))
+    assert again["splits"]["test"]["rows"] == 20
+    assert pq.read_table(tmp_path / "local" / again["splits"]["test"]["shards"][0]["file"]).num_rows == 20
+
+
+def test_unknown_split_fails_before_any_work(ray_cluster, tmp_path):
+    replicas.cifar10(tmp_path / "raw")
+    with pytest.raises(ValueError, match="no split 'val'"):
+        prepare_dataset("cifar10", str(tmp_path / "raw"), str(tmp_path / "out"), splits=["val"])
+    assert not (tmp_path / "out").exists()
