@@ -1,0 +1,348 @@
+"""Multi-view augmentation: the paper's recipes, vectorised over the batch.
+
+Split in two so each part runs where it is cheapest:
+
+* :func:`crop_views` (CPU, inside Ray Data's ``map_batches``): random-resized crops and flips
+  of every image, ``V`` times, as one ``roi_align`` over the batch; returns uint8 tensors
+  ``[B, V, 3, S, S]``.
+* :class:`Photometric` (the training device): colour jitter in a random order per image,
+  grayscale, Gaussian blur, solarisation and normalisation, with per-image random parameters.
+
+Recipes (``augment=<name>``; ``../shared/docs/cacr-spec.md`` section 4):
+
+* ``cifar``: RRC 32 px, scale (0.2, 1), flip, ColorJitter(0.4, 0.4, 0.4, 0.4) always,
+  grayscale 0.2 (the official small-scale code; K + 1 identical draws).
+* ``stl10``: the same at 64 px, scale (0.08, 1).
+* ``imagenet_mocov2``: RRC 224, scale (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) with p 0.8,
+  grayscale 0.2, blur sigma in [0.1, 2] with p 0.5, flip.
+* ``imagenet_mocov3``: two asymmetric global views (RRC 224 scale (0.08, 1), jitter
+  (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2; blur p 1.0 / p 0.1 and solarise p 0 / 0.2) plus
+  optional local crops (RRC 96, scale (0.05, 0.4), bicubic in the original, jitter p 0.8,
+  grayscale 0.2, blur p 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import roi_align
+
+MEAN_STD = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4409, 0.4279, 0.3868), (0.2683, 0.2610, 0.2687)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
+
+
+@dataclass(frozen=True)
+class ViewRecipe:
+    """One view's augmentation.
+
+    Attributes:
+        size: output side in pixels.
+        scale: random-resized-crop area range (fraction of the image).
+        ratio: aspect-ratio range.
+        flip: probability of a horizontal flip.
+        jitter: ColorJitter strengths (brightness, contrast, saturation, hue).
+        jitter_p: probability of applying the jitter.
+        grayscale_p: probability of grayscale.
+        blur_p: probability of Gaussian blur.
+        blur_sigma: blur sigma range.
+        solarize_p: probability of solarisation (threshold 128/255).
+    """
+
+    size: int
+    scale: tuple[float, float]
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+    jitter: tuple[float, float, float, float] = (0.4, 0.4, 0.4, 0.4)
+    jitter_p: float = 1.0
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+
+
+CIFAR = ViewRecipe(32, (0.2, 1.0))
+STL10 = ViewRecipe(64, (0.08, 1.0))
+MOCOV2 = ViewRecipe(224, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, blur_p=0.5)
+MOCOV3_1 = ViewRecipe(224, (0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, blur_p=1.0)
+MOCOV3_2 = replace(MOCOV3_1, blur_p=0.1, solarize_p=0.2)
+MOCOV3_LOCAL = ViewRecipe(96, (0.05, 0.4), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, blur_p=0.5)
+RECIPES = ("cifar", "stl10", "imagenet_mocov2", "imagenet_mocov3")
+
+
+def view_recipes(name: str, num_views: int, local_crops: int = 0) -> list[ViewRecipe]:
+    """The per-view recipes of augmentation ``name`` for ``num_views`` (= K + 1) views.
+
+    Args:
+        name: one of ``RECIPES``.
+        num_views: the number of (global) views, ``>= 2``.
+        local_crops: extra 96-px local crops (``imagenet_mocov3`` only).
+
+    Raises:
+        ValueError: for an unknown name or an impossible combination.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"augment.name must be one of {', '.join(RECIPES)}; got {name!r}")
+    if num_views < 2:
+        raise ValueError(f"need at least 2 views (K >= 1); got {num_views}")
+    if local_crops and name != "imagenet_mocov3":
+        raise ValueError("augment.local_crops is only defined for imagenet_mocov3")
+    if name == "imagenet_mocov3":
+        if num_views != 2:
+            raise ValueError("imagenet_mocov3 has exactly 2 global views (add local crops instead)")
+        return [MOCOV3_1, MOCOV3_2] + [MOCOV3_LOCAL] * local_crops
+    base = {"cifar": CIFAR, "stl10": STL10, "imagenet_mocov2": MOCOV2}[name]
+    return [base] * num_views
+
+
+def seed_for(seed: int, epoch: int, *parts: object) -> int:
+    """A 63-bit seed from the run seed, the epoch and anything that names the batch or worker."""
+    mix = np.random.SeedSequence([seed, epoch, *[abs(hash(str(p))) % (2**32) for p in parts]])
+    return int(mix.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+# ------------------------------------------------------------------ geometry (CPU, uint8)
+
+
+def crop_boxes(
+    heights: np.ndarray, widths: np.ndarray, recipe: ViewRecipe, rng: np.random.Generator
+) -> np.ndarray:
+    """Torchvision's RandomResizedCrop box sampling, vectorised: ``[N, 4]`` (x1, y1, x2, y2).
+
+    Ten attempts per image at once; the first that fits wins, else a centre crop with the
+    aspect ratio clamped to ``recipe.ratio``.
+    """
+    n, tries = len(heights), 10
+    area = (heights * widths)[:, None] * rng.uniform(*recipe.scale, size=(n, tries))
+    log_r = np.log(recipe.ratio)
+    aspect = np.exp(rng.uniform(log_r[0], log_r[1], size=(n, tries)))
+    w = np.rint(np.sqrt(area * aspect))
+    h = np.rint(np.sqrt(area / aspect))
+    ok = (w > 0) & (h > 0) & (w <= widths[:, None]) & (h <= heights[:, None])
+    first = np.argmax(ok, axis=1)
+    found = ok[np.arange(n), first]
+    w, h = w[np.arange(n), first], h[np.arange(n), first]
+    # fallback: the whole image, ratio clamped
+    in_ratio = widths / heights
+    fw = np.where(
+        in_ratio < recipe.ratio[0],
+        widths,
+        np.where(in_ratio > recipe.ratio[1], np.rint(heights * recipe.ratio[1]), widths),
+    )
+    fh = np.where(in_ratio < recipe.ratio[0], np.rint(widths / recipe.ratio[0]), heights)
+    w, h = np.where(found, w, fw), np.where(found, h, fh)
+    y = np.where(found, np.floor(rng.uniform(size=n) * (heights - h + 1)), (heights - h) // 2)
+    x = np.where(found, np.floor(rng.uniform(size=n) * (widths - w + 1)), (widths - w) // 2)
+    return np.stack([x, y, x + w, y + h], axis=1).astype(np.float32)
+
+
+def crop_views(
+    images: list[np.ndarray] | np.ndarray,
+    recipes: list[ViewRecipe],
+    rng: np.random.Generator,
+    chunk: int = 32,
+) -> dict[str, Tensor]:
+    """Random-resized crops and flips of every image for every recipe.
+
+    Args:
+        images: ``[B, H, W, 3]`` uint8, or a list of ``[H_i, W_i, 3]`` uint8 arrays.
+        recipes: one per view; views of equal size are stacked together.
+        rng: the random generator (seed it per epoch and worker).
+        chunk: images resampled per ``roi_align`` call (bounds memory for big photos).
+
+    Returns:
+        ``{"views": uint8 [B, V, 3, S, S]}`` for the views of the first recipe's size and, when
+        other sizes exist (local crops), ``{"local_views": uint8 [B, L, 3, s, s]}``.
+    """
+    arrays = list(images)
+    B = len(arrays)
+    heights = np.array([a.shape[0] for a in arrays], dtype=np.float64)
+    widths = np.array([a.shape[1] for a in arrays], dtype=np.float64)
+    boxes = [crop_boxes(heights, widths, r, rng) for r in recipes]  # per view: [B, 4]
+    flips = [rng.uniform(size=B) < r.flip for r in recipes]
+    outputs = [torch.empty(B, 3, r.size, r.size, dtype=torch.uint8) for r in recipes]
+    for start in range(0, B, chunk):
+        part = arrays[start : start + chunk]
+        batch = _pad_stack(part)  # [b, 3, Hmax, Wmax] float32
+        idx = torch.arange(len(part), dtype=torch.float32).unsqueeze(1)
+        for v, recipe in enumerate(recipes):
+            rois = torch.cat([idx, torch.from_numpy(boxes[v][start : start + len(part)])], dim=1)
+            out = roi_align(
+                batch, rois, output_size=recipe.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
+            )
+            flip = torch.from_numpy(flips[v][start : start + len(part)])
+            out = torch.where(flip[:, None, None, None], out.flip(-1), out)
+            outputs[v][start : start + len(part)] = out.round_().clamp_(0, 255).to(torch.uint8)
+    size = recipes[0].size
+    result = {"views": torch.stack([o for o, r in zip(outputs, recipes, strict=True) if r.size == size], 1)}
+    local = [o for o, r in zip(outputs, recipes, strict=True) if r.size != size]
+    if local:
+        result["local_views"] = torch.stack(local, 1)
+    return result
+
+
+def _pad_stack(arrays: list[np.ndarray]) -> Tensor:
+    """Stack HWC uint8 images of different sizes into one ``[b, 3, H, W]`` float batch.
+
+    Smaller images are padded by repeating their last row and column, which is what
+    ``roi_align`` does at a real image border, so the padding never changes a crop.
+    """
+    if all(a.shape == arrays[0].shape for a in arrays):
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float()
+    H = max(a.shape[0] for a in arrays)
+    W = max(a.shape[1] for a in arrays)
+    out = torch.empty(len(arrays), 3, H, W)
+    for i, a in enumerate(arrays):
+        h, w = a.shape[:2]
+        out[i, :, :h, :w] = torch.from_numpy(a).permute(2, 0, 1)
+        out[i, :, h:, :w] = out[i, :, h - 1 : h, :w]
+        out[i, :, :, w:] = out[i, :, :, w - 1 : w]
+    return out
+
+
+# ------------------------------------------------------------------ photometry (device, float)
+
+
+def grey(x: Tensor) -> Tensor:
+    """Luma ``[N, 1, H, W]`` of RGB ``[N, 3, H, W]`` in [0, 1]."""
+    w = torch.tensor(GREY, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(1, keepdim=True)
+
+
+def blend(a: Tensor, b: Tensor, factor: Tensor) -> Tensor:
+    """``factor * a + (1 - factor) * b`` clamped to [0, 1], with a per-image ``factor``."""
+    f = factor.view(-1, 1, 1, 1)
+    return (f * a + (1 - f) * b).clamp_(0, 1)
+
+
+def adjust_brightness(x: Tensor, f: Tensor) -> Tensor:
+    """Scale intensities by ``f`` (per image)."""
+    return blend(x, torch.zeros_like(x), f)
+
+
+def adjust_contrast(x: Tensor, f: Tensor) -> Tensor:
+    """Blend with the image's mean grey level."""
+    return blend(x, grey(x).mean(dim=(1, 2, 3), keepdim=True).expand_as(x), f)
+
+
+def adjust_saturation(x: Tensor, f: Tensor) -> Tensor:
+    """Blend with the image's grayscale version."""
+    return blend(x, grey(x).expand_as(x), f)
+
+
+def adjust_hue(x: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue by ``shift`` (a fraction of the colour circle, per image) in HSV space."""
+    r, g, b = x.unbind(1)
+    maxc, _ = x.max(1)
+    minc, _ = x.min(1)
+    delta = maxc - minc
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    h = torch.where(maxc == r, (g - b) / safe, torch.where(maxc == g, 2 + (b - r) / safe, 4 + (r - g) / safe))
+    h = torch.where(delta > 0, (h / 6) % 1.0, torch.zeros_like(h))
+    s = torch.where(
+        maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc)
+    )
+    h = (h + shift.view(-1, 1, 1)) % 1.0
+    v = maxc
+    i = torch.floor(h * 6)
+    f = h * 6 - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    i = i.long() % 6
+    choices = torch.stack(
+        [torch.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q))], 0
+    )
+    return choices.gather(0, i.unsqueeze(0).unsqueeze(2).expand(1, -1, 3, -1, -1)).squeeze(0)
+
+
+def gaussian_blur(x: Tensor, sigma: Tensor) -> Tensor:
+    """Separable Gaussian blur with a per-image sigma (kernel radius ``ceil(3 * max sigma)``)."""
+    n, c, H, W = x.shape
+    radius = max(math.ceil(3 * float(sigma.max())), 1)
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-0.5 * (offsets.view(1, -1) / sigma.view(-1, 1)) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [n*c, k]
+    flat = x.reshape(1, n * c, H, W)
+    pad = min(radius, H - 1, W - 1)
+    flat = F.pad(flat, (pad, pad, pad, pad), mode="reflect") if pad > 0 else flat
+    if pad < radius:
+        flat = F.pad(flat, (radius - pad,) * 4, mode="replicate")
+    flat = F.conv2d(flat, kernel.view(n * c, 1, -1, 1), groups=n * c)
+    flat = F.conv2d(flat, kernel.view(n * c, 1, 1, -1), groups=n * c)
+    return flat.view(n, c, H, W)
+
+
+class Photometric(torch.nn.Module):
+    """The photometric part of each view's recipe plus normalisation, on the training device."""
+
+    def __init__(self, recipes: list[ViewRecipe], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        """Build it.
+
+        Args:
+            recipes: one per view, in the order of the ``views`` (then ``local_views``) tensor.
+            mean: per-channel mean for normalisation.
+            std: per-channel standard deviation.
+        """
+        super().__init__()
+        self.recipes = list(recipes)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def view(self, x: Tensor, recipe: ViewRecipe, gen: torch.Generator) -> Tensor:
+        """Augment one view: uint8 ``[N, 3, H, W]`` -> normalised float ``[N, 3, H, W]``."""
+        x = x.float().div_(255)
+        n = x.shape[0]
+
+        def draw(p: float) -> Tensor:
+            return torch.rand(n, generator=gen, device=x.device) < p
+
+        def uniform(lo: float, hi: float) -> Tensor:
+            return torch.rand(n, generator=gen, device=x.device) * (hi - lo) + lo
+
+        b, c, s, h = recipe.jitter
+        apply = draw(recipe.jitter_p)
+        factors = [
+            uniform(max(0.0, 1 - b), 1 + b),
+            uniform(max(0.0, 1 - c), 1 + c),
+            uniform(max(0.0, 1 - s), 1 + s),
+            uniform(-h, h),
+        ]
+        ops = (adjust_brightness, adjust_contrast, adjust_saturation, adjust_hue)
+        order = torch.argsort(torch.rand(n, 4, generator=gen, device=x.device), dim=1)
+        for slot in range(4):
+            for k, op in enumerate(ops):
+                sel = torch.nonzero(apply & (order[:, slot] == k)).flatten()
+                if len(sel):
+                    x[sel] = op(x[sel], factors[k][sel])
+        gray = draw(recipe.grayscale_p).view(-1, 1, 1, 1)
+        x = torch.where(gray, grey(x).expand_as(x), x)
+        if recipe.blur_p > 0:
+            sel = torch.nonzero(draw(recipe.blur_p)).flatten()
+            if len(sel):
+                x[sel] = gaussian_blur(x[sel], uniform(*recipe.blur_sigma)[sel])
+        if recipe.solarize_p > 0:
+            sol = draw(recipe.solarize_p).view(-1, 1, 1, 1)
+            x = torch.where(sol & (x >= 128 / 255), 1 - x, x)
+        return (x - self.mean) / self.std
+
+    def forward(
+        self, views: Tensor, gen: torch.Generator, local_views: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Augment ``views`` ``[B, V, 3, S, S]`` (and ``local_views``) view by view."""
+        V = views.shape[1]
+        out = torch.stack([self.view(views[:, v], self.recipes[v], gen) for v in range(V)], 1)
+        local = None
+        if local_views is not None:
+            local = torch.stack(
+                [self.view(local_views[:, i], self.recipes[V + i], gen) for i in range(local_views.shape[1])],
+                1,
+            )
+        return out, local
