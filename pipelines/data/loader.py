@@ -1,0 +1,262 @@
+"""Ray Data pipelines that feed training: shards -> guarded decode -> imbalance -> K + 1 views.
+
+``training_datasets`` returns the datasets and the ``DataConfig`` to hand to a ``TorchTrainer``:
+the ``train`` dataset is split across workers (each streams its own part through
+``ray.train.get_dataset_shard("train")``), the ``eval`` dataset is not split.
+
+Rows leave the pipeline as ``{"views": uint8 [B, V, 3, S, S], "label": int64 [B]}`` (plus
+``"local_views"`` for MoCo-v3 local crops); photometric augmentation and normalisation run on
+the training device (:class:`pipelines.data.augment.Photometric`).
+
+Bad images met while training are dropped and reported to a :class:`DataMonitor` actor (named
+per run), which also holds the current epoch so that crops are seeded by (seed, epoch, batch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pipelines.data import imbalance
+from pipelines.data.augment import ViewRecipe, crop_views, seed_for
+from pipelines.data.decode import DEFAULT_MAX_PIXELS, BadImageLog, decode_image
+from pipelines.data.sources import open_source
+from pipelines.data.sources.shards import Shards
+from pipelines.data.storage import Store
+
+PARQUET_SOURCES = ("shards", "cifar10_jpeg")
+
+
+class DataMonitor:
+    """A small Ray actor per run: the current epoch and the bad images met while training."""
+
+    def __init__(self, max_bad_fraction: float, min_seen: int = 100) -> None:
+        """Start with epoch 0 and an empty log."""
+        self.epoch = 0
+        self.log = BadImageLog(max_bad_fraction=max_bad_fraction, min_seen=min_seen)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch whose crops are being drawn."""
+        self.epoch = int(epoch)
+
+    def get_epoch(self) -> int:
+        """The current epoch."""
+        return self.epoch
+
+    def add(self, good: int, bad: list[dict[str, str]]) -> None:
+        """Count a batch's good images and record its bad ones."""
+        self.log.add_good(good)
+        for entry in bad:
+            self.log.add_bad(entry["path"], entry["reason"])
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counts, the bad share, the limit and the bad files (for the run's report)."""
+        return {
+            "good": self.log.good,
+            "bad": self.log.bad_count,
+            "bad_fraction": self.log.bad_fraction,
+            "max_bad_fraction": self.log.max_bad_fraction,
+            "bad_files": list(self.log.bad),
+        }
+
+    def check(self) -> None:
+        """Raise ``TooManyBadImagesError`` (with the report) past ``max_bad_fraction``."""
+        self.log.check()
+
+
+def monitor(run: str, max_bad_fraction: float = 0.01, min_seen: int = 100) -> Any:
+    """Get or create the run's :class:`DataMonitor` actor (named ``cacr-data-<run>``)."""
+    import ray
+
+    actor = ray.remote(num_cpus=0)(DataMonitor)
+    return actor.options(name=f"cacr-data-{run}", get_if_exists=True).remote(
+        max_bad_fraction, min_seen
+    )
+
+
+def decode_and_view(
+    batch: dict[str, np.ndarray],
+    recipes: list[ViewRecipe],
+    seed: int,
+    run: str | None,
+    num_classes: int,
+    max_pixels: int,
+    draft: tuple[int, int] | None,
+) -> dict[str, np.ndarray]:
+    """``map_batches`` body: decode each row (dropping bad ones), then crop all views at once."""
+    import ray
+
+    keys = batch["key"]
+    good, labels, bad = [], [], []
+    for key, data, label in zip(keys, batch["image"], batch["label"], strict=True):
+        pixels, why = decode_image(data, max_pixels=max_pixels, draft=draft)
+        if why is None and not 0 <= int(label) < num_classes:
+            why = f"label out of range: {int(label)} not in [0, {num_classes})"
+        if why is None:
+            good.append(pixels)
+            labels.append(int(label))
+        else:
+            bad.append({"path": str(key), "reason": why})
+    epoch = 0
+    if run is not None:
+        actor = ray.get_actor(f"cacr-data-{run}")
+        actor.add.remote(len(good), bad)
+        epoch = ray.get(actor.get_epoch.remote())
+    first = str(keys[0]) if len(keys) else ""
+    rng = np.random.default_rng(seed_for(seed, epoch, first, len(keys)))
+    if not good:
+        size = recipes[0].size
+        return {"views": np.zeros((0, len(recipes), 3, size, size), np.uint8), "label": np.zeros(0, np.int64)}
+    out = {k: v.numpy() for k, v in crop_views(good, recipes, rng).items()}
+    out["label"] = np.asarray(labels, dtype=np.int64)
+    return out
+
+
+@dataclass
+class TrainingData:
+    """What :func:`training_datasets` builds.
+
+    Attributes:
+        datasets: ``{"train": ..., "eval": ...}`` Ray Datasets.
+        data_config: the ``ray.train.DataConfig`` (``train`` split across workers only).
+        classes: class names.
+        train_counts: realised per-class counts of the training set (after imbalance).
+        unreadable: shards left out because they could not be opened, with the reason.
+    """
+
+    datasets: dict[str, Any]
+    data_config: Any
+    classes: list[str]
+    train_counts: list[int]
+    unreadable: list[dict[str, str]] = field(default_factory=list)
+
+
+def parquet_files(source: Shards, split: str) -> tuple[list[str], list[dict[str, str]]]:
+    """The split's shard paths that open as Parquet, and the unreadable ones with why."""
+    ok, bad = [], []
+    for chunk in source.chunks(split):
+        path = source.store.path(chunk.args[0])
+        try:
+            with source.store.fs.open_input_file(path) as f:
+                pq.ParquetFile(f).metadata  # noqa: B018 - reading the footer is the check
+            ok.append(path)
+        except Exception as err:  # an unreadable shard must not stop training
+            bad.append({"path": path, "reason": f"unreadable shard: {type(err).__name__}: {err}"})
+    return ok, bad
+
+
+def labels_and_keys(store: Store, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and keys of every row, in file order (only those two columns are read)."""
+    labels, keys = [], []
+    for path in files:
+        with store.fs.open_input_file(path) as f:
+            pf = pq.ParquetFile(f)
+            key_col = "key" if "key" in pf.schema_arrow.names else "source_path"
+            table = pf.read(columns=["label", key_col])
+        labels.append(table["label"].to_numpy())
+        keys.append(np.asarray(table[key_col].to_pylist(), dtype=object))
+    return np.concatenate(labels), np.concatenate(keys)
+
+
+def read_rows(store: Store, files: list[str]) -> Any:
+    """A Ray Dataset of the shards' ``image``, ``label`` and ``key`` columns."""
+    import ray.data
+
+    with store.fs.open_input_file(files[0]) as f:
+        names = pq.ParquetFile(f).schema_arrow.names
+    key_col = "key" if "key" in names else "source_path"
+    ds = ray.data.read_parquet(files, filesystem=store.fs).select_columns(["image", "label", key_col])
+    return ds if key_col == "key" else ds.rename_columns({key_col: "key"})
+
+
+def keep_rows(batch: dict[str, np.ndarray], keep: list[Any]) -> dict[str, np.ndarray]:
+    """``map_batches`` body: keep the rows whose key is in the sorted key array ``keep[0]``."""
+    import ray
+
+    wanted = ray.get(keep[0])
+    mask = np.isin(batch["key"].astype(str), wanted, assume_unique=False)
+    return {k: v[mask] for k, v in batch.items()}
+
+
+def training_datasets(
+    dataset: dict[str, Any],
+    recipes: list[ViewRecipe],
+    eval_size: int,
+    seed: int = 0,
+    run: str | None = None,
+    batch_size: int = 256,
+) -> TrainingData:
+    """Build the training and evaluation datasets from a dataset config.
+
+    Args:
+        dataset: the ``dataset`` config group as a plain dict (``name``, ``root``, ``train_split``,
+            ``eval_split``, ``imbalance``, ``max_bad_fraction``, ``max_pixels``).
+        recipes: the training views' recipes.
+        eval_size: side of the single centre view of evaluation images.
+        seed: the run's seed.
+        run: the run name (enables the :class:`DataMonitor` actor); ``None`` in tests without one.
+        batch_size: rows per ``map_batches`` call.
+
+    Raises:
+        ValueError: for a dataset that is read for training only through shards.
+    """
+    import ray.data
+    from ray.train import DataConfig
+
+    name = dataset["name"]
+    if name not in PARQUET_SOURCES:
+        raise ValueError(
+            f"dataset {name!r} is read for training through shards: run `python pipelines/prepare.py "
+            f"dataset={name} dataset.root=<raw> out=<dir>` once, then train with dataset=shards "
+            f"dataset.root=<dir>"
+        )
+    source = open_source(name, str(dataset["root"]))
+    classes = source.classes()
+    num_classes = len(classes)
+    train_files, unreadable = parquet_files(source, dataset["train_split"])
+    eval_files, bad_eval = parquet_files(source, dataset["eval_split"])
+    unreadable += bad_eval
+    if not train_files:
+        raise FileNotFoundError(f"no readable {dataset['train_split']} shards under {dataset['root']}")
+    labels, keys = labels_and_keys(source.store, train_files)
+    spec = dataset.get("imbalance") or {}
+    rule = spec.get("rule") or "none"
+    max_pixels = int(dataset.get("max_pixels") or DEFAULT_MAX_PIXELS)
+    common = dict(seed=seed, run=run, num_classes=num_classes, max_pixels=max_pixels)
+    size = recipes[0].size
+    draft = (int(size / np.sqrt(min(r.scale[0] for r in recipes))),) * 2 if size > 64 else None
+    train = read_rows(source.store, train_files)
+    counts = imbalance.class_counts(labels[labels >= 0], num_classes)
+    if rule != "none":
+        target = imbalance.target_counts(rule, counts, ratio=spec.get("ratio"), mu=spec.get("mu", 0.5))
+        order, default_seed = imbalance.default_order(rule)
+        kept = imbalance.select(
+            labels,
+            target,
+            order=spec.get("order") or order,
+            seed=spec.get("seed") if spec.get("seed") is not None else default_seed,
+        )
+        keep_ref = ray.put(np.sort(keys[kept].astype(str)))
+        train = train.map_batches(
+            keep_rows, batch_size=batch_size, batch_format="numpy", fn_kwargs={"keep": [keep_ref]}
+        )
+        counts = imbalance.class_counts(labels[kept], num_classes)
+    train = train.map_batches(
+        decode_and_view,
+        batch_size=batch_size,
+        batch_format="numpy",
+        fn_kwargs=dict(recipes=recipes, draft=draft, **common),
+    )
+    centre = [ViewRecipe(eval_size, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)]
+    ev = read_rows(source.store, eval_files).map_batches(
+        decode_and_view,
+        batch_size=batch_size,
+        batch_format="numpy",
+        fn_kwargs=dict(recipes=centre, draft=None, **{**common, "run": None}),
+    )
+    return TrainingData(
+        {"train": train, "eval": ev}, DataConfig(datasets_to_split=["train"]), classes, counts, unreadable
+    )

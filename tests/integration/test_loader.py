@@ -1,0 +1,108 @@
+"""Ray Data feeding: real CIFAR-10 shards, exact imbalance counts, bad rows, a 2-worker split."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines.data.augment import view_recipes
+from pipelines.data.decode import TooManyBadImagesError
+from pipelines.data.loader import monitor, training_datasets
+from tests import replicas
+from tests.data_fixtures import corrupt_cases, encode, pattern
+
+CIFAR = str(replicas.SHARED / "cifar10-jpeg")
+
+
+def cifar_cfg(**imbalance):
+    return {"name": "cifar10_jpeg", "root": CIFAR, "train_split": "test", "eval_split": "test",
+            "imbalance": {"rule": "none", **imbalance}, "max_bad_fraction": 0.01, "max_pixels": 64_000_000}
+
+
+def histogram(ds, num_classes=10):
+    hist = np.zeros(num_classes, dtype=np.int64)
+    for batch in ds.iter_batches(batch_size=512, batch_format="numpy"):
+        hist += np.bincount(batch["label"], minlength=num_classes)
+    return hist.tolist()
+
+
+def test_imbalanced_cifar_streams_the_exact_counts_as_five_uint8_views(ray_cluster):
+    data = training_datasets(cifar_cfg(rule="cacr_cifar10_linear"), view_recipes("cifar", 5), eval_size=32)
+    expected = [100 * (c + 1) for c in range(10)]  # int((c + 1) / 10 * 1000) on the 1000-per-class split
+    assert data.train_counts == expected and data.unreadable == []
+    batch = next(iter(data.datasets["train"].iter_batches(batch_size=64, batch_format="numpy")))
+    assert batch["views"].shape == (64, 5, 3, 32, 32) and batch["views"].dtype == np.uint8
+    assert histogram(data.datasets["train"]) == expected
+
+
+def test_eval_split_is_one_centre_view_of_every_image(ray_cluster):
+    data = training_datasets(cifar_cfg(), view_recipes("cifar", 2), eval_size=32)
+    batch = next(iter(data.datasets["eval"].iter_batches(batch_size=10, batch_format="numpy")))
+    assert batch["views"].shape == (10, 1, 3, 32, 32)
+
+
+def _bad_shards(tmp_path):
+    cases = corrupt_cases()
+    rows = {"image": [], "label": [], "key": []}
+    for i, (name, (data, _)) in enumerate(cases.items()):
+        rows["image"].append(data)
+        rows["label"].append(i % 3)
+        rows["key"].append(name)
+    rows["image"].append(encode(pattern(8, 8, 9)))
+    rows["label"].append(7)  # out of range for 3 classes
+    rows["key"].append("label7.png")
+    root = tmp_path / "shards"
+    root.mkdir()
+    buf = io.BytesIO()
+    pq.write_table(pa.table(rows), buf)
+    (root / "train-00000.parquet").write_bytes(buf.getvalue())
+    (root / "train-00001.parquet").write_bytes(b"garbage, not parquet")
+    (root / "test-00000.parquet").write_bytes(buf.getvalue())
+    (root / "classes.txt").write_text("a\nb\nc\n")
+    return root, cases
+
+
+def test_bad_rows_are_dropped_counted_and_reported(ray_cluster, tmp_path):
+    root, cases = _bad_shards(tmp_path)
+    cfg = {"name": "shards", "root": str(root), "train_split": "train", "eval_split": "test",
+           "imbalance": {"rule": "none"}, "max_bad_fraction": 0.5}
+    mon = monitor("bad-rows-test", max_bad_fraction=0.5, min_seen=1)
+    data = training_datasets(cfg, view_recipes("cifar", 2), eval_size=16, run="bad-rows-test")
+    assert len(data.unreadable) == 1 and "train-00001.parquet" in data.unreadable[0]["path"]
+    good = [n for n, (d, r) in cases.items() if r is None]
+    assert sum(histogram(data.datasets["train"], 3)) == len(good)
+    snap = ray_cluster.get(mon.snapshot.remote())
+    reasons = {b["path"]: b["reason"] for b in snap["bad_files"]}
+    expected = {n: r for n, (d, r) in cases.items() if r is not None}
+    expected["label7.png"] = "label out of range: 7 not in [0, 3)"
+    assert set(reasons) == set(expected)
+    assert all(expected[k] in v for k, v in reasons.items())
+    assert snap["good"] == len(good)
+    ray_cluster.get(mon.check.remote())  # 6 of 12 is not over 50 %
+    strict = monitor("bad-rows-strict", max_bad_fraction=0.1, min_seen=1)
+    ray_cluster.get(strict.add.remote(snap["good"], snap["bad_files"]))
+    with pytest.raises(TooManyBadImagesError, match="bad of 12 images"):
+        ray_cluster.get(strict.check.remote())
+
+
+def test_each_train_worker_streams_its_own_part(ray_cluster, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from tests.train_loops import count_rows
+
+    data = training_datasets(cifar_cfg(rule="exponential", ratio=10), view_recipes("cifar", 3), eval_size=32)
+    trainer = TorchTrainer(
+        count_rows, train_loop_config={"num_classes": 10},
+        scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
+        datasets=data.datasets, dataset_config=data.data_config,
+        run_config=RunConfig(name="split-test", storage_path=str(tmp_path)),
+    )
+    result = trainer.fit()
+    rank0 = result.return_value
+    assert rank0["shapes"] == [(3, 3, 32, 32)]
+    assert 0 < sum(rank0["hist"]) < sum(data.train_counts)  # a part, not everything
