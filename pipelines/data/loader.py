@@ -72,9 +72,7 @@ def monitor(run: str, max_bad_fraction: float = 0.01, min_seen: int = 100) -> An
     import ray
 
     actor = ray.remote(num_cpus=0)(DataMonitor)
-    return actor.options(name=f"cacr-data-{run}", get_if_exists=True).remote(
-        max_bad_fraction, min_seen
-    )
+    return actor.options(name=f"cacr-data-{run}", get_if_exists=True).remote(max_bad_fraction, min_seen)
 
 
 def decode_and_view(
@@ -181,6 +179,17 @@ def keep_rows(batch: dict[str, np.ndarray], keep: list[Any]) -> dict[str, np.nda
     return {k: v[mask] for k, v in batch.items()}
 
 
+def repeat_rows(batch: dict[str, np.ndarray], table: list[Any]) -> dict[str, np.ndarray]:
+    """``map_batches`` body: repeat each row as often as class-balanced resampling drew it."""
+    import ray
+
+    keys, repeats = ray.get(table[0])
+    pos = np.searchsorted(keys, batch["key"].astype(str))
+    pos = np.clip(pos, 0, len(keys) - 1)
+    times = np.where(keys[pos] == batch["key"].astype(str), repeats[pos], 0)
+    return {k: np.repeat(v, times, axis=0) for k, v in batch.items()}
+
+
 def training_datasets(
     dataset: dict[str, Any],
     recipes: list[ViewRecipe],
@@ -214,6 +223,11 @@ def training_datasets(
             f"dataset.root=<dir>"
         )
     source = open_source(name, str(dataset["root"]))
+    if any(str(c.args[0]).endswith(".tar") for c in source.chunks(dataset["train_split"])):
+        raise ValueError(
+            f"{dataset['root']} holds WebDataset shards; convert them once with `python pipelines/prepare.py "
+            "dataset=shards dataset.root=<them> out=<dir>` and train from <dir>"
+        )
     classes = source.classes()
     num_classes = len(classes)
     train_files, unreadable = parquet_files(source, dataset["train_split"])
@@ -244,6 +258,16 @@ def training_datasets(
             keep_rows, batch_size=batch_size, batch_format="numpy", fn_kwargs={"keep": [keep_ref]}
         )
         counts = imbalance.class_counts(labels[kept], num_classes)
+    if spec.get("balanced"):
+        present = labels if rule == "none" else labels[kept]
+        present_keys = keys if rule == "none" else keys[kept]
+        draws = imbalance.balanced_indices(present, seed=seed)
+        repeat_keys, repeats = np.unique(present_keys[draws].astype(str), return_counts=True)
+        rep_ref = ray.put((repeat_keys, repeats))
+        train = train.map_batches(
+            repeat_rows, batch_size=batch_size, batch_format="numpy", fn_kwargs={"table": [rep_ref]}
+        )
+        counts = imbalance.class_counts(present[draws], num_classes)
     train = train.map_batches(
         decode_and_view,
         batch_size=batch_size,
@@ -256,6 +280,12 @@ def training_datasets(
         batch_size=batch_size,
         batch_format="numpy",
         fn_kwargs=dict(recipes=centre, draft=None, **{**common, "run": None}),
+    )
+    stats = imbalance.summary(counts)
+    print(
+        f"training set: {stats['total']:,} images, {stats['classes_present']} classes, imbalance ratio "
+        f"{stats['imbalance_ratio']}, per class {stats['per_class']}",
+        flush=True,
     )
     return TrainingData(
         {"train": train, "eval": ev}, DataConfig(datasets_to_split=["train"]), classes, counts, unreadable

@@ -106,3 +106,10 @@ def test_each_train_worker_streams_its_own_part(ray_cluster, tmp_path):
     rank0 = result.return_value
     assert rank0["shapes"] == [(3, 3, 32, 32)]
     assert 0 < sum(rank0["hist"]) < sum(data.train_counts)  # a part, not everything
+
+
+def test_class_balanced_resampling_equalises_the_stream(ray_cluster):
+    cfg = cifar_cfg(rule="cacr_cifar10_linear", balanced=True)
+    data = training_datasets(cfg, view_recipes("cifar", 2), eval_size=32)
+    assert data.train_counts == [550] * 10  # 5,500 kept images drawn evenly over 10 classes
+    assert histogram(data.datasets["train"]) == [550] * 10
