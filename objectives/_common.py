@@ -235,6 +235,18 @@ def two_view_logits(z: Tensor, gather: bool) -> tuple[Tensor, Tensor, Tensor]:
     return dots, own, (1 - view) * N + offset + local
 
 
+def weight_stats(
+    a_entropy: Tensor, a_max: Tensor, r_entropy: Tensor, r_max: Tensor
+) -> dict[str, Tensor]:
+    """The diagnostics dict every CACR variant returns."""
+    return {
+        "attraction_entropy": a_entropy,
+        "attraction_max_weight": a_max,
+        "repulsion_entropy": r_entropy,
+        "repulsion_max_weight": r_max,
+    }
+
+
 def eye_mask(rows: int, cols: int, offset: int, device: torch.device) -> Tensor:
     """Boolean ``[rows, cols]`` mask that is True at ``(i, offset + i)``.
 

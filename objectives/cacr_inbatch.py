@@ -45,6 +45,7 @@ from objectives._common import (
     entropy_and_max,
     eye_mask,
     full_precision,
+    weight_stats,
     working,
 )
 from objectives.distributed import maybe_gather
@@ -174,11 +175,5 @@ class CACRInBatch(nn.Module):
         check_views("views", views)
         with full_precision(views.device):
             p = self._pieces(working(views, self.normalize))
-            a_ent, a_max = entropy_and_max(p["w_pos"].transpose(1, 2))  # over positives
-            r_ent, r_max = entropy_and_max(p["w_neg"])
-        return {
-            "attraction_entropy": a_ent,
-            "attraction_max_weight": a_max,
-            "repulsion_entropy": r_ent,
-            "repulsion_max_weight": r_max,
-        }
+            attraction = entropy_and_max(p["w_pos"].transpose(1, 2))  # over the positives
+            return weight_stats(*attraction, *entropy_and_max(p["w_neg"]))

@@ -45,6 +45,7 @@ from objectives._common import (
     full_precision,
     prepare,
     softmax_against_rows,
+    weight_stats,
 )
 from objectives.cacr_inbatch import row_sq_dist
 from objectives.distributed import maybe_gather
@@ -186,10 +187,5 @@ class CACRMoCoV2(nn.Module):
                 entropy = entropy + torch.special.entr(parts["w_i"]).sum(-1)
                 top = torch.maximum(top, parts["w_i"].amax(-1))
             shape = (q.shape[0], q.shape[1])
-            a_ent, a_max = entropy_and_max(w_pos.transpose(1, 2))
-        return {
-            "attraction_entropy": a_ent,
-            "attraction_max_weight": a_max,
-            "repulsion_entropy": entropy.expand(shape).mean(),
-            "repulsion_max_weight": top.expand(shape).mean(),
-        }
+            attraction = entropy_and_max(w_pos.transpose(1, 2))
+            return weight_stats(*attraction, entropy.expand(shape).mean(), top.expand(shape).mean())

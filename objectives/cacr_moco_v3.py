@@ -42,6 +42,7 @@ from objectives._common import (
     eye_mask,
     full_precision,
     prepare,
+    weight_stats,
 )
 from objectives.distributed import maybe_gather
 
@@ -110,6 +111,13 @@ class CACRMoCoV3(nn.Module):
             p = torch.softmax(d_pos.view(n_keys, V - 1, B) / self.temperature, dim=1)
         return {"dots": dots, "own": own, "pos": pos, "p": p.view(-1, B), "n_keys": n_keys}
 
+    def _prepared(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Check the inputs, bring them to the working dtype and compute the shared parts."""
+        check_views("q", q)
+        check_same_shape("q", q, "k", k)
+        q, k = prepare((q, self.normalize), (k, self.normalize))
+        return q, k, self._parts(q, k)
+
     def _terms(self, parts: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         """Per-anchor attraction and repulsion ``[P, B]`` and the repulsion weights."""
         T, dots, own, pos = self.temperature, parts["dots"], parts["own"], parts["pos"]
@@ -135,11 +143,8 @@ class CACRMoCoV3(nn.Module):
             ``LossOutput`` with terms ``attraction`` and ``repulsion``, averaged over key views.
 
         """
-        check_views("q", q)
-        check_same_shape("q", q, "k", k)
         with full_precision(q.device):
-            q, k = prepare((q, self.normalize), (k, self.normalize))
-            parts = self._parts(q, k)
+            q, k, parts = self._prepared(q, k)
             att, rep, _ = self._terms(parts)
             p, n_keys = parts["p"], parts["n_keys"]
             reduce = (lambda x: x.mean(-1)) if self.cost == "rbf" else (lambda x: x.sum(-1))
@@ -154,19 +159,9 @@ class CACRMoCoV3(nn.Module):
         The repulsion weights are the detached softmax over the negatives (Euclidean cost) or,
         for the RBF cost, the InfoNCE softmax over all keys that the log-sum-exp's gradient uses.
         """
-        check_views("q", q)
-        check_same_shape("q", q, "k", k)
         with full_precision(q.device):
-            q, k = prepare((q, self.normalize), (k, self.normalize))
-            parts = self._parts(q, k)
+            q, k, parts = self._prepared(q, k)
             _, _, weights = self._terms(parts)
             n_keys, V = parts["n_keys"], q.shape[0]
             p = parts["p"].view(n_keys, V - 1, -1).transpose(1, 2)  # [keys, B, J]
-            a_ent, a_max = entropy_and_max(p)
-            r_ent, r_max = entropy_and_max(weights)
-        return {
-            "attraction_entropy": a_ent,
-            "attraction_max_weight": a_max,
-            "repulsion_entropy": r_ent,
-            "repulsion_max_weight": r_max,
-        }
+            return weight_stats(*entropy_and_max(p), *entropy_and_max(weights))

@@ -71,7 +71,7 @@ def to_rgb(img: Image.Image) -> np.ndarray:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(white, rgba)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy (torch needs one)
 
 
 def check_label(label: object, num_classes: int) -> str | None:

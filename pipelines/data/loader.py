@@ -159,15 +159,47 @@ def labels_and_keys(store: Store, files: list[str]) -> tuple[np.ndarray, np.ndar
     return np.concatenate(labels), np.concatenate(keys)
 
 
-def read_rows(store: Store, files: list[str]) -> Any:
-    """A Ray Dataset of the shards' ``image``, ``label`` and ``key`` columns."""
-    import ray.data
+def row_groups(store: Store, files: list[str], seed: int | None) -> list[dict[str, Any]]:
+    """One work item per Parquet row group (shuffled with ``seed``; file order with ``None``)."""
+    items = []
+    for path in files:
+        with store.fs.open_input_file(path) as f:
+            items += [{"file": path, "row_group": i} for i in range(pq.ParquetFile(f).num_row_groups)]
+    if seed is None:
+        return items
+    return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
 
-    with store.fs.open_input_file(files[0]) as f:
-        names = pq.ParquetFile(f).schema_arrow.names
-    key_col = "key" if "key" in names else "source_path"
-    ds = ray.data.read_parquet(files, filesystem=store.fs).select_columns(["image", "label", key_col])
-    return ds if key_col == "key" else ds.rename_columns({key_col: "key"})
+
+def read_row_group(store: Store, path: str, row_group: int) -> dict[str, np.ndarray]:
+    """``image``, ``label`` and ``key`` (or ``source_path``) of one row group as numpy columns."""
+    with store.fs.open_input_file(path) as f:
+        pf = pq.ParquetFile(f)
+        key_col = "key" if "key" in pf.schema_arrow.names else "source_path"
+        table = pf.read_row_group(row_group, columns=["image", "label", key_col])
+    return {
+        "image": np.asarray(table["image"].to_pylist(), dtype=object),
+        "label": table["label"].to_numpy(),
+        "key": np.asarray(table[key_col].to_pylist(), dtype=object),
+    }
+
+
+def read_decode_view(
+    items: dict[str, np.ndarray], store: Store, filters: dict[str, list[Any]], **decode_args: Any
+) -> dict[str, np.ndarray]:
+    """``map_batches`` body over row-group items: read, filter, decode and crop in one task.
+
+    Reading inside the same task as decoding keeps the image bytes out of the object store,
+    which roughly doubles throughput on a small machine compared with a separate read stage.
+    """
+    outs = []
+    for path, group in zip(items["file"], items["row_group"], strict=True):
+        rows = read_row_group(store, str(path), int(group))
+        if "keep" in filters:
+            rows = keep_rows(rows, filters["keep"])
+        if "table" in filters:
+            rows = repeat_rows(rows, filters["table"])
+        outs.append(decode_and_view(rows, **decode_args))
+    return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
 
 def keep_rows(batch: dict[str, np.ndarray], keep: list[Any]) -> dict[str, np.ndarray]:
@@ -196,7 +228,6 @@ def training_datasets(
     eval_size: int,
     seed: int = 0,
     run: str | None = None,
-    batch_size: int = 256,
 ) -> TrainingData:
     """Build the training and evaluation datasets from a dataset config.
 
@@ -207,7 +238,6 @@ def training_datasets(
         eval_size: side of the single centre view of evaluation images.
         seed: the run's seed.
         run: the run name (enables the :class:`DataMonitor` actor); ``None`` in tests without one.
-        batch_size: rows per ``map_batches`` call.
 
     Raises:
         ValueError: for a dataset that is read for training only through shards.
@@ -242,8 +272,8 @@ def training_datasets(
     common = dict(seed=seed, run=run, num_classes=num_classes, max_pixels=max_pixels)
     size = recipes[0].size
     draft = (int(size / np.sqrt(min(r.scale[0] for r in recipes))),) * 2 if size > 64 else None
-    train = read_rows(source.store, train_files)
     counts = imbalance.class_counts(labels[labels >= 0], num_classes)
+    filters: dict[str, Any] = {}
     if rule != "none":
         target = imbalance.target_counts(rule, counts, ratio=spec.get("ratio"), mu=spec.get("mu", 0.5))
         order, default_seed = imbalance.default_order(rule)
@@ -253,33 +283,25 @@ def training_datasets(
             order=spec.get("order") or order,
             seed=spec.get("seed") if spec.get("seed") is not None else default_seed,
         )
-        keep_ref = ray.put(np.sort(keys[kept].astype(str)))
-        train = train.map_batches(
-            keep_rows, batch_size=batch_size, batch_format="numpy", fn_kwargs={"keep": [keep_ref]}
-        )
-        counts = imbalance.class_counts(labels[kept], num_classes)
+        filters["keep"] = [ray.put(np.sort(keys[kept].astype(str)))]
+        labels, keys = labels[kept], keys[kept]
+        counts = imbalance.class_counts(labels, num_classes)
     if spec.get("balanced"):
-        present = labels if rule == "none" else labels[kept]
-        present_keys = keys if rule == "none" else keys[kept]
-        draws = imbalance.balanced_indices(present, seed=seed)
-        repeat_keys, repeats = np.unique(present_keys[draws].astype(str), return_counts=True)
-        rep_ref = ray.put((repeat_keys, repeats))
-        train = train.map_batches(
-            repeat_rows, batch_size=batch_size, batch_format="numpy", fn_kwargs={"table": [rep_ref]}
-        )
-        counts = imbalance.class_counts(present[draws], num_classes)
-    train = train.map_batches(
-        decode_and_view,
-        batch_size=batch_size,
+        draws = imbalance.balanced_indices(labels, seed=seed)
+        filters["table"] = [ray.put(np.unique(keys[draws].astype(str), return_counts=True))]
+        counts = imbalance.class_counts(labels[draws], num_classes)
+    train = ray.data.from_items(row_groups(source.store, train_files, seed)).map_batches(
+        read_decode_view,
+        batch_size=1,
         batch_format="numpy",
-        fn_kwargs=dict(recipes=recipes, draft=draft, **common),
+        fn_kwargs=dict(store=source.store, recipes=recipes, draft=draft, filters=filters, **common),
     )
     centre = [ViewRecipe(eval_size, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)]
-    ev = read_rows(source.store, eval_files).map_batches(
-        decode_and_view,
-        batch_size=batch_size,
+    ev = ray.data.from_items(row_groups(source.store, eval_files, None)).map_batches(
+        read_decode_view,
+        batch_size=1,
         batch_format="numpy",
-        fn_kwargs=dict(recipes=centre, draft=None, **{**common, "run": None}),
+        fn_kwargs=dict(store=source.store, recipes=centre, draft=None, filters={}, **{**common, "run": None}),
     )
     stats = imbalance.summary(counts)
     print(
