@@ -162,6 +162,15 @@ def test_webvision_lists_labels_and_histogram(tmp_path):
     assert src.class_histogram() == [5 + 1, 2, 1]  # the missing file is listed too
 
 
+def test_webvision_chunks_are_byte_ranges_that_partition_the_lists(tmp_path):
+    replicas.webvision(tmp_path)
+    whole = [r["key"] for r in read_all(open_source("webvision", str(tmp_path)), "train")]
+    small = open_source("webvision", str(tmp_path), lines_per_chunk=2)
+    chunks = small.chunks("train")
+    assert [c.size for c in chunks] == [2, 2, 2, 2, 1]
+    assert [r["key"] for c in chunks for r in small.read(c)] == whole and len(whole) == 9
+
+
 @pytest.mark.parametrize("gz", [False, True])
 def test_imagenet22k_tar_of_tars(tmp_path, gz):
     rep = replicas.imagenet22k(tmp_path, gz=gz)

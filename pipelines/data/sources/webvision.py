@@ -4,21 +4,27 @@ Train = ``info/train_filelist_google.txt`` + ``info/train_filelist_flickr.txt`` 
 ``<path relative to root> <label>``), val = ``info/val_filelist.txt`` (``<file> <label>``, files
 under ``val_images_256/`` or ``val_images/``). Class names come from ``info/synsets.txt``
 (line i = label i, the ILSVRC2012 classes in sorted-WNID order). Chunks are line ranges of the
-lists, so the driver never touches the image folders.
+lists (byte ranges found in one pass over each list), so the driver never touches the image
+folders and each task reads only its own lines.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
+
 from pipelines.data.sources.base import Chunk, Record, Source, record
 
-LINES_PER_CHUNK = 5000
+LINES_PER_CHUNK = 5000  # lines (images) per chunk
 TRAIN_LISTS = ("info/train_filelist_google.txt", "info/train_filelist_flickr.txt")
 
 
 class WebVision(Source):
-    """WebVision 1.0: ``train`` (Google + Flickr, ~2.4M) and ``val`` (50,000)."""
+    """WebVision 1.0: ``train`` (Google + Flickr, ~2.4M) and ``val`` (50,000).
+
+    Option ``lines_per_chunk`` (default 5,000) sets the images per chunk.
+    """
 
     name = "webvision"
     splits = ("train", "val")
@@ -35,20 +41,33 @@ class WebVision(Source):
 
     def chunks(self, split: str) -> list[Chunk]:
         self.check_split(split)
+        per_chunk = int(self.options.get("lines_per_chunk") or LINES_PER_CHUNK)
         out = []
         for lst in self._lists(split):
-            n = sum(1 for line in self.store.read_text(lst).splitlines() if line.strip())
             tag = lst.rsplit("/", 1)[-1].removesuffix(".txt")
-            for start in range(0, n, LINES_PER_CHUNK):
-                stop = min(start + LINES_PER_CHUNK, n)
-                out.append(Chunk(split, f"{tag}-{start:07d}", (lst, start, stop), stop - start))
+            data = self.store.read(lst)
+            if data is None:
+                raise FileNotFoundError(f"webvision: missing {self.store.path(lst)}")
+            # byte ranges of LINES_PER_CHUNK lines each, so a task reads only its own lines
+            ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 0x0A) + 1
+            if len(data) and data[-1:] != b"\n":
+                ends = np.append(ends, len(data))
+            for i, first in enumerate(range(0, len(ends), per_chunk)):
+                begin = 0 if first == 0 else int(ends[first - 1])
+                stop = int(ends[min(first + per_chunk, len(ends)) - 1])
+                n = min(per_chunk, len(ends) - first)
+                out.append(Chunk(split, f"{tag}-{i:05d}", (lst, begin, stop), n))
         return out
 
     def read(self, chunk: Chunk) -> Iterator[Record]:
-        lst, start, stop = chunk.args
-        lines = [line for line in self.store.read_text(lst).splitlines() if line.strip()][start:stop]
+        lst, begin, stop = chunk.args
+        with self.store.fs.open_input_file(self.store.path(lst)) as f:
+            f.seek(begin)
+            lines = f.read(stop - begin).decode("utf-8").splitlines()
         prefix = self._val_dir() + "/" if chunk.split == "val" else ""
         for line in lines:
+            if not line.strip():
+                continue
             path, label = line.rsplit(maxsplit=1)
             key = prefix + path
             yield record(key, label, image=self.store.read(key))
