@@ -24,6 +24,7 @@ Recipes (``augment=<name>``; ``../shared/docs/cacr-spec.md`` section 4):
 from __future__ import annotations
 
 import math
+import zlib
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -106,7 +107,7 @@ def view_recipes(name: str, num_views: int, local_crops: int = 0) -> list[ViewRe
 
 def seed_for(seed: int, epoch: int, *parts: object) -> int:
     """A 63-bit seed from the run seed, the epoch and anything that names the batch or worker."""
-    mix = np.random.SeedSequence([seed, epoch, *[abs(hash(str(p))) % (2**32) for p in parts]])
+    mix = np.random.SeedSequence([seed, epoch, *[zlib.crc32(str(p).encode()) for p in parts]])
     return int(mix.generate_state(1, dtype=np.uint64)[0] >> 1)
 
 

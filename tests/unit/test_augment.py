@@ -36,6 +36,17 @@ def test_same_seed_same_views_other_seed_other_views():
     assert a.shape == (4, 3, 3, 64, 64)
 
 
+def test_seed_for_is_stable_across_processes():
+    import subprocess
+    import sys
+
+    code = "from pipelines.data.augment import seed_for; print(seed_for(3, 7, 'train/a.jpg', 256))"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**__import__("os").environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)}
+    assert outs == {f"{A.seed_for(3, 7, 'train/a.jpg', 256)}\n"}
+    assert A.seed_for(3, 7, "x") != A.seed_for(3, 8, "x")
+
+
 def test_full_box_without_flip_is_the_identity_and_flip_mirrors():
     imgs = images(3, 20, 20)
     same = A.ViewRecipe(20, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)
