@@ -187,17 +187,30 @@ def test_official_queue_cache_sends_queue_gradient_to_view_zero_only(cache):
 
 
 def test_moco_v2_attraction_weights_are_detached():
-    """Gradient of the attraction equals sum_u sg(w) dc/dq, computed by hand."""
-    q, k, queue = make_inputs("cacr_moco_v2", V=2, B=3, D=4, Q=2)
+    """With K = 2 the gradient is sum_u sg(w_u) dc_u/dq, by hand; with live weights it would differ."""
+    V, B = 3, 4
+    q, k, queue = make_inputs("cacr_moco_v2", V=V, B=B, D=5, Q=2)
     out = objectives.build("cacr_moco_v2", t_pos=3.0, t_neg=1.0, beta=0.0)(q, k, queue)
     out.loss.backward()
     qn, kn = F.normalize(q.detach(), dim=-1), F.normalize(k.detach(), dim=-1)
-    # K = 1: w = 1, loss = mean_{v,b} ||qn_v - kn_u||^2; d/dqn = 2 (qn_v - kn_u) / (V B)
-    g_qn = 2 * (qn - kn.flip(0)) / (2 * 3)
-    # chain through the normalisation: (I - qn qn^T) / ||q||
-    norm = q.detach().norm(dim=-1, keepdim=True)
+    g_qn = torch.zeros_like(qn)
+    for v in range(V):
+        others = [u for u in range(V) if u != v]
+        c = torch.stack([((qn[v] - kn[u]) ** 2).sum(-1) for u in others])  # [K, B]
+        w = torch.softmax(3.0 * c, dim=0)  # constants
+        g_qn[v] = sum(w[i, :, None] * 2 * (qn[v] - kn[u]) for i, u in enumerate(others)) / (V * B)
+    norm = q.detach().norm(dim=-1, keepdim=True)  # chain through the normalisation
     expected = (g_qn - (g_qn * qn).sum(-1, keepdim=True) * qn) / norm
     torch.testing.assert_close(q.grad, expected, rtol=1e-10, atol=1e-12)
+    # the weights vary here, so a gradient through them would show
+    live = q.detach().clone().requires_grad_(True)
+    qn_live = F.normalize(live, dim=-1)
+    total = 0
+    for v in range(V):
+        c = torch.stack([((qn_live[v] - kn[u]) ** 2).sum(-1) for u in range(V) if u != v])
+        total = total + (torch.softmax(3.0 * c, dim=0) * c).sum(0).mean() / V
+    total.backward()
+    assert (live.grad - q.grad).abs().max() > 1e-4
 
 
 # ---------------------------------------------------------------- autograd

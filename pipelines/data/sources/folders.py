@@ -32,6 +32,7 @@ IMAGE_SUFFIXES = (
     ".pnm",
 )
 VAL_CHUNK = 5000
+FLAT_VAL = "__flat_val__"  # marks chunks of a flat ILSVRC2012 val folder
 
 # CMC's ImageNet-100 subset (as in the official CACR repo's imagenet100_classes.txt)
 IMAGENET100 = (
@@ -186,18 +187,12 @@ class ImageFolder(Source):
         return out
 
     def read(self, chunk: Chunk) -> Iterator[Record]:
-        if chunk.args[0] == "__flat_val__":
-            yield from self._read_flat_val(chunk)
-            return
         folder, cls, label = chunk.args
         sub = [p for p in (folder, cls) if p]
         for info in self.store.listdir(*sub):
             if info.type == pafs.FileType.File and is_image_name(info.base_name):
                 key = "/".join([*sub, info.base_name])
                 yield record(key, label, image=self.store.read(key))
-
-    def _read_flat_val(self, chunk: Chunk) -> Iterator[Record]:
-        raise NotImplementedError
 
 
 class ImageNet1k(ImageFolder):
@@ -240,7 +235,7 @@ class ImageNet1k(ImageFolder):
             Chunk(
                 "val",
                 f"val-{s:05d}",
-                ("__flat_val__", s, min(s + VAL_CHUNK, len(truth))),
+                (FLAT_VAL, s, min(s + VAL_CHUNK, len(truth))),
                 min(VAL_CHUNK, len(truth) - s),
             )
             for s in range(0, len(truth), VAL_CHUNK)
@@ -257,7 +252,10 @@ class ImageNet1k(ImageFolder):
         id_to_wnid = read_meta_mat(base.read("data", "meta.mat"))
         return [id_to_wnid[i] for i in ids]
 
-    def _read_flat_val(self, chunk: Chunk) -> Iterator[Record]:
+    def read(self, chunk: Chunk) -> Iterator[Record]:
+        if chunk.args[0] != FLAT_VAL:
+            yield from super().read(chunk)
+            return
         _, start, stop = chunk.args
         index = {c: i for i, c in enumerate(self.classes())}
         wnids = self._val_wnids()
