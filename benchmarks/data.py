@@ -36,7 +36,7 @@ from PIL import Image  # noqa: E402
 
 from pipelines.data.augment import crop_views, view_recipes  # noqa: E402
 from pipelines.data.decode import decode_image  # noqa: E402
-from pipelines.data.loader import read_decode_view, row_groups  # noqa: E402
+from pipelines.data.loader import read_decode_view  # noqa: E402
 from pipelines.data.storage import Store  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -134,6 +134,10 @@ def imagenet_like(n: int, folder: pathlib.Path, seed: int = 0) -> str:
     return str(path)
 
 
+def row_group_items(files: list[str]) -> list[dict]:
+    return [{"file": f, "row_group": g} for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
+
+
 def run_ray(files, recipes, batch, epochs, draft):
     """A fresh 2-CPU Ray cluster per run, so its start-up memory counts at every scale."""
     import ray
@@ -145,7 +149,7 @@ def run_ray(files, recipes, batch, epochs, draft):
                  log_to_driver=False)
         ray.data.DataContext.get_current().enable_progress_bars = False
         store = Store.open("/")
-        state["ds"] = ray.data.from_items(row_groups(store, files, None)).map_batches(
+        state["ds"] = ray.data.from_items(row_group_items(files)).map_batches(
             read_decode_view, batch_size=1, batch_format="numpy",
             fn_kwargs=dict(store=store, filters={}, recipes=recipes, seed=0, run=None, num_classes=10,
                            max_pixels=64_000_000, draft=draft))

@@ -166,6 +166,8 @@ def crop_views(
     """
     arrays = list(images)
     B = len(arrays)
+    if B == 0:  # e.g. a batch whose images were all bad: same keys, zero rows
+        return _group([torch.empty(0, 3, r.size, r.size, dtype=torch.uint8) for r in recipes], recipes)
     heights = np.array([a.shape[0] for a in arrays], dtype=np.float64)
     widths = np.array([a.shape[1] for a in arrays], dtype=np.float64)
     boxes = [crop_boxes(heights, widths, r, rng) for r in recipes]  # per view: [B, 4]
@@ -183,6 +185,11 @@ def crop_views(
             flip = torch.from_numpy(flips[v][start : start + len(part)])
             out = torch.where(flip[:, None, None, None], out.flip(-1), out)
             outputs[v][start : start + len(part)] = out.round_().clamp_(0, 255).to(torch.uint8)
+    return _group(outputs, recipes)
+
+
+def _group(outputs: list[Tensor], recipes: list[ViewRecipe]) -> dict[str, Tensor]:
+    """Stack per-view outputs: the first recipe's size as ``views``, other sizes as ``local_views``."""
     size = recipes[0].size
     result = {"views": torch.stack([o for o, r in zip(outputs, recipes, strict=True) if r.size == size], 1)}
     local = [o for o, r in zip(outputs, recipes, strict=True) if r.size != size]

@@ -22,9 +22,9 @@ import pyarrow.parquet as pq
 
 from pipelines.data import imbalance
 from pipelines.data.augment import ViewRecipe, crop_views, seed_for
-from pipelines.data.decode import DEFAULT_MAX_PIXELS, BadImageLog, decode_image
+from pipelines.data.decode import DEFAULT_MAX_PIXELS, BadImageLog, check_label, decode_image
 from pipelines.data.sources import open_source
-from pipelines.data.sources.shards import Shards
+from pipelines.data.sources.shards import Shards, key_column
 from pipelines.data.storage import Store
 
 PARQUET_SOURCES = ("shards", "cifar10_jpeg")
@@ -91,8 +91,7 @@ def decode_and_view(
     good, labels, bad = [], [], []
     for key, data, label in zip(keys, batch["image"], batch["label"], strict=True):
         pixels, why = decode_image(data, max_pixels=max_pixels, draft=draft)
-        if why is None and not 0 <= int(label) < num_classes:
-            why = f"label out of range: {int(label)} not in [0, {num_classes})"
+        why = why or check_label(label, num_classes)
         if why is None:
             good.append(pixels)
             labels.append(int(label))
@@ -105,9 +104,6 @@ def decode_and_view(
         epoch = ray.get(actor.get_epoch.remote())
     first = str(keys[0]) if len(keys) else ""
     rng = np.random.default_rng(seed_for(seed, epoch, first, len(keys)))
-    if not good:
-        size = recipes[0].size
-        return {"views": np.zeros((0, len(recipes), 3, size, size), np.uint8), "label": np.zeros(0, np.int64)}
     out = {k: v.numpy() for k, v in crop_views(good, recipes, rng).items()}
     out["label"] = np.asarray(labels, dtype=np.int64)
     return out
@@ -132,54 +128,62 @@ class TrainingData:
     unreadable: list[dict[str, str]] = field(default_factory=list)
 
 
-def parquet_files(source: Shards, split: str) -> tuple[list[str], list[dict[str, str]]]:
-    """The split's shard paths that open as Parquet, and the unreadable ones with why."""
-    ok, bad = [], []
+@dataclass
+class ShardIndex:
+    """What the driver learns from one pass over a split's shards.
+
+    Attributes:
+        items: one work item per readable row group (``file``, ``row_group``).
+        labels: the label of every row, in item order.
+        keys: every row's key (``None`` unless asked for).
+        unreadable: shards that could not be opened, with the reason.
+    """
+
+    items: list[dict[str, Any]]
+    labels: np.ndarray
+    keys: np.ndarray | None
+    unreadable: list[dict[str, str]]
+
+
+def row_keys(table: Any, path: str, group: int) -> np.ndarray:
+    """Row keys of a row group: its ``key`` / ``source_path`` column, else ``<file>#<group>:<row>``."""
+    col = key_column(table.schema.names)
+    if col is not None:
+        return np.asarray(table[col].to_pylist(), dtype=object)
+    return np.asarray([f"{path}#{group}:{i}" for i in range(table.num_rows)], dtype=object)
+
+
+def index_shards(source: Shards, split: str, with_keys: bool) -> ShardIndex:
+    """Open every shard of ``split`` once: row groups, labels, keys if asked; unreadable ones listed."""
+    items, labels, keys, unreadable = [], [], [], []
     for chunk in source.chunks(split):
         path = source.store.path(chunk.args[0])
         try:
             with source.store.fs.open_input_file(path) as f:
-                pq.ParquetFile(f).metadata  # noqa: B018 - reading the footer is the check
-            ok.append(path)
+                pf = pq.ParquetFile(f)
+                columns = ["label"] + [c for c in (key_column(pf.schema_arrow.names),) if c and with_keys]
+                for group in range(pf.num_row_groups):
+                    table = pf.read_row_group(group, columns=columns)
+                    items.append({"file": path, "row_group": group})
+                    labels.append(table["label"].to_numpy())
+                    if with_keys:
+                        keys.append(row_keys(table, path, group))
         except Exception as err:  # an unreadable shard must not stop training
-            bad.append({"path": path, "reason": f"unreadable shard: {type(err).__name__}: {err}"})
-    return ok, bad
-
-
-def labels_and_keys(store: Store, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Labels and keys of every row, in file order (only those two columns are read)."""
-    labels, keys = [], []
-    for path in files:
-        with store.fs.open_input_file(path) as f:
-            pf = pq.ParquetFile(f)
-            key_col = "key" if "key" in pf.schema_arrow.names else "source_path"
-            table = pf.read(columns=["label", key_col])
-        labels.append(table["label"].to_numpy())
-        keys.append(np.asarray(table[key_col].to_pylist(), dtype=object))
-    return np.concatenate(labels), np.concatenate(keys)
-
-
-def row_groups(store: Store, files: list[str], seed: int | None) -> list[dict[str, Any]]:
-    """One work item per Parquet row group (shuffled with ``seed``; file order with ``None``)."""
-    items = []
-    for path in files:
-        with store.fs.open_input_file(path) as f:
-            items += [{"file": path, "row_group": i} for i in range(pq.ParquetFile(f).num_row_groups)]
-    if seed is None:
-        return items
-    return [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+            unreadable.append({"path": path, "reason": f"unreadable shard: {type(err).__name__}: {err}"})
+    flat = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+    return ShardIndex(items, flat, np.concatenate(keys) if with_keys and keys else None, unreadable)
 
 
 def read_row_group(store: Store, path: str, row_group: int) -> dict[str, np.ndarray]:
-    """``image``, ``label`` and ``key`` (or ``source_path``) of one row group as numpy columns."""
+    """``image``, ``label`` and ``key`` of one row group as numpy columns."""
     with store.fs.open_input_file(path) as f:
         pf = pq.ParquetFile(f)
-        key_col = "key" if "key" in pf.schema_arrow.names else "source_path"
-        table = pf.read_row_group(row_group, columns=["image", "label", key_col])
+        col = key_column(pf.schema_arrow.names)
+        table = pf.read_row_group(row_group, columns=["image", "label"] + ([col] if col else []))
     return {
         "image": np.asarray(table["image"].to_pylist(), dtype=object),
         "label": table["label"].to_numpy(),
-        "key": np.asarray(table[key_col].to_pylist(), dtype=object),
+        "key": row_keys(table, path, row_group),
     }
 
 
@@ -203,7 +207,7 @@ def read_decode_view(
 
 
 def keep_rows(batch: dict[str, np.ndarray], keep: list[Any]) -> dict[str, np.ndarray]:
-    """``map_batches`` body: keep the rows whose key is in the sorted key array ``keep[0]``."""
+    """Keep the rows whose key is in the sorted key array ``keep[0]`` (an object ref)."""
     import ray
 
     wanted = ray.get(keep[0])
@@ -212,7 +216,7 @@ def keep_rows(batch: dict[str, np.ndarray], keep: list[Any]) -> dict[str, np.nda
 
 
 def repeat_rows(batch: dict[str, np.ndarray], table: list[Any]) -> dict[str, np.ndarray]:
-    """``map_batches`` body: repeat each row as often as class-balanced resampling drew it."""
+    """Repeat each row as often as class-balanced resampling drew it (``table[0]``, an object ref)."""
     import ray
 
     keys, repeats = ray.get(table[0])
@@ -260,14 +264,15 @@ def training_datasets(
         )
     classes = source.classes()
     num_classes = len(classes)
-    train_files, unreadable = parquet_files(source, dataset["train_split"])
-    eval_files, bad_eval = parquet_files(source, dataset["eval_split"])
-    unreadable += bad_eval
-    if not train_files:
-        raise FileNotFoundError(f"no readable {dataset['train_split']} shards under {dataset['root']}")
-    labels, keys = labels_and_keys(source.store, train_files)
     spec = dataset.get("imbalance") or {}
     rule = spec.get("rule") or "none"
+    train_index = index_shards(
+        source, dataset["train_split"], with_keys=rule != "none" or spec.get("balanced")
+    )
+    eval_index = index_shards(source, dataset["eval_split"], with_keys=False)
+    if not train_index.items:
+        raise FileNotFoundError(f"no readable {dataset['train_split']} shards under {dataset['root']}")
+    labels, keys = train_index.labels, train_index.keys
     max_pixels = int(dataset.get("max_pixels") or DEFAULT_MAX_PIXELS)
     common = dict(seed=seed, run=run, num_classes=num_classes, max_pixels=max_pixels)
     size = recipes[0].size
@@ -290,14 +295,15 @@ def training_datasets(
         draws = imbalance.balanced_indices(labels, seed=seed)
         filters["table"] = [ray.put(np.unique(keys[draws].astype(str), return_counts=True))]
         counts = imbalance.class_counts(labels[draws], num_classes)
-    train = ray.data.from_items(row_groups(source.store, train_files, seed)).map_batches(
+    order = np.random.default_rng(seed).permutation(len(train_index.items))  # row groups, shuffled
+    train = ray.data.from_items([train_index.items[i] for i in order]).map_batches(
         read_decode_view,
         batch_size=1,
         batch_format="numpy",
         fn_kwargs=dict(store=source.store, recipes=recipes, draft=draft, filters=filters, **common),
     )
     centre = [ViewRecipe(eval_size, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)]
-    ev = ray.data.from_items(row_groups(source.store, eval_files, None)).map_batches(
+    ev = ray.data.from_items(eval_index.items).map_batches(
         read_decode_view,
         batch_size=1,
         batch_format="numpy",
@@ -310,5 +316,9 @@ def training_datasets(
         flush=True,
     )
     return TrainingData(
-        {"train": train, "eval": ev}, DataConfig(datasets_to_split=["train"]), classes, counts, unreadable
+        {"train": train, "eval": ev},
+        DataConfig(datasets_to_split=["train"]),
+        classes,
+        counts,
+        train_index.unreadable + eval_index.unreadable,
     )

@@ -61,6 +61,8 @@ def _bad_shards(tmp_path):
     pq.write_table(pa.table(rows), buf)
     (root / "train-00000.parquet").write_bytes(buf.getvalue())
     (root / "train-00001.parquet").write_bytes(b"garbage, not parquet")
+    all_bad = pa.table({"image": [b"", b"not an image"], "label": [0, 1], "key": ["allbad-1", "allbad-2"]})
+    pq.write_table(all_bad, root / "train-00002.parquet")  # a row group with no good image at all
     (root / "test-00000.parquet").write_bytes(buf.getvalue())
     (root / "classes.txt").write_text("a\nb\nc\n")
     return root, cases
@@ -70,7 +72,7 @@ def test_bad_rows_are_dropped_counted_and_reported(ray_cluster, tmp_path):
     root, cases = _bad_shards(tmp_path)
     cfg = {"name": "shards", "root": str(root), "train_split": "train", "eval_split": "test",
            "imbalance": {"rule": "none"}, "max_bad_fraction": 0.5}
-    mon = monitor("bad-rows-test", max_bad_fraction=0.5, min_seen=1)
+    mon = monitor("bad-rows-test", max_bad_fraction=0.6, min_seen=1)
     data = training_datasets(cfg, view_recipes("cifar", 2), eval_size=16, run="bad-rows-test")
     assert len(data.unreadable) == 1 and "train-00001.parquet" in data.unreadable[0]["path"]
     good = [n for n, (d, r) in cases.items() if r is None]
@@ -79,13 +81,14 @@ def test_bad_rows_are_dropped_counted_and_reported(ray_cluster, tmp_path):
     reasons = {b["path"]: b["reason"] for b in snap["bad_files"]}
     expected = {n: r for n, (d, r) in cases.items() if r is not None}
     expected["label7.png"] = "label out of range: 7 not in [0, 3)"
+    expected["allbad-1"], expected["allbad-2"] = "empty file", "not an image"
     assert set(reasons) == set(expected)
     assert all(expected[k] in v for k, v in reasons.items())
     assert snap["good"] == len(good)
-    ray_cluster.get(mon.check.remote())  # 6 of 12 is not over 50 %
+    ray_cluster.get(mon.check.remote())  # 8 bad of 14 is not over the 0.6 limit
     strict = monitor("bad-rows-strict", max_bad_fraction=0.1, min_seen=1)
     ray_cluster.get(strict.add.remote(snap["good"], snap["bad_files"]))
-    with pytest.raises(TooManyBadImagesError, match="bad of 12 images"):
+    with pytest.raises(TooManyBadImagesError, match="8 bad of 14 images"):
         ray_cluster.get(strict.check.remote())
 
 

@@ -83,6 +83,11 @@ def test_variable_size_images_and_local_crops():
     assert out["views"].shape == (3, 2, 3, 224, 224) and out["local_views"].shape == (3, 3, 3, 96, 96)
 
 
+def test_an_empty_batch_keeps_the_output_layout():
+    out = A.crop_views([], A.view_recipes("imagenet_mocov3", 2, local_crops=2), RNG(0))
+    assert out["views"].shape == (0, 2, 3, 224, 224) and out["local_views"].shape == (0, 2, 3, 96, 96)
+
+
 def test_padding_never_leaks_into_a_crop():
     """A white image next to a larger one: every crop of it stays white (no zero padding)."""
     white = np.full((20, 20, 3), 255, np.uint8)

@@ -76,12 +76,17 @@ class Shards(Source):
             yield from read_webdataset_shard(self.store.fs, self.store.path(file), file)
 
 
+def key_column(names: list[str]) -> str | None:
+    """The column that names a Parquet shard's rows: ``key``, else ``source_path``, else none."""
+    return "key" if "key" in names else "source_path" if "source_path" in names else None
+
+
 def read_parquet_shard(fs: pafs.FileSystem, path: str, name: str) -> Iterator[Record]:
     """Records of a Parquet shard; keys come from ``key`` or ``source_path``, else the row."""
     with fs.open_input_file(path) as f:
         pf = pq.ParquetFile(f)
         cols = pf.schema_arrow.names
-        key_col = "key" if "key" in cols else "source_path" if "source_path" in cols else None
+        key_col = key_column(cols)
         row = 0
         for batch in pf.iter_batches(batch_size=1024, columns=[c for c in ("image", "label", key_col) if c]):
             data = batch.to_pydict()
