@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: setup test lint demo bench clean
+.PHONY: setup test lint demo bench clean ray-head ray-stop
 
 setup: $(STAMP)
 
@@ -32,7 +32,13 @@ test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 demo: setup
-	$(PY) benchmarks/objectives.py --quick
+	$(PY) pipelines/pretrain.py
+
+ray-head: setup
+	bash platform/local/ray-head.sh start
+
+ray-stop:
+	bash platform/local/ray-head.sh stop
 
 bench: setup
 	$(PY) benchmarks/objectives.py

@@ -5,19 +5,24 @@ from __future__ import annotations
 import os
 
 
-def connect(address: str | None = None) -> None:
+def connect(address: str | None = None) -> str | None:
     """Connect to Ray once: ``address``, else ``$RAY_ADDRESS``, else a new local cluster.
 
     A plain ``ray.init()`` would attach to any cluster already running on the machine; a run
     without an address gets a cluster of its own instead. ``RAY_AUTH_MODE`` defaults to
     ``disabled`` for such a local cluster so no token file appears as a side effect.
+
+    Returns:
+        The dashboard URL when Ray reports one (``None`` when already connected or without one).
     """
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     if target == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(address=target, log_to_driver=True)
+    context = ray.init(address=target, log_to_driver=True)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    url = getattr(context, "dashboard_url", None)
+    return f"http://{url}" if url and "://" not in url else url

@@ -16,3 +16,30 @@ def count_rows(config: dict) -> dict:
         hist += np.bincount(batch["label"], minlength=config["num_classes"])
         shapes.add(batch["views"].shape[1:])
     return {"rank": ray.train.get_context().get_world_rank(), "hist": hist.tolist(), "shapes": sorted(shapes)}
+
+
+def two_steps(config: dict) -> dict:
+    """Two optimizer steps of a Pretrainer on this rank's slice of one fixed global batch.
+
+    Returns the rank-averaged losses, the (DDP-averaged) gradients of the online encoder after
+    each backward pass, and the MoCo queue at the end (when there is one).
+    """
+    import torch
+
+    from pipelines.training.loop import Pretrainer
+
+    t = Pretrainer(config["cfg"], config["run"])
+    batch = int(config["global_batch"])
+    gen = torch.Generator().manual_seed(123)
+    x = torch.randn(2, batch, int(config["run"]["num_views"]), 3, 32, 32, generator=gen)
+    share = batch // t.world
+    steps = []
+    for step in range(2):
+        mine = x[step, t.rank * share : (t.rank + 1) * share]
+        loss, terms, finite = t.forward_backward(mine)
+        grads = torch.cat([p.grad.flatten() for p in t.framework.online.parameters()])
+        t.optimizer_step()
+        steps.append({"loss": float(loss), "finite": finite, "grads": grads.tolist(),
+                      "terms": {k: float(v) for k, v in terms.items()}})
+    queue = getattr(t.framework, "queue", None)
+    return {"steps": steps, "queue": None if queue is None else queue.tolist(), "world": t.world}

@@ -80,13 +80,17 @@ MOCOV3_LOCAL = ViewRecipe(96, (0.05, 0.4), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p
 RECIPES = ("cifar", "stl10", "imagenet_mocov2", "imagenet_mocov3")
 
 
-def view_recipes(name: str, num_views: int, local_crops: int = 0) -> list[ViewRecipe]:
+def view_recipes(
+    name: str, num_views: int, local_crops: int = 0, crop_min: float | None = None
+) -> list[ViewRecipe]:
     """The per-view recipes of augmentation ``name`` for ``num_views`` (= K + 1) views.
 
     Args:
         name: one of ``RECIPES``.
         num_views: the number of (global) views, ``>= 2``.
         local_crops: extra 96-px local crops (``imagenet_mocov3`` only).
+        crop_min: the smallest crop area of the global views (``augment.crop_min``; default: the
+            recipe's own, e.g. MoCo-v3 ResNet-50 uses 0.2, ViT 0.08).
 
     Raises:
         ValueError: for an unknown name or an impossible combination.
@@ -97,12 +101,18 @@ def view_recipes(name: str, num_views: int, local_crops: int = 0) -> list[ViewRe
         raise ValueError(f"need at least 2 views (K >= 1); got {num_views}")
     if local_crops and name != "imagenet_mocov3":
         raise ValueError("augment.local_crops is only defined for imagenet_mocov3")
+    if crop_min is not None and not 0 < crop_min <= 1:
+        raise ValueError(f"augment.crop_min must be in (0, 1]; got {crop_min}")
+
+    def sized(r: ViewRecipe) -> ViewRecipe:
+        return r if crop_min is None else replace(r, scale=(float(crop_min), r.scale[1]))
+
     if name == "imagenet_mocov3":
         if num_views != 2:
             raise ValueError("imagenet_mocov3 has exactly 2 global views (add local crops instead)")
-        return [MOCOV3_1, MOCOV3_2] + [MOCOV3_LOCAL] * local_crops
+        return [sized(MOCOV3_1), sized(MOCOV3_2)] + [MOCOV3_LOCAL] * local_crops
     base = {"cifar": CIFAR, "stl10": STL10, "imagenet_mocov2": MOCOV2}[name]
-    return [base] * num_views
+    return [sized(base)] * num_views
 
 
 def seed_for(seed: int, epoch: int, *parts: object) -> int:

@@ -67,12 +67,27 @@ class DataMonitor:
         self.log.check()
 
 
+MONITOR_NAMESPACE = "cacr"  # fixed, so that tasks and Train workers of any job find the actor
+
+
 def monitor(run: str, max_bad_fraction: float = 0.01, min_seen: int = 100) -> Any:
     """Get or create the run's :class:`DataMonitor` actor (named ``cacr-data-<run>``)."""
     import ray
 
     actor = ray.remote(num_cpus=0)(DataMonitor)
-    return actor.options(name=f"cacr-data-{run}", get_if_exists=True).remote(max_bad_fraction, min_seen)
+    return actor.options(name=f"cacr-data-{run}", namespace=MONITOR_NAMESPACE, get_if_exists=True).remote(
+        max_bad_fraction, min_seen
+    )
+
+
+def find_monitor(run: str) -> Any:
+    """The run's :class:`DataMonitor` actor, or ``None`` when there is none."""
+    import ray
+
+    try:
+        return ray.get_actor(f"cacr-data-{run}", namespace=MONITOR_NAMESPACE)
+    except ValueError:
+        return None
 
 
 def decode_and_view(
@@ -98,8 +113,8 @@ def decode_and_view(
         else:
             bad.append({"path": str(key), "reason": why})
     epoch = 0
-    if run is not None:
-        actor = ray.get_actor(f"cacr-data-{run}")
+    actor = find_monitor(run) if run is not None else None
+    if actor is not None:
         actor.add.remote(len(good), bad)
         epoch = ray.get(actor.get_epoch.remote())
     first = str(keys[0]) if len(keys) else ""
@@ -117,7 +132,9 @@ class TrainingData:
         datasets: ``{"train": ..., "eval": ...}`` Ray Datasets.
         data_config: the ``ray.train.DataConfig`` (``train`` split across workers only).
         classes: class names.
-        train_counts: realised per-class counts of the training set (after imbalance).
+        train_counts: realised per-class counts of the training set (after imbalance; before
+            ``max_train_images``).
+        train_size: images per training epoch (``max_train_images`` applied).
         unreadable: shards left out because they could not be opened, with the reason.
     """
 
@@ -126,6 +143,7 @@ class TrainingData:
     classes: list[str]
     train_counts: list[int]
     unreadable: list[dict[str, str]] = field(default_factory=list)
+    train_size: int = 0
 
 
 @dataclass
@@ -232,6 +250,7 @@ def training_datasets(
     eval_size: int,
     seed: int = 0,
     run: str | None = None,
+    bank_size: int | None = None,
 ) -> TrainingData:
     """Build the training and evaluation datasets from a dataset config.
 
@@ -242,6 +261,8 @@ def training_datasets(
         eval_size: side of the single centre view of evaluation images.
         seed: the run's seed.
         run: the run name (enables the :class:`DataMonitor` actor); ``None`` in tests without one.
+        bank_size: when set, also build ``bank``: the first ``bank_size`` images of the (full,
+            balanced) train split as single centre views, for the kNN monitor; not split.
 
     Raises:
         ValueError: for a dataset that is read for training only through shards.
@@ -302,23 +323,31 @@ def training_datasets(
         batch_format="numpy",
         fn_kwargs=dict(store=source.store, recipes=recipes, draft=draft, filters=filters, **common),
     )
+    limit = dataset.get("max_train_images")
+    if limit:
+        train = train.limit(int(limit))
     centre = [ViewRecipe(eval_size, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)]
+    plain = dict(store=source.store, recipes=centre, draft=None, filters={}, **{**common, "run": None})
     ev = ray.data.from_items(eval_index.items).map_batches(
-        read_decode_view,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs=dict(store=source.store, recipes=centre, draft=None, filters={}, **{**common, "run": None}),
+        read_decode_view, batch_size=1, batch_format="numpy", fn_kwargs=plain
     )
+    datasets = {"train": train, "eval": ev}
+    if bank_size:
+        datasets["bank"] = ray.data.from_items(train_index.items).map_batches(
+            read_decode_view, batch_size=1, batch_format="numpy", fn_kwargs=plain
+        ).limit(int(bank_size))
     stats = imbalance.summary(counts)
     print(
         f"training set: {stats['total']:,} images, {stats['classes_present']} classes, imbalance ratio "
         f"{stats['imbalance_ratio']}, per class {stats['per_class']}",
         flush=True,
     )
+    ordered = ray.data.ExecutionOptions(preserve_order=True)  # same order for the same seed
     return TrainingData(
-        {"train": train, "eval": ev},
-        DataConfig(datasets_to_split=["train"]),
+        datasets,
+        DataConfig(datasets_to_split=["train"], execution_options={k: ordered for k in datasets}),
         classes,
         counts,
         train_index.unreadable + eval_index.unreadable,
+        min(int(sum(counts)), int(limit)) if limit else int(sum(counts)),
     )

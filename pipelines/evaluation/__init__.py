@@ -1,0 +1,1 @@
+"""Judging an encoder: kNN monitor, linear probe on frozen features, BatchNorm recomputation."""

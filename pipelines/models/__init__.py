@@ -1,0 +1,1 @@
+"""Backbones, projector/predictor heads and the contrastive frameworks."""

@@ -1,0 +1,105 @@
+"""Build a framework (encoders, heads, objective) from the resolved config."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from torch import nn
+
+import objectives
+from pipelines.models.backbones import build_backbone
+from pipelines.models.frameworks import COMPATIBLE, Framework, InBatch, MoCoV2, MoCoV3
+from pipelines.models.heads import build_mlp
+
+
+def check_combination(framework: str, objective: str, num_views: int) -> None:
+    """Refuse a framework/objective pair that cannot work, or a view count the objective rejects.
+
+    Args:
+        framework: ``framework.name``.
+        objective: ``objective.name``.
+        num_views: global views per image (``objective.K + 1``).
+
+    Raises:
+        ValueError: naming the keys and what would work instead.
+    """
+    if framework not in COMPATIBLE:
+        raise ValueError(f"framework.name must be one of {', '.join(COMPATIBLE)}; got {framework!r}")
+    allowed = COMPATIBLE[framework]
+    if objective not in allowed:
+        fits = [f for f, objs in COMPATIBLE.items() if objective in objs]
+        raise ValueError(
+            f"objective {objective!r} does not work with framework {framework!r} (it takes "
+            f"{', '.join(allowed)}); use framework={fits[0] if fits else '?'} or another objective"
+        )
+    views = allowed[objective]
+    if views is not None and num_views != views:
+        raise ValueError(
+            f"objective {objective!r} compares exactly {views} views (objective.K={views - 1}); "
+            f"got objective.K={num_views - 1}"
+        )
+
+
+def _head(spec: dict[str, Any] | None, in_dim: int) -> nn.Module:
+    return build_mlp(
+        in_dim,
+        int(spec.get("hidden") or 0),
+        int(spec["out"]),
+        int(spec["layers"]),
+        batch_norm=bool(spec.get("batch_norm", False)),
+        last_batch_norm=bool(spec.get("last_batch_norm", False)),
+    )
+
+
+def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 0) -> Framework:
+    """Build the framework of a resolved config (plain dict with ``model``, ``framework``, ``objective``).
+
+    Args:
+        cfg: the resolved run config.
+        distributed: the world has more than one rank (objectives then gather negatives).
+        seed: seeds the MoCo-v2 queue's initial contents.
+
+    Returns:
+        The framework module (on the CPU, float32).
+    """
+    m, fw, obj = cfg["model"], cfg["framework"], cfg["objective"]
+    check_combination(fw["name"], obj["name"], int(obj["K"]) + 1)
+    backbone = build_backbone(
+        m["name"],
+        image_size=int(m["image_size"]),
+        stem=m.get("stem", "imagenet"),
+        width=float(m.get("width", 1.0)),
+        norm=m.get("norm", "batch"),
+        zero_init_residual=bool(m.get("zero_init_residual", False)),
+    )
+    hparams = dict(obj.get("hparams") or {})
+    if distributed and "gather" in objectives.hyperparameters(obj["name"]):
+        hparams["gather"] = True
+    objective = objectives.build(obj["name"], **hparams)
+    projector = _head(m["projector"], backbone.feature_dim)
+    base = nn.Sequential(OrderedDict(backbone=backbone, projector=projector))
+    if fw["name"] == "inbatch":
+        return InBatch(base, backbone, objective)
+    if fw["name"] == "moco_v2":
+        return MoCoV2(
+            base,
+            backbone,
+            objective,
+            momentum=float(fw["momentum"]),
+            queue_size=int(fw["queue_size"]),
+            dim=int(m["projector"]["out"]),
+            shuffle_bn=bool(fw.get("shuffle_bn", True)),
+            seed=seed,
+        )
+    predictor = _head(m["predictor"], int(m["projector"]["out"]))
+    online = nn.Sequential(OrderedDict(base=base, predictor=predictor))
+    return MoCoV3(
+        online,
+        backbone,
+        objective,
+        momentum_part=base,
+        momentum=float(fw["momentum"]),
+        cosine=bool(fw.get("momentum_cosine", True)),
+        full_mode=bool((obj.get("hparams") or {}).get("full_mode", False)),
+    )

@@ -1,0 +1,1 @@
+"""The per-worker pretraining loop, checkpoints, schedules, optimisers and run metrics."""

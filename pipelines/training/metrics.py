@@ -1,0 +1,87 @@
+"""Rank 0's view of a run: TensorBoard scalars, ``metrics.jsonl`` and console progress lines."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+def format_duration(seconds: float) -> str:
+    """``3h05m``, ``4m10s`` or ``12s``."""
+    s = int(max(0, seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
+class RunLog:
+    """Scalars to TensorBoard (``<run>/tensorboard``) and ``<run>/metrics.jsonl``, one row per step.
+
+    On a resumed run everything logged after the checkpoint's step is dropped from both (TensorBoard
+    through ``purge_step``), so no step appears twice.
+    """
+
+    def __init__(self, run_dir: str | Path, resume_step: int = 0) -> None:
+        """Open the writers; ``resume_step`` is the step of the checkpoint the run resumed from."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl = self.dir / "metrics.jsonl"
+        if self.jsonl.exists():  # keep only what the restored state had already seen
+            kept = [
+                ln
+                for ln in self.jsonl.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("step", 0) <= resume_step
+            ]
+            self.jsonl.write_text("".join(ln + "\n" for ln in kept))
+        self.writer = SummaryWriter(
+            str(self.dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
+        )
+        self.started = time.time()
+
+    def scalars(self, step: int, values: dict[str, float], epoch: int | None = None) -> None:
+        """Log ``values`` at ``step`` (names like ``loss/total``, ``throughput/images_per_s``)."""
+        for name, value in values.items():
+            self.writer.add_scalar(name, float(value), step)
+        row = {
+            "step": step,
+            **({"epoch": epoch} if epoch is not None else {}),
+            **{k: float(v) for k, v in values.items()},
+        }
+        with self.jsonl.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def figure(self, tag: str, fig: Any, step: int) -> None:
+        """Log a matplotlib figure."""
+        self.writer.add_figure(tag, fig, step)
+
+    def flush(self) -> None:
+        """Write pending events to disk."""
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and close."""
+        self.writer.close()
+
+
+def progress_line(
+    epoch: int,
+    epochs: int,
+    step: int,
+    total: int,
+    loss: float,
+    images_per_s: float,
+    views_per_image: int,
+    wait_fraction: float,
+    seconds_per_step: float,
+) -> str:
+    """One console line: where the run is, the loss, the speed and the time left."""
+    eta = format_duration((total - step) * seconds_per_step)
+    return (
+        f"epoch {epoch + 1}/{epochs}  step {step}/{total}  loss {loss:.4f}  "
+        f"{images_per_s:,.0f} img/s  {images_per_s * views_per_image:,.0f} views/s  "
+        f"data-wait {100 * wait_fraction:.0f}%  ETA {eta}"
+    )

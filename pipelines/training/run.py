@@ -1,0 +1,249 @@
+"""The driver side of a pretraining run: check, prepare the run folder and data, fit, report.
+
+``pretrain(cfg)`` is what ``pipelines/pretrain.py`` hands off to. The run lives in
+``<trainer.storage_path>/<trainer.name>/``: Ray Train's checkpoints (``checkpoint_e<epoch>_s<step>``),
+``config.yaml`` (the resolved config), ``class_counts.json``, ``tensorboard/``, ``metrics.jsonl``,
+``results.json`` and, when the run stopped on purpose, ``stopped.json``. Running the same command
+with the same ``trainer.name`` resumes; a different config under an existing name is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pipelines.training.config import ConfigError, check_config, config_changes, is_uri, recipes_for
+
+CONFIG_FILE = "config.yaml"
+
+
+class RunStoppedError(RuntimeError):
+    """The run stopped on purpose (non-finite loss, too many bad images); the message says why."""
+
+
+@dataclass
+class RunOutcome:
+    """What :func:`pretrain` returns.
+
+    Attributes:
+        run_dir: the run folder (logs, config, results).
+        results: the final evaluation (``results.json``), empty when the run stopped early.
+        seconds: wall time of this invocation.
+        dashboard: the Ray dashboard URL, when known.
+    """
+
+    run_dir: str
+    results: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    dashboard: str | None = None
+
+
+def run_folder(cfg: dict[str, Any]) -> Path:
+    """Where the run's own files go (the storage path's run folder; a local mirror for URI storage)."""
+    storage, name = str(cfg["trainer"]["storage_path"]), str(cfg["trainer"]["name"])
+    if is_uri(storage):
+        return Path(os.path.expanduser("~/cacr-runs/.local-logs")) / name
+    return Path(storage) / name
+
+
+def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
+    """Refuse to resume a run under a changed config; return whether the run already finished."""
+    import yaml
+
+    saved_path = run_dir / CONFIG_FILE
+    if not saved_path.exists():
+        return False
+    saved = yaml.safe_load(saved_path.read_text())
+    changes = config_changes(saved, cfg)
+    if changes:
+        raise ConfigError(
+            f"run {cfg['trainer']['name']!r} already exists in {run_dir} with other settings:\n  "
+            + "\n  ".join(changes)
+            + "\nto start a new run pick another trainer.name=<name>; to resume it, use its settings"
+        )
+    return (run_dir / "results.json").exists()
+
+
+def _write_run_files(run_dir: Path, cfg: dict[str, Any], counts: list[int], classes: list[str]) -> None:
+    import yaml
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = run_dir / (CONFIG_FILE + ".tmp")
+    tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    tmp.replace(run_dir / CONFIG_FILE)
+    (run_dir / "class_counts.json").write_text(
+        json.dumps({"classes": classes, "counts": counts, "total": int(sum(counts))}, indent=1) + "\n"
+    )
+
+
+def _report_bad_images(run_dir: Path, data_monitor: Any) -> None:
+    """Write the bad images met while training to ``<run>/bad_images.json`` and say how many."""
+    import ray
+
+    snap = ray.get(data_monitor.snapshot.remote())
+    (run_dir / "bad_images.json").write_text(json.dumps(snap, indent=1) + "\n")
+    if snap["bad"]:
+        print(
+            f"{snap['bad']} bad image(s) skipped while training ({100 * snap['bad_fraction']:.2f}%); "
+            f"list in {run_dir / 'bad_images.json'}",
+            flush=True,
+        )
+
+
+def pretrain(cfg: dict[str, Any]) -> RunOutcome:
+    """Check ``cfg``, then run (or resume) pretraining on Ray Train and evaluate the encoder.
+
+    Args:
+        cfg: the resolved config (plain dict, paths absolute).
+
+    Returns:
+        The run folder and results.
+
+    Raises:
+        ConfigError: before Ray starts, for any config problem.
+        RunStoppedError: when training stopped on a non-finite loss or too many bad images.
+    """
+    started = time.time()
+    plan = check_config(cfg)
+    run_dir = run_folder(cfg)
+    if _check_existing(run_dir, cfg):
+        print(
+            f"run {cfg['trainer']['name']!r} has already finished; its results are in {run_dir}", flush=True
+        )
+        return RunOutcome(str(run_dir), json.loads((run_dir / "results.json").read_text()), 0.0)
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.data.augment import MEAN_STD
+    from pipelines.data.loader import monitor, training_datasets
+    from pipelines.ray_session import connect
+    from pipelines.training.loop import STOPPED, train_loop_per_worker
+
+    tr, ds, aug = cfg["trainer"], cfg["dataset"], cfg["augment"]
+    dashboard = connect((cfg.get("ray") or {}).get("address"))
+    name = str(tr["name"])
+    data_monitor = monitor(
+        name, float(ds.get("max_bad_fraction", 0.01))
+    )  # keep the handle: it owns the actor
+    recipes = recipes_for(aug, plan.num_views)
+    data = training_datasets(
+        ds,
+        recipes,
+        eval_size=recipes[0].size,
+        seed=int(tr.get("seed", 0)),
+        run=name,
+        bank_size=int(cfg["eval"].get("knn_bank_size") or 50_000),
+    )
+    n_train, workers = data.train_size, int(tr["num_workers"])
+    steps_per_epoch = (n_train // workers) // plan.per_worker_batch
+    if steps_per_epoch < 1:
+        raise ConfigError(
+            f"trainer.batch_size={tr['batch_size']} is larger than the {n_train} training images: lower it"
+        )
+    _write_run_files(run_dir, cfg, data.train_counts, data.classes)
+    (run_dir / STOPPED).unlink(missing_ok=True)
+    mean, std = MEAN_STD[aug.get("mean_std") or "imagenet"]
+    run = {
+        "dir": str(run_dir),
+        "name": name,
+        "storage": str(tr["storage_path"]),
+        "steps_per_epoch": steps_per_epoch,
+        "num_classes": len(data.classes),
+        "num_views": plan.num_views,
+        "local_crops": plan.local_crops,
+        "per_worker_batch": plan.per_worker_batch,
+        "lr": plan.lr,
+        "mean": list(mean),
+        "std": list(std),
+    }
+    print(
+        f"run {name}: {n_train:,} images, {steps_per_epoch} steps/epoch x {tr['epochs']} epochs, "
+        f"{workers} worker(s) x {plan.per_worker_batch} images x {plan.num_views} views; folder {run_dir}",
+        flush=True,
+    )
+    if dashboard:
+        print(f"Ray dashboard: {dashboard}", flush=True)
+    gpu = bool(tr.get("use_gpu"))
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"cfg": cfg, "run": run},
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=gpu,
+            resources_per_worker=dict(tr.get("resources_per_worker") or {}) or None,
+        ),
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(tr["storage_path"]),
+            checkpoint_config=CheckpointConfig(num_to_keep=int(tr.get("num_to_keep") or 2)),
+            failure_config=FailureConfig(max_failures=int(tr.get("max_failures") or 0)),
+        ),
+        datasets=data.datasets,
+        dataset_config=data.data_config,
+    )
+    trainer.fit()
+    _report_bad_images(run_dir, data_monitor)
+    stopped = run_dir / STOPPED
+    if stopped.exists():
+        info = json.loads(stopped.read_text())
+        raise RunStoppedError(
+            f"{info['reason']}; last good checkpoint: {info.get('last_good_checkpoint')}; "
+            f"details in {stopped}"
+        )
+    results_path = run_dir / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    return RunOutcome(str(run_dir), results, time.time() - started, dashboard)
+
+
+def results_table(outcome: RunOutcome, cfg: dict[str, Any]) -> str:
+    """The short table printed at the end of a run."""
+    res = outcome.results
+    lines = []
+    if res:
+        label = f"pretrained ({cfg['objective']['name']}, K={cfg['objective']['K']})"
+        rows = [(label, res.get("pretrained", {}))]
+        if "random_init" in res:
+            rows.append(("same encoder, random init (BN recomputed)", res["random_init"]))
+        width = max(len(r[0]) for r in rows)
+        lines.append(f"{'encoder':<{width}}  kNN top-1  linear top-1 (final / best epoch)")
+        for label, r in rows:
+            linear = (
+                f"{r['linear_final_top1']:6.2f} / {r['linear_best_top1']:6.2f}"
+                if "linear_final_top1" in r
+                else "      -"
+            )
+            lines.append(f"{label:<{width}}  {r.get('knn_top1', float('nan')):9.2f}  {linear}")
+        if "random_init" in res:
+            gain = res["pretrained"]["knn_top1"] - res["random_init"]["knn_top1"]
+            lines.append(f"kNN gain over random init: {gain:+.2f} points")
+    lines += [
+        f"run folder:  {outcome.run_dir}",
+        f"TensorBoard: tensorboard --logdir {Path(outcome.run_dir) / 'tensorboard'} --host 127.0.0.1",
+        "Dashboard:   "
+        + (
+            f"{outcome.dashboard} (while a cluster runs; see README 'Ray job submit')"
+            if outcome.dashboard
+            else "start a head with platform/local/ray-head.sh start"
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def main_with_errors(cfg: dict[str, Any]) -> int:
+    """Run :func:`pretrain`, print the table; turn expected failures into one clear message."""
+    try:
+        outcome = pretrain(cfg)
+    except ConfigError as err:
+        print(f"config error:\n{err}", file=sys.stderr, flush=True)
+        return 2
+    except RunStoppedError as err:
+        print(f"run stopped: {err}", file=sys.stderr, flush=True)
+        return 3
+    print(results_table(outcome, cfg), flush=True)
+    return 0

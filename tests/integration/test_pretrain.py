@@ -1,0 +1,156 @@
+"""Pretraining on a real local Ray cluster: DDP equivalence, resume, NaN stop, real-data learning."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pipelines.training import checkpoints as ckpt
+from pipelines.training.config import check_config, resolve_paths
+from pipelines.training.run import RunStoppedError, pretrain
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(600)
+
+
+def smoke(tmp_path: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(
+            "pretrain", overrides=["experiment=smoke", f"trainer.storage_path={tmp_path}", *overrides]
+        )
+    return resolve_paths(OmegaConf.to_container(cfg, resolve=True), ROOT)
+
+
+def fit_two_steps(cfg: dict, workers: int, global_batch: int) -> dict:
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from tests.train_loops import two_steps
+
+    plan = check_config(cfg)
+    run = {"lr": plan.lr, "num_views": plan.num_views, "mean": [0.5] * 3, "std": [0.25] * 3}
+    trainer = TorchTrainer(
+        two_steps,
+        train_loop_config={"cfg": cfg, "run": run, "global_batch": global_batch},
+        scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
+        run_config=RunConfig(name=f"ddp-{workers}", storage_path=cfg["trainer"]["storage_path"]),
+    )
+    return trainer.fit().return_value
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        ["objective=cacr_inbatch", "objective.K=2"],
+        [
+            "framework=moco_v2",
+            "objective=cacr_moco_v2",
+            "objective.K=2",
+            "framework.queue_size=32",
+            "framework.momentum=0.9",
+        ],
+    ],
+    ids=["inbatch_cross_rank_negatives", "moco_v2_queue"],
+)
+def test_two_workers_equal_one_worker_with_the_double_batch(ray_cluster, tmp_path, setting) -> None:
+    overrides = ["model.norm=none", "trainer.batch_size=16", "trainer.num_workers=1", *setting]
+    one = fit_two_steps(smoke(tmp_path / "one", *overrides), workers=1, global_batch=16)
+    two = fit_two_steps(
+        smoke(tmp_path / "two", *overrides[:-0] or overrides, "trainer.num_workers=2"),
+        workers=2,
+        global_batch=16,
+    )
+    assert (one["world"], two["world"]) == (1, 2)
+    for a, b in zip(one["steps"], two["steps"], strict=True):
+        assert a["finite"] and b["finite"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-6)
+        for name in a["terms"]:
+            assert b["terms"][name] == pytest.approx(a["terms"][name], rel=1e-5, abs=1e-6)
+        np.testing.assert_allclose(b["grads"], a["grads"], rtol=1e-4, atol=1e-6)
+        assert np.abs(a["grads"]).max() > 0
+    if one["queue"] is not None:  # both workers' keys went into the queue, in rank order
+        np.testing.assert_allclose(two["queue"], one["queue"], rtol=1e-5, atol=1e-6)
+
+
+def final_checkpoint(run_dir: Path) -> Path:
+    return sorted(run_dir.glob("checkpoint_e*"))[-1]
+
+
+def test_resume_after_epoch_one_ends_with_the_same_weights(ray_cluster, tmp_path) -> None:
+    common = [
+        "trainer.num_workers=1",
+        "eval.knn_every_epochs=0",
+        "eval.final_linear_probe=false",
+        "eval.random_init_baseline=false",
+        "trainer.num_to_keep=3",
+    ]
+    straight = pretrain(smoke(tmp_path, "trainer.name=straight", *common))
+    first = smoke(tmp_path, "trainer.name=resumed", "trainer.stop_at_epoch=1", *common)
+    part = pretrain(first)
+    assert part.results == {}  # stopped after epoch 1: no final evaluation yet
+    again = pretrain(smoke(tmp_path, "trainer.name=resumed", *common))  # the same command without the stop
+    a, b = Path(straight.run_dir), Path(again.run_dir)
+    sa = ckpt.read_checkpoint(final_checkpoint(a))
+    sb = ckpt.read_checkpoint(final_checkpoint(b))
+    assert (sa["epoch"], sa["step"]) == (sb["epoch"], sb["step"]) == (2, 16)
+    for k, v in sa["model"].items():
+        torch.testing.assert_close(sb["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    rows = [json.loads(line) for line in (b / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in rows if "loss/total" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 16  # continued, never counted twice
+    straight_rows = [json.loads(line) for line in (a / "metrics.jsonl").read_text().splitlines()]
+    lr_a = {r["step"]: r["lr"] for r in straight_rows if "lr" in r}
+    lr_b = {r["step"]: r["lr"] for r in rows if "lr" in r}
+    assert lr_b == pytest.approx(lr_a)  # the schedule continued where it stopped
+    assert again.results["pretrained"]["knn_top1"] > 0
+
+
+def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(ray_cluster, tmp_path) -> None:
+    cfg = smoke(
+        tmp_path,
+        "trainer.name=nan",
+        "trainer.num_workers=1",
+        "trainer.checkpoint_every_steps=4",
+        "trainer.debug_nan_at_step=5",
+        "eval.knn_every_epochs=0",
+    )
+    with pytest.raises(RunStoppedError, match="non-finite loss at step 5") as info:
+        pretrain(cfg)
+    run_dir = tmp_path / "nan"
+    assert "checkpoint_e0000_s00000004" in str(info.value)
+    stopped = json.loads((run_dir / "stopped.json").read_text())
+    assert stopped["step"] == 5 and set(stopped["terms"]) == {"attraction", "repulsion"}
+    checkpoints = sorted(p.name for p in run_dir.glob("checkpoint_e*"))
+    assert checkpoints == ["checkpoint_e0000_s00000004"]
+    state = ckpt.read_checkpoint(run_dir / checkpoints[0])
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (run_dir / "results.json").exists()
+
+
+def test_pretraining_on_real_cifar10_beats_the_random_init_encoder(ray_cluster, tmp_path) -> None:
+    cfg = smoke(
+        tmp_path,
+        "trainer.name=real",
+        "dataset.max_train_images=null",
+        "model.width=0.25",
+        "objective.K=4",
+        "trainer.num_workers=1",
+        "trainer.epochs=1",
+        "trainer.batch_size=128",
+        "eval.knn_bank_size=10000",
+        "eval.knn_every_epochs=0",
+        "eval.final_linear_probe=false",
+        "trainer.log_every_steps=20",
+    )
+    out = pretrain(cfg)
+    gain = out.results["pretrained"]["knn_top1"] - out.results["random_init"]["knn_top1"]
+    assert out.results["random_init"]["batchnorm_images"] == 10000
+    assert gain >= 3.0, out.results
+    events = list((Path(out.run_dir) / "tensorboard").glob("events.out.tfevents.*"))
+    assert events

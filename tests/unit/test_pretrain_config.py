@@ -1,0 +1,171 @@
+"""Config composition and the checks that run before Ray starts (no Ray)."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+
+from pipelines.training.config import ConfigError, check_config, config_changes, resolve_paths
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def composed(*overrides: str) -> dict:
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+        cfg = compose("pretrain", overrides=list(overrides))
+    return resolve_paths(OmegaConf.to_container(cfg, resolve=True), ROOT)
+
+
+def test_every_paper_setting_has_a_preset() -> None:
+    small = {
+        f"{d}_{m}"
+        for d in ("cifar10", "cifar100", "stl10")
+        for m in ("cl", "au_cl", "hn_cl", "cacr_k1", "cacr_k4")
+    }
+    imbalanced = {
+        f"{d}_imbalanced_{m}"
+        for d in ("cifar10", "cifar100")
+        for m in ("cl", "au_cl", "hn_cl", "cacr_k1", "cacr_k4")
+    }
+    large = {
+        "imagenet100_mocov2_cacr",
+        "imagenet1k_mocov3_cacr_r50",
+        "imagenet1k_mocov3_cacr_vitb",
+        "webvision_mocov2_cacr",
+        "imagenet22k_mocov2_cacr",
+        "smoke",
+        "demo",
+    }
+    assert small | imbalanced | large <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_passes_the_checks(preset: str, tmp_path) -> None:
+    cfg = composed(f"experiment={preset}", f"dataset.root={tmp_path}", f"trainer.storage_path={tmp_path}")
+    if cfg["model"].get("sync_bn"):
+        assert cfg["trainer"]["use_gpu"]
+    plan = check_config(cfg)
+    assert cfg["trainer"]["name"] == preset
+    assert plan.per_worker_batch * cfg["trainer"]["num_workers"] == cfg["trainer"]["batch_size"]
+
+
+@pytest.mark.parametrize(
+    ("preset", "t_neg", "k", "lr"),
+    [
+        ("cifar10_cacr_k4", 0.9, 4, 0.06),
+        ("cifar10_cacr_k1", 2.0, 1, 0.06),
+        ("cifar100_cacr_k4", 2.0, 4, 0.06),
+        ("cifar100_cacr_k1", 3.0, 1, 0.06),
+        ("stl10_cacr_k4", 2.0, 4, 0.06),
+        ("stl10_cacr_k1", 3.0, 1, 0.06),
+    ],
+)
+def test_paper_cacr_temperatures_and_learning_rate(preset, t_neg, k, lr, tmp_path) -> None:
+    cfg = composed(f"experiment={preset}", f"dataset.root={tmp_path}")
+    assert cfg["objective"]["hparams"]["t_neg"] == t_neg and cfg["objective"]["hparams"]["t_pos"] == 1.0
+    assert cfg["objective"]["K"] == k
+    assert check_config(cfg).lr == pytest.approx(lr)  # 0.12 per 256 at batch 128
+    assert cfg["trainer"]["schedule"]["milestones"] == [155, 170, 185] and cfg["trainer"]["epochs"] == 200
+
+
+def test_baseline_temperatures_and_large_scale_settings(tmp_path) -> None:
+    root = f"dataset.root={tmp_path}"
+    assert composed("experiment=cifar10_cl", root)["objective"]["hparams"]["tau"] == 0.19
+    assert composed("experiment=cifar10_au_cl", root)["objective"]["hparams"]["unif_t"] == 2.0
+    hn = composed("experiment=cifar10_hn_cl", root)["objective"]["hparams"]
+    assert (hn["tau"], hn["beta"]) == (0.5, 1.0)
+    r50 = composed("experiment=imagenet1k_mocov3_cacr_r50", root)
+    assert check_config(r50).lr == pytest.approx(4.8) and r50["trainer"]["optimizer"]["name"] == "lars"
+    vit = composed("experiment=imagenet1k_mocov3_cacr_vitb", root)
+    assert check_config(vit).lr == pytest.approx(2.4e-3) and vit["objective"]["hparams"]["temperature"] == 0.2
+    mocov2 = composed("experiment=imagenet100_mocov2_cacr", root)
+    assert mocov2["framework"]["queue_size"] == 65536 and check_config(mocov2).lr == pytest.approx(0.03)
+    imb = composed("experiment=cifar100_imbalanced_cacr_k4", root)
+    assert imb["dataset"]["imbalance"]["rule"] == "cacr_cifar100_exp"
+
+
+def errors_of(cfg: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        check_config(cfg)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["objective.K=0"], "objective.K=0"),
+        (["objective.hparams.t_neg=-1"], "t_neg"),
+        (["objective.hparams.t_pos=0"], "t_pos"),
+        (["trainer.batch_size=100", "trainer.num_workers=3"], "not divisible by trainer.num_workers=3"),
+        (
+            ["framework=moco_v2", "objective=cacr_moco_v2", "framework.queue_size=1000"],
+            "framework.queue_size=1000 must be a positive multiple",
+        ),
+        (["dataset.root=null"], "dataset.root is not set"),
+        (["dataset.root=/no/such/folder"], "dataset.root=/no/such/folder: no such file"),
+        (["framework=moco_v2"], "does not work with framework 'moco_v2'"),
+        (["objective=cl"], "compares exactly 2 views (objective.K=1)"),
+        (["model.sync_bn=true"], "model.sync_bn=true needs GPUs"),
+        (["model.image_size=64"], "set model.image_size=32"),
+        (["trainer.stop_at_epoch=9", "trainer.epochs=4"], "trainer.stop_at_epoch=9"),
+        (["trainer.optimizer.name=adam"], "trainer.optimizer.name='adam'"),
+    ],
+)
+def test_config_errors_name_the_key_and_the_fix(overrides: list[str], expected: str) -> None:
+    assert expected in errors_of(composed(*overrides))
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    text = errors_of(composed("objective.K=0", "trainer.batch_size=7", "dataset.root=null"))
+    assert "objective.K=0" in text and "trainer.batch_size=7" in text and "dataset.root" in text
+
+
+def test_unknown_group_option_is_named_by_hydra() -> None:
+    with pytest.raises(MissingConfigException, match="objective/nope"):
+        composed("objective=nope")
+
+
+def test_resume_refuses_a_changed_config_but_allows_operational_changes() -> None:
+    cfg = composed()
+    same = copy.deepcopy(cfg)
+    same["trainer"]["num_workers"] = 4
+    same["eval"]["knn_k"] = 20
+    assert config_changes(cfg, same) == []
+    other = copy.deepcopy(cfg)
+    other["objective"]["hparams"]["t_neg"] = 2.0
+    assert config_changes(cfg, other) == ["objective.hparams.t_neg: 0.9 -> 2.0"]
+
+
+def test_relative_paths_become_absolute() -> None:
+    cfg = composed("trainer.storage_path=some/runs")
+    assert cfg["dataset"]["root"] == str(ROOT / "data" / "cifar10-sample")
+    assert Path(cfg["trainer"]["storage_path"]).is_absolute()
+
+
+def test_the_command_fails_before_ray_starts(tmp_path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "pipelines/pretrain.py",
+            "experiment=cifar10_cacr_k4",
+            f"trainer.storage_path={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "dataset.root is not set" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    assert not any(tmp_path.iterdir())
