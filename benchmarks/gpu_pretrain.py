@@ -51,16 +51,27 @@ def synthetic(cfg: dict, device: torch.device, steps: int, windows: int) -> dict
     from pipelines.training.loop import Pretrainer
 
     plan = check_config(cfg)
-    run = {"lr": plan.lr, "num_views": plan.num_views, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    run = {
+        "lr": plan.lr,
+        "num_views": plan.num_views,
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+    }
     trainer = Pretrainer(cfg, run, device=device)
     size = int(cfg["model"]["image_size"])
     gen = torch.Generator(device=device).manual_seed(0)
-    views = torch.randint(0, 256, (plan.per_worker_batch, plan.num_views, 3, size, size), generator=gen,
-                          device=device, dtype=torch.uint8)
+    views = torch.randint(
+        0,
+        256,
+        (plan.per_worker_batch, plan.num_views, 3, size, size),
+        generator=gen,
+        device=device,
+        dtype=torch.uint8,
+    )
 
     def step() -> None:
         x, local = trainer.prepare_batch({"views": views})
-        loss, _, finite = trainer.forward_backward(x, local)
+        _, _, finite = trainer.forward_backward(x, local)
         assert finite, "non-finite loss in the benchmark"
         trainer.optimizer_step()
 
@@ -78,10 +89,17 @@ def synthetic(cfg: dict, device: torch.device, steps: int, windows: int) -> dict
         times.append((time.perf_counter() - t0) / steps)
     per_step = statistics.median(times)
     images = plan.per_worker_batch / per_step
-    return {"objective": cfg["objective"]["name"], "K": cfg["objective"]["K"], "batch": plan.per_worker_batch,
-            "views": plan.num_views, "seconds_per_step": per_step, "images_per_s": images,
-            "views_per_s": images * plan.num_views, "windows": times,
-            "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None}
+    return {
+        "objective": cfg["objective"]["name"],
+        "K": cfg["objective"]["K"],
+        "batch": plan.per_worker_batch,
+        "views": plan.num_views,
+        "seconds_per_step": per_step,
+        "images_per_s": images,
+        "views_per_s": images * plan.num_views,
+        "windows": times,
+        "peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+    }
 
 
 def make_shards(folder: pathlib.Path, n: int) -> None:
@@ -99,20 +117,37 @@ def pipeline(cfg_overrides: list[str], shards: pathlib.Path, storage: pathlib.Pa
     """A short real run through Ray Data and Ray Train; throughput and data wait from metrics.jsonl."""
     from pipelines.training.run import pretrain
 
-    cfg = compose(*cfg_overrides, f"dataset.root={shards}", f"trainer.storage_path={storage}",
-                  "trainer.name=gpu-bench", "trainer.epochs=1", "eval.knn_every_epochs=0",
-                  "eval.final_linear_probe=false", "eval.random_init_baseline=false", "eval.knn_bank_size=256",
-                  "dataset.num_classes=10", "dataset.eval_split=test", "trainer.log_every_steps=2")
+    cfg = compose(
+        *cfg_overrides,
+        f"dataset.root={shards}",
+        f"trainer.storage_path={storage}",
+        "trainer.name=gpu-bench",
+        "trainer.epochs=1",
+        "eval.knn_every_epochs=0",
+        "eval.final_linear_probe=false",
+        "eval.random_init_baseline=false",
+        "eval.knn_bank_size=256",
+        "dataset.num_classes=10",
+        "dataset.eval_split=test",
+        "trainer.log_every_steps=2",
+    )
     t0 = time.perf_counter()
     outcome = pretrain(cfg)
-    rows = [json.loads(line) for line in (pathlib.Path(outcome.run_dir) / "metrics.jsonl").read_text().splitlines()]
-    steps = [r for r in rows if "throughput/images_per_s" in r and "loss/total" in r][1:]  # skip the first window
+    rows = [
+        json.loads(line)
+        for line in (pathlib.Path(outcome.run_dir) / "metrics.jsonl").read_text().splitlines()
+    ]
+    steps = [r for r in rows if "throughput/images_per_s" in r and "loss/total" in r][
+        1:
+    ]  # skip the first window
     steps = steps or [r for r in rows if "throughput/images_per_s" in r]
-    return {"wall_s": time.perf_counter() - t0,
-            "images_per_s": statistics.median(r["throughput/images_per_s"] for r in steps),
-            "views_per_s": statistics.median(r["throughput/views_per_s"] for r in steps),
-            "data_wait_fraction": statistics.median(r["data/wait_fraction"] for r in steps),
-            "windows": len(steps)}
+    return {
+        "wall_s": time.perf_counter() - t0,
+        "images_per_s": statistics.median(r["throughput/images_per_s"] for r in steps),
+        "views_per_s": statistics.median(r["throughput/views_per_s"] for r in steps),
+        "data_wait_fraction": statistics.median(r["data/wait_fraction"] for r in steps),
+        "windows": len(steps),
+    }
 
 
 def card_name(device: torch.device) -> str:
@@ -131,14 +166,28 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.tiny:
         size, batch, steps, windows, images = 64, 4, 2, 3, 96
-        common = ["model.image_size=64", "model=resnet18", "model.stem=imagenet", "trainer.use_gpu=false",
-                  "trainer.num_workers=1", f"trainer.batch_size={batch}", "framework.queue_size=64",
-                  "augment=stl10", "model.projector.hidden=64"]
+        common = [
+            "model.image_size=64",
+            "model=resnet18",
+            "model.stem=imagenet",
+            "trainer.use_gpu=false",
+            "trainer.num_workers=1",
+            f"trainer.batch_size={batch}",
+            "framework.queue_size=64",
+            "augment=stl10",
+            "model.projector.hidden=64",
+        ]
     else:
         size, batch, steps, windows, images = 224, 128, 10, 5, 6000
-        common = ["trainer.use_gpu=true", "trainer.num_workers=1", f"trainer.batch_size={batch}",
-                  "framework.queue_size=65536", "trainer.precision=bf16", "trainer.channels_last=true",
-                  "trainer.resources_per_worker={CPU: 12}"]
+        common = [
+            "trainer.use_gpu=true",
+            "trainer.num_workers=1",
+            f"trainer.batch_size={batch}",
+            "framework.queue_size=65536",
+            "trainer.precision=bf16",
+            "trainer.channels_last=true",
+            "trainer.resources_per_worker={CPU: 12}",
+        ]
     cacr = compose(*common)
     infonce = compose(*common, "objective=moco_infonce")
     print(f"device: {card_name(device)}; {size} px, batch {batch} per step", flush=True)
@@ -155,8 +204,11 @@ def main() -> None:
     for name in ("cacr_k4", "infonce_k1"):
         r = s[name]
         print(f"  {name:10s} {r['images_per_s']:9.1f} img/s {r['views_per_s']:9.1f} views/s", flush=True)
-    print(f"  CACR / InfoNCE: {s['ratio_images_per_s_cacr_over_infonce']:.2f}x images/s, "
-          f"{s['ratio_views_per_s_cacr_over_infonce']:.2f}x views/s", flush=True)
+    print(
+        f"  CACR / InfoNCE: {s['ratio_images_per_s_cacr_over_infonce']:.2f}x images/s, "
+        f"{s['ratio_views_per_s_cacr_over_infonce']:.2f}x views/s",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         shards = pathlib.Path(tmp) / "shards"
         make_shards(shards, images)
@@ -166,8 +218,11 @@ def main() -> None:
             override.append("trainer.resources_per_worker={CPU: 0.5}")
         result["pipeline"] = pipeline(override, shards, pathlib.Path(tmp) / "runs")
     p = result["pipeline"]
-    print(f"pipeline: {p['images_per_s']:.1f} img/s, {p['views_per_s']:.1f} views/s, "
-          f"data wait {100 * p['data_wait_fraction']:.0f}% of step time", flush=True)
+    print(
+        f"pipeline: {p['images_per_s']:.1f} img/s, {p['views_per_s']:.1f} views/s, "
+        f"data wait {100 * p['data_wait_fraction']:.0f}% of step time",
+        flush=True,
+    )
     out = args.out or ROOT / "benchmarks" / "results" / f"gpu_pretrain-{result['device']}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}", flush=True)
