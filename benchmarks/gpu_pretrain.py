@@ -28,8 +28,9 @@ import pyarrow.parquet as pq
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# benchmarks/objectives.py would shadow the objectives package: the repo root, not this folder.
+sys.path[:] = [p for p in sys.path if pathlib.Path(p or ".").resolve() != ROOT / "benchmarks"]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def compose(*overrides: str) -> dict:
@@ -104,7 +105,12 @@ def synthetic(cfg: dict, device: torch.device, steps: int, windows: int) -> dict
 
 def make_shards(folder: pathlib.Path, n: int) -> None:
     """``n`` generated ImageNet-sized JPEGs as train shards plus a small test split (shards layout)."""
-    from data import imagenet_like  # benchmarks/data.py
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_data", ROOT / "benchmarks" / "data.py")
+    bench_data = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_data)
+    imagenet_like = bench_data.imagenet_like
 
     folder.mkdir(parents=True, exist_ok=True)
     for split, count in (("train", n), ("test", max(64, n // 10))):
@@ -188,8 +194,12 @@ def main() -> None:
             "trainer.channels_last=true",
             "trainer.resources_per_worker={CPU: 12}",
         ]
-    cacr = compose(*common)
-    infonce = compose(*common, "objective=moco_infonce")
+    tmp = tempfile.TemporaryDirectory()
+    shards = pathlib.Path(tmp.name) / "shards"
+    make_shards(shards, images)
+    assert pq.ParquetFile(shards / "train-00000-of-00001.parquet").metadata.num_rows == images
+    cacr = compose(*common, f"dataset.root={shards}")
+    infonce = compose(*common, f"dataset.root={shards}", "objective=moco_infonce")
     print(f"device: {card_name(device)}; {size} px, batch {batch} per step", flush=True)
     result: dict = {"device": card_name(device), "tiny": args.tiny, "image_size": size, "batch": batch}
     t0 = time.perf_counter()
@@ -209,14 +219,11 @@ def main() -> None:
         f"{s['ratio_views_per_s_cacr_over_infonce']:.2f}x views/s",
         flush=True,
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        shards = pathlib.Path(tmp) / "shards"
-        make_shards(shards, images)
-        assert pq.ParquetFile(shards / "train-00000-of-00001.parquet").metadata.num_rows == images
+    with tmp:
         override = [c for c in common if not c.startswith("trainer.resources_per_worker")]
         if args.tiny:
             override.append("trainer.resources_per_worker={CPU: 0.5}")
-        result["pipeline"] = pipeline(override, shards, pathlib.Path(tmp) / "runs")
+        result["pipeline"] = pipeline(override, shards, pathlib.Path(tmp.name) / "runs")
     p = result["pipeline"]
     print(
         f"pipeline: {p['images_per_s']:.1f} img/s, {p['views_per_s']:.1f} views/s, "

@@ -162,3 +162,8 @@ def balanced_indices(labels: np.ndarray, seed: int, num_samples: int | None = No
     out = np.concatenate(picks)
     rng.shuffle(out)
     return out
+
+
+def ratio_text(ratio: float | None) -> str:
+    """An imbalance ratio for people: ``10.00``, or ``n/a`` when no class has images."""
+    return "n/a" if ratio is None else f"{ratio:.2f}"

@@ -339,7 +339,7 @@ def training_datasets(
     stats = imbalance.summary(counts)
     print(
         f"training set: {stats['total']:,} images, {stats['classes_present']} classes, imbalance ratio "
-        f"{stats['imbalance_ratio']}, per class {stats['per_class']}",
+        f"{imbalance.ratio_text(stats['imbalance_ratio'])}, per class {stats['per_class']}",
         flush=True,
     )
     ordered = ray.data.ExecutionOptions(preserve_order=True)  # same order for the same seed

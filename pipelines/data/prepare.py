@@ -6,6 +6,7 @@ import json
 import time
 from typing import Any
 
+from pipelines.data import imbalance
 from pipelines.data.decode import DEFAULT_MAX_PIXELS
 from pipelines.data.progress import Progress
 from pipelines.data.shard_writer import MANIFEST, build_manifest, done_path, write_chunk
@@ -81,8 +82,9 @@ def prepare_dataset(
     manifest = build_manifest(dataset, root, classes, splits, [done[done_path(c)] for c in plan])
     store.write_atomic(json.dumps(manifest, indent=1).encode(), MANIFEST)
     for split, info in manifest["splits"].items():
+        ratio = imbalance.ratio_text(info["imbalance_ratio"])
         print(f"  {split}: {info['rows']:,} images in {len(info['shards'])} shards, "
-              f"{info['classes_present']} classes, imbalance ratio {info['imbalance_ratio']}, "
+              f"{info['classes_present']} classes, imbalance ratio {ratio}, "
               f"{info['bad_count']} bad", flush=True)
     for entry in manifest["bad_files"][:10]:
         print(f"  bad: {entry['path']}: {entry['reason']}", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -89,14 +90,12 @@ def test_job_submit_runs_the_smoke_experiment(head, tmp_path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-4000:]
     assert token not in out  # the token is never printed
-    status = subprocess.run(
-        [str(RAY), "job", "status", "--address", address, "cacr-smoke"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    request = urllib.request.Request(
+        f"{address}/api/jobs/cacr-smoke", headers={"Authorization": f"Bearer {token}"}
     )
-    assert "SUCCEEDED" in status.stdout + status.stderr
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        job = json.load(reply)
+    assert job["status"] == "SUCCEEDED", job
     run_dir = storage / "smoke"
     checkpoints = list(run_dir.glob("checkpoint_e0002_s*"))
     assert (

@@ -134,14 +134,15 @@ def test_non_finite_loss_stops_with_the_step_and_the_last_good_checkpoint(ray_cl
 
 
 def test_pretraining_on_real_cifar10_beats_the_random_init_encoder(ray_cluster, tmp_path) -> None:
+    """A shorter demo: 2 epochs instead of 6 (the demo measured +7.6 points after 6, +6.5 after 2)."""
     cfg = smoke(
         tmp_path,
         "trainer.name=real",
         "dataset.max_train_images=null",
-        "model.width=0.25",
+        "model.width=0.125",
         "objective.K=4",
-        "trainer.num_workers=1",
-        "trainer.epochs=1",
+        "trainer.num_workers=2",
+        "trainer.epochs=2",
         "trainer.batch_size=128",
         "eval.knn_bank_size=10000",
         "eval.knn_every_epochs=0",
@@ -151,6 +152,6 @@ def test_pretraining_on_real_cifar10_beats_the_random_init_encoder(ray_cluster, 
     out = pretrain(cfg)
     gain = out.results["pretrained"]["knn_top1"] - out.results["random_init"]["knn_top1"]
     assert out.results["random_init"]["batchnorm_images"] == 10000
-    assert gain >= 3.0, out.results
+    assert gain >= 4.0, out.results
     events = list((Path(out.run_dir) / "tensorboard").glob("events.out.tfevents.*"))
     assert events

@@ -115,3 +115,8 @@ def test_balanced_resampling_equalises_classes():
     assert np.bincount(labels[idx]).tolist() == [100, 100, 100]
     assert set(idx[labels[idx] == 2].tolist()) == {99}
     assert not np.array_equal(idx, imbalance.balanced_indices(labels, seed=4, num_samples=300))
+
+
+def test_ratio_text_rounds_for_people_and_names_the_empty_case() -> None:
+    assert imbalance.ratio_text(imbalance.summary([10, 9])["imbalance_ratio"]) == "1.11"
+    assert imbalance.ratio_text(None) == "n/a"
