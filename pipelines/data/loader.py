@@ -251,6 +251,7 @@ def training_datasets(
     seed: int = 0,
     run: str | None = None,
     bank_size: int | None = None,
+    whole_bank: bool = False,
 ) -> TrainingData:
     """Build the training and evaluation datasets from a dataset config.
 
@@ -263,6 +264,7 @@ def training_datasets(
         run: the run name (enables the :class:`DataMonitor` actor); ``None`` in tests without one.
         bank_size: when set, also build ``bank``: the first ``bank_size`` images of the (full,
             balanced) train split as single centre views, for the kNN monitor; not split.
+        whole_bank: build ``bank`` from the whole train split (the standalone linear probe).
 
     Raises:
         ValueError: for a dataset that is read for training only through shards.
@@ -332,10 +334,11 @@ def training_datasets(
         read_decode_view, batch_size=1, batch_format="numpy", fn_kwargs=plain
     )
     datasets = {"train": train, "eval": ev}
-    if bank_size:
-        datasets["bank"] = ray.data.from_items(train_index.items).map_batches(
+    if bank_size or whole_bank:
+        bank = ray.data.from_items(train_index.items).map_batches(
             read_decode_view, batch_size=1, batch_format="numpy", fn_kwargs=plain
-        ).limit(int(bank_size))
+        )
+        datasets["bank"] = bank if whole_bank else bank.limit(int(bank_size))
     stats = imbalance.summary(counts)
     print(
         f"training set: {stats['total']:,} images, {stats['classes_present']} classes, imbalance ratio "

@@ -191,6 +191,25 @@ def _check_trainer(errors: list[str], cfg: dict[str, Any]) -> None:
         errors.append(f"trainer.name={tr['name']!r}: a plain name without '/' or a leading '.'")
 
 
+def check_eval(errors: list[str], ev: dict[str, Any]) -> None:
+    """Append the problems of the ``eval`` group (probe protocol, kNN, shot thresholds) to ``errors``."""
+    from pipelines.evaluation.protocols import from_config
+
+    try:
+        from_config(ev.get("protocol"))
+    except ValueError as err:
+        errors.append(str(err))
+    for key in ("knn_k", "knn_temperature"):
+        if not (isinstance(ev.get(key), int | float) and ev[key] > 0):
+            errors.append(f"eval.{key}={ev.get(key)!r}: must be > 0")
+    many, few = ev.get("many_shot_above", 100), ev.get("few_shot_below", 20)
+    if not (isinstance(many, int) and isinstance(few, int) and 0 <= few <= many):
+        errors.append(
+            f"eval.few_shot_below={few!r} and eval.many_shot_above={many!r}: need integers with "
+            "0 <= few_shot_below <= many_shot_above"
+        )
+
+
 def check_config(cfg: dict[str, Any]) -> Plan:
     """Check a resolved config and derive its :class:`Plan`.
 
@@ -213,6 +232,7 @@ def check_config(cfg: dict[str, Any]) -> Plan:
     _check_objective(errors, cfg)
     _check_views(errors, cfg)
     _check_trainer(errors, cfg)
+    check_eval(errors, cfg["eval"])
     if errors:
         raise ConfigError("\n".join(errors))
     tr, aug = cfg["trainer"], cfg["augment"]

@@ -23,14 +23,20 @@ class RunLog:
     through ``purge_step``), so no step appears twice.
     """
 
-    def __init__(self, run_dir: str | Path, resume_step: int = 0) -> None:
-        """Open the writers; ``resume_step`` is the step of the checkpoint the run resumed from."""
+    def __init__(self, run_dir: str | Path, resume_step: int | None = 0) -> None:
+        """Open the writers.
+
+        Args:
+            run_dir: the run folder.
+            resume_step: the step of the checkpoint the run resumed from; ``None`` appends to what
+                is there and drops nothing.
+        """
         from torch.utils.tensorboard import SummaryWriter
 
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "metrics.jsonl"
-        if self.jsonl.exists():  # keep only what the restored state had already seen
+        if self.jsonl.exists() and resume_step is not None:  # keep what the restored state saw
             kept = [
                 ln
                 for ln in self.jsonl.read_text().splitlines()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipelines.evaluation.report import encoder_table
 from pipelines.training.config import ConfigError, check_config, config_changes, is_uri, recipes_for
 
 CONFIG_FILE = "config.yaml"
@@ -154,6 +155,8 @@ def pretrain(cfg: dict[str, Any]) -> RunOutcome:
         "storage": str(tr["storage_path"]),
         "steps_per_epoch": steps_per_epoch,
         "num_classes": len(data.classes),
+        "classes": list(data.classes),
+        "train_counts": [int(c) for c in data.train_counts],
         "num_views": plan.num_views,
         "local_crops": plan.local_crops,
         "per_worker_batch": plan.per_worker_batch,
@@ -210,20 +213,18 @@ def results_table(outcome: RunOutcome, cfg: dict[str, Any]) -> str:
         rows = [(label, res.get("pretrained", {}))]
         if "random_init" in res:
             rows.append(("same encoder, random init (BN recomputed)", res["random_init"]))
-        width = max(len(r[0]) for r in rows)
-        lines.append(f"{'encoder':<{width}}  kNN top-1  linear top-1 (final / best epoch)")
-        for label, r in rows:
-            linear = (
-                f"{r['linear_final_top1']:6.2f} / {r['linear_best_top1']:6.2f}"
-                if "linear_final_top1" in r
-                else "      -"
-            )
-            lines.append(f"{label:<{width}}  {r.get('knn_top1', float('nan')):9.2f}  {linear}")
+        lines += encoder_table(rows)
         if "random_init" in res:
             gain = res["pretrained"]["knn_top1"] - res["random_init"]["knn_top1"]
             lines.append(f"kNN gain over random init: {gain:+.2f} points")
+        protocol = (res.get("pretrained", {}).get("linear") or {}).get("protocol")
+        if protocol:
+            lines.append(
+                f"linear probe: eval/protocol={protocol} on cached centre-crop features; "
+                "'best' = best test accuracy over the probe's epochs"
+            )
     lines += [
-        f"run folder:  {outcome.run_dir}",
+        f"run folder:  {outcome.run_dir} (results.md, report.png)",
         f"TensorBoard: tensorboard --logdir {Path(outcome.run_dir) / 'tensorboard'} --host 127.0.0.1",
         "Dashboard:   "
         + (

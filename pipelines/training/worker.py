@@ -8,28 +8,26 @@ same encoder at random initialisation with its BatchNorm statistics recomputed).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from pipelines.data.loader import find_monitor
-from pipelines.evaluation.features import extract_features, recompute_batchnorm
-from pipelines.evaluation.knn import knn_top1
-from pipelines.evaluation.linear import train_linear_probe
+from pipelines.evaluation.features import recompute_batchnorm
+from pipelines.evaluation.judge import BatchCache, Judge
+from pipelines.evaluation.linear import final_numbers
+from pipelines.evaluation.protocols import from_config
+from pipelines.evaluation.report import write_results
 from pipelines.models.build import build_framework
 from pipelines.training import checkpoints as ckpt
 from pipelines.training.loop import Pretrainer, _agree, write_stop
 from pipelines.training.metrics import RunLog, progress_line
-
-RESULTS = "results.json"
 
 
 def say(text: str) -> None:
@@ -74,7 +72,7 @@ class Session:
         self.last_checkpoint: str | None = None
         self.log: RunLog | None = None
         self.monitor = None
-        self._cache: dict[str, list[dict[str, torch.Tensor]]] = {}
+        self.judge: Judge | None = None
 
     # ------------------------------------------------------------------ helpers
     def _print(self, text: str) -> None:
@@ -144,88 +142,50 @@ class Session:
                 self.log.close()
 
     # ------------------------------------------------------------------ evaluation
-    def _eval_batches(self, name: str) -> Any:
-        """Batches of the ``bank`` / ``eval`` dataset; kept in memory after the first pass when small.
+    def _judge(self) -> Judge:
+        """The evaluator over the ``bank`` / ``eval`` streams (cached in memory up to ``eval.cache_mb``)."""
+        if self.judge is None:
+            ev = self.cfg["eval"]
 
-        The evaluation images are single uint8 centre crops; up to ``eval.cache_mb`` of them stay
-        on rank 0, so later kNN passes run the encoder only instead of decoding again.
-        """
-        if name in self._cache:
-            return self._cache[name]
-        stream = self.api.get_dataset_shard(name).iter_torch_batches(batch_size=256, prefetch_batches=1)
-        return self._caching(name, stream, int(self.cfg["eval"].get("cache_mb", 1024)) * 2**20)
+            def open_stream(name: str) -> Any:
+                return self.api.get_dataset_shard(name).iter_torch_batches(batch_size=256, prefetch_batches=1)
 
-    def _caching(self, name: str, stream: Any, budget: int) -> Any:
-        kept: list[dict[str, torch.Tensor]] | None = []
-        used = 0
-        for batch in stream:
-            used += batch["views"].numel()
-            if kept is not None and used <= budget:
-                kept.append({"views": batch["views"].cpu(), "label": batch["label"].cpu()})
-            else:
-                kept = None
-            yield batch
-        if kept is not None:
-            self._cache[name] = kept
-
-    def _features(self, backbone: torch.nn.Module) -> tuple[torch.Tensor, ...]:
-        args = (self.t.mean, self.t.std, self.t.device)  # the bank dataset is already cut to knn_bank_size
-        bx, by = extract_features(backbone, self._eval_batches("bank"), *args)
-        tx, ty = extract_features(backbone, self._eval_batches("eval"), *args)
-        return bx, by, tx, ty
-
-    def _knn(self, feats: tuple[torch.Tensor, ...]) -> float:
-        ev = self.cfg["eval"]
-        bx, by, tx, ty = feats
-        return knn_top1(
-            tx,
-            ty,
-            bx,
-            by,
-            int(self.run["num_classes"]),
-            k=int(ev.get("knn_k", 200)),
-            temperature=float(ev.get("knn_temperature", 0.07)),
-        )
-
-    def _judge(self, backbone: torch.nn.Module) -> dict[str, float]:
-        ev = self.cfg["eval"]
-        feats = self._features(backbone)
-        out = {"knn_top1": self._knn(feats)}
-        if ev.get("final_linear_probe", True):
-            bx, by, tx, ty = feats
-            probe = train_linear_probe(
-                bx,
-                by,
-                tx,
-                ty,
+            self.judge = Judge(
+                BatchCache(open_stream, int(ev.get("cache_mb", 1024)) * 2**20),
                 int(self.run["num_classes"]),
-                epochs=int(ev.get("linear_epochs", 100)),
-                seed=self.t.seed,
-            )
-            out["linear_final_top1"], out["linear_best_top1"] = probe["final_top1"], probe["best_top1"]
-        return out
-
-    def _final_evaluation(self) -> dict[str, Any]:
-        """Judge the pretrained backbone and the same network at random init (BN recomputed)."""
-        t0 = time.perf_counter()
-        results: dict[str, Any] = {"pretrained": self._judge(self.t.framework.backbone)}
-        if self.cfg["eval"].get("random_init_baseline", True):
-            torch.manual_seed(self.t.seed)
-            fresh = build_framework(self.cfg, seed=self.t.seed).backbone.to(self.t.device)
-            used = recompute_batchnorm(
-                fresh,
-                self._eval_batches("bank"),
                 self.t.mean,
                 self.t.std,
                 self.t.device,
+                list(self.run.get("train_counts") or [0] * int(self.run["num_classes"])),
+                ev,
+                seed=self.t.seed,
             )
-            results["random_init"] = {**self._judge(fresh), "batchnorm_images": used}
+        return self.judge
+
+    def _final_evaluation(self) -> dict[str, Any]:
+        """Judge the pretrained backbone and the same network at random init (BN recomputed).
+
+        The probe follows ``eval.protocol`` on cached centre-crop features (quick and deterministic);
+        ``pipelines/linear_probe.py`` runs a protocol in full, augmentation included.
+        """
+        t0, ev, judge = time.perf_counter(), self.cfg["eval"], self._judge()
+        protocol = from_config(ev["protocol"]).cached() if ev.get("final_linear_probe", True) else None
+        results: dict[str, Any] = {"pretrained": judge.judge(self.t.framework.backbone, protocol)}
+        if ev.get("random_init_baseline", True):
+            torch.manual_seed(self.t.seed)
+            fresh = build_framework(self.cfg, seed=self.t.seed).backbone.to(self.t.device)
+            used = recompute_batchnorm(fresh, judge.batches("bank"), self.t.mean, self.t.std, self.t.device)
+            results["random_init"] = {**judge.judge(fresh, protocol), "batchnorm_images": used}
+        obj = self.cfg["objective"]
         results.update(
+            objective=f"{obj['name']} (K={obj['K']})",
             epochs=self.t.epoch,
             steps=self.t.step,
             seconds=time.perf_counter() - t0,
             checkpoint=self.last_checkpoint,
             data=self._bad_images(),
+            classes=list(self.run.get("classes") or []),
+            train_counts=list(self.run.get("train_counts") or []),
         )
         return results
 
@@ -293,11 +253,15 @@ class Session:
             self._checkpoint(metrics)
         if t.epoch >= epochs and self.rank0:
             results = self._final_evaluation()
-            Path(self.run["dir"], RESULTS).write_text(json.dumps(results, indent=2, default=str) + "\n")
             if self.log:
                 for who in ("pretrained", "random_init"):
-                    for k, v in results.get(who, {}).items():
-                        self.log.scalars(t.step, {f"final/{who}/{k}": v})
+                    judged = results.get(who, {})
+                    values = {"knn_top1": judged.get("knn_top1"), **final_numbers(judged.get("linear"))}
+                    self.log.scalars(
+                        t.step, {f"final/{who}/{k}": v for k, v in values.items() if v is not None}
+                    )
+                self.log.flush()
+            write_results(self.run["dir"], results, f"run {self.run['name']}: {results['objective']}", spe)
         if self.log:
             self.log.close()
 
@@ -350,7 +314,8 @@ class Session:
             metrics["data/bad_images"] = snap["bad"]
             if knn_every and (epoch + 1) % knn_every == 0:
                 t0 = time.perf_counter()
-                metrics["knn/top1"] = self._knn(self._features(self.t.framework.backbone))
+                judge = self._judge()
+                metrics["knn/top1"] = judge.knn(judge.features(self.t.framework.backbone))[0]
                 self._print(
                     f"epoch {epoch + 1}: kNN top-1 {metrics['knn/top1']:.2f}% "
                     f"({time.perf_counter() - t0:.0f}s)"

@@ -92,6 +92,11 @@ def test_baseline_temperatures_and_large_scale_settings(tmp_path) -> None:
     assert mocov2["framework"]["queue_size"] == 65536 and check_config(mocov2).lr == pytest.approx(0.03)
     imb = composed("experiment=cifar100_imbalanced_cacr_k4", root)
     assert imb["dataset"]["imbalance"]["rule"] == "cacr_cifar100_exp"
+    assert imb["eval"]["protocol"]["name"] == "small_scale"
+    assert (mocov2["eval"]["protocol"]["name"], r50["eval"]["protocol"]["name"]) == ("mocov2", "mocov3")
+    swapped = composed("experiment=imagenet100_mocov2_cacr", root, "objective=moco_infonce")
+    assert (swapped["objective"]["K"], swapped["objective"]["hparams"]) == (1, {"tau": 0.2})
+    check_config(swapped)  # a baseline on top of the CACR preset needs no further overrides
 
 
 def errors_of(cfg: dict) -> str:
@@ -119,6 +124,10 @@ def errors_of(cfg: dict) -> str:
         (["model.image_size=64"], "set model.image_size=32"),
         (["trainer.stop_at_epoch=9", "trainer.epochs=4"], "trainer.stop_at_epoch=9"),
         (["trainer.optimizer.name=adam"], "trainer.optimizer.name='adam'"),
+        (["eval.protocol.epochs=0"], "eval.protocol.epochs"),
+        (["eval.protocol.milestones=[60,200]"], "eval.protocol.milestones"),
+        (["eval.knn_k=0"], "eval.knn_k=0"),
+        (["eval.few_shot_below=200"], "eval.few_shot_below=200"),
     ],
 )
 def test_config_errors_name_the_key_and_the_fix(overrides: list[str], expected: str) -> None:
@@ -133,6 +142,8 @@ def test_all_problems_are_reported_at_once() -> None:
 def test_unknown_group_option_is_named_by_hydra() -> None:
     with pytest.raises(MissingConfigException, match="objective/nope"):
         composed("objective=nope")
+    with pytest.raises(MissingConfigException, match="eval/protocol/nope"):
+        composed("eval/protocol=nope")
 
 
 def test_resume_refuses_a_changed_config_but_allows_operational_changes() -> None:

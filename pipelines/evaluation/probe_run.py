@@ -1,0 +1,219 @@
+"""The driver of ``pipelines/linear_probe.py``: judge a pretrained run's encoder on Ray.
+
+Finds the checkpoint (a run folder's latest complete one, or the one named), rebuilds the run's
+data (the whole train split and the held-out split as centre crops), and runs one Ray Train
+worker (GPU if ``eval.use_gpu``) that loads ``backbone.pt`` with ``weights_only=True``, computes
+kNN and the ``eval.protocol`` linear probe, and adds the result under ``linear_probes.<protocol>``
+of the run's ``results.json``, rewriting ``results.md`` and ``report.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.evaluation.report import encoder_table
+from pipelines.training import checkpoints as ckpt
+from pipelines.training.config import ConfigError, check_eval
+
+_NAME = re.compile(r"checkpoint_e(\d+)_s(\d+)$")
+
+
+def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """``(run folder, checkpoint folder)`` for a run folder or a checkpoint folder.
+
+    Raises:
+        ConfigError: naming ``run=`` when the path is missing, not a run, or has no complete checkpoint.
+    """
+    p = Path(path).expanduser().resolve()
+    if not p.exists():
+        raise ConfigError(
+            f"run={path}: no such folder; pass a run folder (<storage_path>/<name>) or a checkpoint"
+        )
+    if (p / ckpt.COMPLETE).exists():
+        if not ckpt.is_complete(p):
+            raise ConfigError(f"run={path}: this checkpoint is incomplete (a file is missing); pick another")
+        return p.parent, p
+    if not (p / "config.yaml").exists():
+        raise ConfigError(
+            f"run={path}: not a run folder (no config.yaml) nor a checkpoint (no COMPLETE marker)"
+        )
+    found = [
+        (tuple(map(int, m.groups())), d)
+        for d in p.iterdir()
+        if (m := _NAME.match(d.name)) and ckpt.is_complete(d)
+    ]
+    if not found:
+        raise ConfigError(f"run={path}: the run has no complete checkpoint yet")
+    return p, max(found)[1]
+
+
+def probe_loop_per_worker(config: dict[str, Any]) -> None:
+    """One Ray Train worker: load the backbone, judge it, write the run's results files."""
+    import ray.train
+    import torch
+
+    from pipelines.evaluation.export import load_state
+    from pipelines.evaluation.judge import BatchCache, Judge
+    from pipelines.evaluation.protocols import from_config
+    from pipelines.evaluation.report import RESULTS_JSON, write_results
+    from pipelines.models.build import build_framework
+
+    cfg, ev, info = config["cfg"], config["eval"], config["info"]
+    device = ray.train.torch.get_device()
+    seed = int(cfg["trainer"].get("seed", 0))
+    backbone = build_framework(cfg, seed=seed).backbone
+    backbone.load_state_dict(load_state(Path(info["checkpoint"]) / ckpt.BACKBONE), strict=True)
+    backbone.to(device).eval()
+
+    def open_stream(name: str) -> Any:
+        return ray.train.get_dataset_shard(name).iter_torch_batches(batch_size=256, prefetch_batches=2)
+
+    judge = Judge(
+        BatchCache(open_stream, int(ev.get("cache_mb", 1024)) * 2**20),
+        len(info["classes"]),
+        torch.tensor(info["mean"], device=device),
+        torch.tensor(info["std"], device=device),
+        device,
+        info["train_counts"],
+        ev,
+        seed=seed,
+    )
+    protocol = from_config(ev["protocol"])
+    t0, every = time.perf_counter(), max(1, protocol.epochs // 20)
+
+    def progress(epoch: int, accs: dict[str, float]) -> None:
+        if epoch % every and epoch != protocol.epochs:
+            return
+        spent = time.perf_counter() - t0
+        shown = "  ".join(f"{k} {v:.2f}" for k, v in accs.items())
+        eta = spent / epoch * (protocol.epochs - epoch)
+        sys.stdout.write(f"probe epoch {epoch}/{protocol.epochs}  top-1 {shown}  ETA {eta:.0f}s\n")
+        sys.stdout.flush()
+
+    judged = judge.judge(backbone, protocol, progress)
+    judged.update(checkpoint=info["checkpoint"], seconds=time.perf_counter() - t0)
+    run_dir = Path(info["run_dir"])
+    path = run_dir / RESULTS_JSON
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.setdefault("classes", info["classes"])
+    results.setdefault("train_counts", info["train_counts"])
+    results.setdefault("linear_probes", {})[protocol.name] = judged
+    obj = cfg["objective"]
+    write_results(
+        run_dir, results, f"run {cfg['trainer']['name']}: {obj['name']} (K={obj['K']})", info["spe"]
+    )
+
+
+def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Run the probe of ``cfg`` (the ``linear_probe`` config) and return the run's updated results.
+
+    Raises:
+        ConfigError: for a bad ``run=``, a bad ``eval`` group or a dataset that is not there.
+    """
+    import yaml
+
+    if not cfg.get("run"):
+        raise ConfigError("run is not set: add run=<run folder or checkpoint folder>")
+    run_dir, checkpoint = find_checkpoint(cfg["run"])
+    errors: list[str] = []
+    check_eval(errors, cfg["eval"])
+    if errors:
+        raise ConfigError("\n".join(errors))
+    run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if cfg.get("dataset_root"):
+        run_cfg["dataset"]["root"] = str(Path(cfg["dataset_root"]).expanduser().resolve())
+    root = str(run_cfg["dataset"].get("root") or "")
+    if "://" not in root and not Path(root).exists():
+        raise ConfigError(
+            f"the run's dataset.root={root} does not exist: pass dataset_root=<where it is now>"
+        )
+
+    from ray.train import DataConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from pipelines.data.augment import MEAN_STD
+    from pipelines.data.loader import training_datasets
+    from pipelines.evaluation.protocols import from_config
+    from pipelines.ray_session import connect
+    from pipelines.training.config import recipes_for
+
+    connect((cfg.get("ray") or {}).get("address"))
+    aug = run_cfg["augment"]
+    recipes = recipes_for(aug, 2)
+    data = training_datasets(
+        run_cfg["dataset"],
+        recipes,
+        eval_size=recipes[0].size,
+        seed=int(run_cfg["trainer"].get("seed", 0)),
+        whole_bank=True,
+    )
+    marker = json.loads((checkpoint / ckpt.COMPLETE).read_text())
+    mean, std = MEAN_STD[aug.get("mean_std") or "imagenet"]
+    counts_file = run_dir / "class_counts.json"
+    counts = (
+        json.loads(counts_file.read_text())["counts"] if counts_file.exists() else list(data.train_counts)
+    )
+    info = {
+        "run_dir": str(run_dir),
+        "checkpoint": str(checkpoint),
+        "classes": list(data.classes),
+        "train_counts": [int(c) for c in counts],
+        "mean": list(mean),
+        "std": list(std),
+        "spe": max(1, int(marker["step"]) // max(1, int(marker["epoch"]))),
+    }
+    protocol = from_config(cfg["eval"]["protocol"])
+    how = "random-resized crops" if protocol.augment else "cached centre-crop features"
+    print(f"linear probe {protocol.name} ({protocol.epochs} epochs, {how}) of {checkpoint}", flush=True)
+    gpu = bool(cfg["eval"].get("use_gpu"))
+    datasets = {k: v for k, v in data.datasets.items() if k in ("bank", "eval")}
+    TorchTrainer(
+        probe_loop_per_worker,
+        train_loop_config={"cfg": run_cfg, "eval": cfg["eval"], "info": info},
+        scaling_config=ScalingConfig(num_workers=1, use_gpu=gpu),
+        run_config=RunConfig(name=f"linear_probe_{protocol.name}", storage_path=str(run_dir / "probe-runs")),
+        datasets=datasets,
+        dataset_config=DataConfig(datasets_to_split=[]),
+    ).fit()
+    return json.loads((run_dir / "results.json").read_text())
+
+
+def probe_table(results: dict[str, Any], protocol: str, run_dir: str) -> str:
+    """The short table printed at the end of ``linear_probe.py``."""
+    judged = results["linear_probes"][protocol]
+    rows = [(f"pretrained, {protocol} probe", judged)]
+    if "random_init" in results:
+        rows.append(("random init (from the run's own evaluation)", results["random_init"]))
+    lines = encoder_table(rows)
+    shots = (judged.get("breakdown") or {}).get("shots")
+    from pipelines.evaluation.breakdown import is_imbalanced
+
+    if shots and is_imbalanced(results.get("train_counts") or []):
+        lines.append(
+            "many / medium / few-shot top-1: "
+            + " / ".join("-" if v["top1"] is None else f"{v['top1']:.2f}" for v in shots.values())
+            + " ("
+            + ", ".join(f"{k} {v['rule']}" for k, v in shots.items())
+            + ")"
+        )
+    lines.append(f"results: {Path(run_dir) / 'results.md'}  figure: {Path(run_dir) / 'report.png'}")
+    return "\n".join(lines)
+
+
+def main_with_errors(cfg: dict[str, Any]) -> int:
+    """Run :func:`linear_probe` and print its table; a config problem exits 2 with one message."""
+    try:
+        results = linear_probe(cfg)
+    except ConfigError as err:
+        print(f"config error:\n{err}", file=sys.stderr, flush=True)
+        return 2
+    run_dir, _ = find_checkpoint(cfg["run"])
+    from pipelines.evaluation.protocols import from_config
+
+    print(probe_table(results, from_config(cfg["eval"]["protocol"]).name, str(run_dir)), flush=True)
+    return 0

@@ -1,0 +1,214 @@
+"""What a person reads after a run: ``results.md`` (tables) and ``report.png`` (one figure).
+
+Both are made from ``results.json`` (the judged encoders), ``metrics.jsonl`` (the training curves)
+and ``class_counts.json`` (the pretraining set's class counts) in the run folder. The figure shows
+the loss and its terms and the kNN monitor against epochs and, for a run pretrained on an
+imbalanced set, each class's test accuracy against its number of pretraining images.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.evaluation.breakdown import is_imbalanced
+
+RESULTS_JSON, RESULTS_MD, REPORT_PNG = "results.json", "results.md", "report.png"
+
+
+def judged_encoders(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """``(label, judgement)`` rows: the run's final evaluation, then each standalone probe."""
+    rows = []
+    if "pretrained" in results:
+        rows.append(("pretrained", results["pretrained"]))
+    if "random_init" in results:
+        rows.append(("random init (BatchNorm recomputed)", results["random_init"]))
+    for name, probe in (results.get("linear_probes") or {}).items():
+        rows.append((f"pretrained, linear_probe.py {name}", probe))
+    return rows
+
+
+def _num(value: Any) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _linear_cells(judged: dict[str, Any]) -> list[str]:
+    lin = judged.get("linear") or {}
+    return [_num(lin.get("final_top1")), _num(lin.get("best_top1")), _num(lin.get("selected_top1"))]
+
+
+def results_markdown(results: dict[str, Any], title: str) -> str:
+    """The Markdown summary of ``results`` (see the module docstring)."""
+    rows = judged_encoders(results)
+    lines = [f"# {title}", ""]
+    meta = [f"{k}: {results[k]}" for k in ("objective", "epochs", "steps", "checkpoint") if results.get(k)]
+    if meta:
+        lines += ["; ".join(str(m) for m in meta), ""]
+    lines += [
+        "| encoder | kNN top-1 | linear top-1, final epoch | best over epochs (on test) | selected on val |",
+        "|---|---|---|---|---|",
+    ]
+    for label, judged in rows:
+        lines.append(
+            f"| {label} | {_num(judged.get('knn_top1'))} | " + " | ".join(_linear_cells(judged)) + " |"
+        )
+    probes = {(j.get("linear") or {}).get("protocol"): j.get("linear") for _, j in rows if j.get("linear")}
+    for name, lin in probes.items():
+        how = "random-resized crops + flips" if lin.get("augment") else "cached centre-crop features"
+        lines.append(
+            f"\nProbe `{name}`: {lin.get('epochs')} epochs on {how}. 'Best over epochs' picks the epoch on "
+            "the test set (what the official small-scale script prints); 'final epoch' does not pick; "
+            "'selected on val' picks on a split held out of train (eval.protocol.val_fraction)."
+        )
+    counts = results.get("train_counts") or []
+    classes = results.get("classes") or [str(i) for i in range(len(counts))]
+    with_breakdown = [(label, j["breakdown"]) for label, j in rows if j.get("breakdown")]
+    if with_breakdown and counts and is_imbalanced(counts):
+        shots = with_breakdown[0][1]["shots"]
+        head = " | ".join(
+            f"{k} ({v['rule']}, {v['classes']} class{'es' * (v['classes'] != 1)})" for k, v in shots.items()
+        )
+        lines += [
+            "",
+            "## Many / medium / few-shot top-1 (by pretraining images per class)",
+            "",
+            f"| encoder | {head} |",
+            "|---|---|---|---|",
+        ]
+        for label, b in with_breakdown:
+            lines.append(f"| {label} | " + " | ".join(_num(v["top1"]) for v in b["shots"].values()) + " |")
+    blocks = [(label, b["blocks_of_10"]) for label, b in with_breakdown if b.get("blocks_of_10")]
+    if blocks:
+        lines += [
+            "",
+            "## Top-1 per block of 10 classes (the official CIFAR-100 report)",
+            "",
+            "| encoder | " + " | ".join(f"{10 * i}-{10 * i + 9}" for i in range(len(blocks[0][1]))) + " |",
+            "|---" * (len(blocks[0][1]) + 1) + "|",
+        ]
+        lines += [f"| {label} | " + " | ".join(_num(v) for v in b) + " |" for label, b in blocks]
+    if with_breakdown and counts:
+        lines += [
+            "",
+            "## Per class",
+            "",
+            "| class | pretraining images | " + " | ".join(label for label, _ in with_breakdown) + " |",
+            "|---|---|" + "---|" * len(with_breakdown),
+        ]
+        for c, name in enumerate(classes):
+            accs = " | ".join(_num(b["per_class"][c]) for _, b in with_breakdown)
+            lines.append(f"| {name} | {counts[c]} | {accs} |")
+    return "\n".join(lines) + "\n"
+
+
+def encoder_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """Console lines: each encoder's kNN and linear top-1 (final epoch / best epoch / selected on val)."""
+    width = max([len("encoder"), *(len(label) for label, _ in rows)])
+    lines = [f"{'encoder':<{width}}  kNN top-1  linear top-1: final / best epoch / selected on val"]
+    for label, judged in rows:
+        final, best, selected = _linear_cells(judged)
+        lines.append(
+            f"{label:<{width}}  {_num(judged.get('knn_top1')):>9}  {final:>6} / {best:>6} / {selected:>6}"
+        )
+    return lines
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def report_figure(
+    results: dict[str, Any], metrics: list[dict[str, Any]], steps_per_epoch: int, title: str
+) -> Any:
+    """The run's figure: loss terms and kNN top-1 against epochs (+ per-class accuracy vs class size).
+
+    Returns:
+        A matplotlib ``Figure`` (Agg backend; the caller saves or logs it).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = results.get("train_counts") or []
+    judged = [(label, j) for label, j in judged_encoders(results) if j.get("breakdown")]
+    show_classes = bool(counts and judged and is_imbalanced(counts))
+    fig, axes = plt.subplots(1, 3 if show_classes else 2, figsize=(16 if show_classes else 11, 4.2))
+    spe = max(1, int(steps_per_epoch))
+    steps = [r for r in metrics if "loss/total" in r]
+    ax = axes[0]
+    for key in sorted({k for r in steps for k in r if k.startswith("loss/")}):
+        pts = [(r["step"] / spe, r[key]) for r in steps if key in r]
+        ax.plot(
+            *zip(*pts, strict=True), label=key.removeprefix("loss/"), lw=1.2 if key == "loss/total" else 0.8
+        )
+    ax.set(xlabel="epoch", ylabel="loss", title="pretraining loss and its terms")
+    if steps:
+        ax.legend(fontsize=8)
+    ax = axes[1]
+    knn = [(r["epoch"] + 1, r["epoch/knn_top1"]) for r in metrics if "epoch/knn_top1" in r]
+    if knn:
+        ax.plot(*zip(*knn, strict=True), "o-", label="kNN monitor (pretrained)")
+    for label, j in judged_encoders(results):
+        if (
+            j.get("knn_top1") is not None
+            and label.startswith(("pretrained", "random"))
+            and "probe" not in label
+        ):
+            ax.axhline(
+                j["knn_top1"],
+                ls="--",
+                lw=0.9,
+                color="grey" if label.startswith("random") else "C1",
+                label=f"final kNN, {label}",
+            )
+    ax.set(xlabel="epoch", ylabel="top-1 (%)", title="kNN top-1 on the held-out split")
+    ax.legend(fontsize=8)
+    if show_classes:
+        ax = axes[2]
+        for i, (label, j) in enumerate(judged):
+            acc = j["breakdown"]["per_class"]
+            pts = [(n, a) for n, a in zip(counts, acc, strict=True) if a is not None]
+            ax.scatter(*zip(*pts, strict=True), s=12, alpha=0.7, color=f"C{i}", label=label)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set(
+            xlabel="pretraining images of the class",
+            ylabel="test top-1 of the class (%)",
+            title="per-class accuracy vs class size",
+        )
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def write_results(
+    run_dir: str | Path, results: dict[str, Any], title: str, steps_per_epoch: int
+) -> dict[str, Path]:
+    """Write ``results.json``, ``results.md`` and ``report.png`` into ``run_dir``; return their paths.
+
+    Also logs the figure to the run's TensorBoard (tag ``report``).
+    """
+    import matplotlib.pyplot as plt
+
+    from pipelines.training.metrics import RunLog
+
+    d = Path(run_dir)
+    out = {"json": d / RESULTS_JSON, "md": d / RESULTS_MD, "png": d / REPORT_PNG}
+    for key, text in (
+        ("json", json.dumps(results, indent=2, default=str) + "\n"),
+        ("md", results_markdown(results, title)),
+    ):
+        tmp = out[key].with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(out[key])
+    fig = report_figure(results, _read_jsonl(d / "metrics.jsonl"), steps_per_epoch, title)
+    fig.savefig(out["png"], dpi=110)
+    log = RunLog(d, resume_step=None)
+    log.figure("report", fig, int(results.get("steps") or 0))
+    log.close()
+    plt.close(fig)
+    return out

@@ -1,0 +1,81 @@
+"""Export a pretrained backbone for use elsewhere.
+
+    python pipelines/export_backbone.py ~/cacr-runs/<run> --to torchvision --out r50.pth
+    python pipelines/export_backbone.py <run>/checkpoint_e0200_s00078000 --to detectron2 --out r50.pkl
+    python pipelines/export_backbone.py backbone.pt --model resnet50 --to detectron2 --out r50.pkl
+
+``torchvision``: the state dict, checked to load with ``strict=True`` into the torchvision model
+(``resnet18`` / ``resnet50`` / ``vit_b_16`` or the ViT-S/16 ``VisionTransformer``) whose classifier
+is set aside. ``detectron2``: a ``.pkl`` with detectron2's ResNet names, for its
+``MODEL.WEIGHTS`` (with ``MODEL.PIXEL_MEAN/STD`` in RGB order and ``INPUT.FORMAT RGB``, as MoCo's
+detection recipe does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the arguments, export, and say what was written; 2 on bad input."""
+    import torch
+    import yaml
+
+    from pipelines.evaluation.export import load_state, torchvision_model, write_detectron2
+    from pipelines.evaluation.probe_run import find_checkpoint
+    from pipelines.training.config import ConfigError
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("source", help="a run folder, a checkpoint folder or a backbone.pt file")
+    parser.add_argument("--to", choices=("torchvision", "detectron2"), required=True)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--model", help="model.name when the source is a bare backbone.pt")
+    parser.add_argument("--image-size", type=int, default=224, help="ViT input size (position embeddings)")
+    args = parser.parse_args(argv)
+    src = Path(args.source).expanduser()
+    try:
+        if src.is_file():
+            weights, name = src, args.model
+            if not name:
+                raise ConfigError(
+                    f"{src} is a bare weights file: add --model resnet18|resnet50|vit_s16|vit_b16"
+                )
+        else:
+            run_dir, checkpoint = find_checkpoint(src)
+            weights = checkpoint / "backbone.pt"
+            model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
+            name = args.model or model["name"]
+            if model.get("stem") == "cifar":
+                raise ConfigError(
+                    f"{run_dir} used model.stem=cifar (a 3x3 conv1, no max-pool): its conv1 does not fit "
+                    "torchvision's or detectron2's ImageNet stem"
+                )
+        state = load_state(weights)
+        if args.to == "detectron2":
+            if not str(name).startswith("resnet"):
+                raise ConfigError(f"--to detectron2 needs a ResNet backbone, not {name}")
+            out = write_detectron2(state, args.out)
+            print(f"wrote {out}: {len(state)} tensors renamed to detectron2's ResNet names", flush=True)
+            return 0
+        target = torchvision_model(name, args.image_size)
+        target.load_state_dict(state, strict=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, args.out)
+        head = "heads" if name.startswith("vit") else "fc"
+        print(
+            f"wrote {args.out}: loads with strict=True into torchvision's {name} once {head} is set aside "
+            f"(model.{head} = torch.nn.Identity())",
+            flush=True,
+        )
+        return 0
+    except (ConfigError, ValueError, RuntimeError) as err:
+        print(f"export error: {err}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Linear probe and kNN of a pretrained run's encoder, on Ray (one worker; a GPU with eval.use_gpu=true).
+
+    python pipelines/linear_probe.py run=~/cacr-runs/demo                       # small_scale protocol
+    python pipelines/linear_probe.py run=<run>/checkpoint_e0200_s00078000 eval/protocol=mocov2
+    python pipelines/linear_probe.py run=<run> eval.protocol.val_fraction=0.1   # select the epoch on val
+
+Adds ``linear_probes.<protocol>`` to the run's ``results.json`` and rewrites ``results.md`` and
+``report.png``; prints a short table at the end.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="linear_probe")
+def main(cfg: DictConfig) -> None:
+    """Resolve the config to a plain dict and hand off to the probe driver."""
+    from pipelines.evaluation.probe_run import main_with_errors
+
+    sys.exit(main_with_errors(OmegaConf.to_container(cfg, resolve=True)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+"""The evaluation of a real (tiny) imbalanced pretraining run and `pipelines/linear_probe.py` on it."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pipelines.evaluation.export import load_state
+from pipelines.evaluation.probe_run import find_checkpoint, linear_probe, probe_table
+from pipelines.training.config import ConfigError
+from pipelines.training.run import pretrain
+from tests.integration.test_pretrain import smoke
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(900)
+
+
+def probe_config(run: str, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("linear_probe", overrides=[f"run={run}", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(ray_cluster, tmp_path) -> None:
+    cfg = smoke(
+        tmp_path,
+        "trainer.name=imb",
+        "trainer.epochs=1",
+        "dataset.imbalance.rule=exponential",
+        "dataset.imbalance.ratio=50",
+        "eval.random_init_baseline=false",
+        "eval.few_shot_below=50",
+    )
+    out = pretrain(cfg)
+    run_dir = Path(out.run_dir)
+    counts = json.loads((run_dir / "class_counts.json").read_text())["counts"]
+    assert max(counts) / min(counts) == pytest.approx(50, rel=0.05)
+    shots = out.results["pretrained"]["breakdown"]["shots"]
+    assert shots["many"]["classes"] == sum(c > 100 for c in counts)
+    assert shots["few"]["classes"] == sum(c < 50 for c in counts) >= 2
+    per_class = out.results["pretrained"]["breakdown"]["per_class"]
+    many = [a for a, c in zip(per_class, counts, strict=True) if c > 100]
+    assert shots["many"]["top1"] == pytest.approx(sum(many) / len(many))
+    md = (run_dir / "results.md").read_text()
+    assert "Many / medium / few" in md and "| pretrained |" in md
+    width, _ = struct.unpack(">II", (run_dir / "report.png").read_bytes()[16:24])
+    assert width > 1500  # three panels: the per-class one is there for an imbalanced run
+
+    # the standalone probe, in this process on the test cluster: the small_scale protocol with
+    # its augmentation (random-resized crops every epoch), 3 epochs, a validation hold-out
+    probe = probe_config(
+        str(run_dir),
+        "eval.protocol.epochs=3",
+        "eval.protocol.milestones=[2]",
+        "eval.protocol.val_fraction=0.1",
+        "eval.knn_k=20",
+    )
+    results = linear_probe(probe)
+    judged = results["linear_probes"]["small_scale"]
+    lin = judged["linear"]
+    assert lin["augment"] is True and len(lin["history"]["test"]) == 3 and len(lin["history"]["val"]) == 3
+    assert lin["final_top1"] == lin["history"]["test"][-1]
+    assert lin["selected_top1"] == lin["history"]["test"][lin["selected_epoch"] - 1]
+    assert 10.0 <= judged["knn_top1"] <= 100.0
+    assert judged["checkpoint"] == str(find_checkpoint(run_dir)[1])
+    assert results["pretrained"] == out.results["pretrained"]  # the run's own evaluation is kept
+    assert "pretrained, linear_probe.py small_scale" in (run_dir / "results.md").read_text()
+    table = probe_table(results, "small_scale", str(run_dir))
+    assert "many / medium / few-shot top-1" in table and f"{lin['final_top1']:6.2f}" in table
+
+    # the exported backbone is the checkpoint's: same weights in backbone.pt and state.pt
+    ckpt_dir = find_checkpoint(run_dir)[1]
+    backbone = load_state(ckpt_dir / "backbone.pt")
+    state = torch.load(ckpt_dir / "state.pt", weights_only=True)
+    online = {
+        k.split("backbone.", 1)[1]: v for k, v in state["model"].items() if k.startswith("online.backbone.")
+    }
+    assert online and all(torch.equal(online[k], backbone[k]) for k in online)
+
+
+def test_probe_command_refuses_bad_paths_before_ray(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"run=.*no such folder"):
+        find_checkpoint(tmp_path / "nope")
+    (tmp_path / "config.yaml").write_text("{}\n")
+    with pytest.raises(ConfigError, match="no complete checkpoint"):
+        find_checkpoint(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "pipelines/linear_probe.py", f"run={tmp_path / 'nope'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,410 @@
+"""Evaluation without Ray: protocols, the probe, crops, the imbalance breakdown, results files, export."""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+import pickle
+import struct
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+from torch import nn
+
+from pipelines.evaluation import breakdown as bd
+from pipelines.evaluation.crops import crop_boxes, random_resized_crop_flip
+from pipelines.evaluation.export import load_state, to_detectron2, torchvision_model, write_detectron2
+from pipelines.evaluation.judge import Judge
+from pipelines.evaluation.linear import final_numbers, split_validation, train_linear_probe
+from pipelines.evaluation.protocols import Protocol, from_config
+from pipelines.evaluation.report import results_markdown, write_results
+from pipelines.models.backbones import build_backbone
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def protocol_file(name: str) -> dict:
+    return yaml.safe_load((ROOT / "configs" / "eval" / "protocol" / f"{name}.yaml").read_text())
+
+
+# ------------------------------------------------------------------ protocols
+def test_shipped_protocols_carry_the_spec_numbers() -> None:
+    small, v2, v3 = (from_config(protocol_file(n)) for n in ("small_scale", "mocov2", "mocov3"))
+    assert (small.optimizer, small.lr, small.betas, small.batch_size, small.epochs) == (
+        "adam",
+        1e-3,
+        (0.5, 0.999),
+        128,
+        100,
+    )
+    assert (small.milestones, small.gamma, small.crop_scale, small.augment) == (
+        (60, 80),
+        0.2,
+        (0.2, 1.0),
+        True,
+    )
+    assert (v2.optimizer, v2.lr, v2.momentum, v2.weight_decay, v2.batch_size, v2.epochs) == (
+        "sgd",
+        30.0,
+        0.9,
+        0.0,
+        256,
+        100,
+    )
+    assert (v2.milestones, v2.gamma, v2.init_std) == ((60, 80), 0.1, 0.01)
+    assert (v3.schedule, v3.epochs, v3.batch_size) == ("cosine", 90, 1024)
+    assert v3.lr == pytest.approx(0.1 * 1024 / 256)
+
+
+def test_learning_rate_schedules_match_closed_forms() -> None:
+    v2 = from_config(protocol_file("mocov2"))
+    assert [v2.lr_at(e) for e in (0, 59, 60, 79, 80, 99)] == pytest.approx([30, 30, 3, 3, 0.3, 0.3])
+    v3 = from_config(protocol_file("mocov3"))
+    for e in (0, 30, 45, 89):
+        assert v3.lr_at(e) == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * e / 90)))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("epochs", 0, "eval.protocol.epochs"),
+        ("optimizer", "lbfgs", "eval.protocol.optimizer"),
+        ("milestones", [60, 120], "eval.protocol.milestones"),
+        ("val_fraction", 1.0, "eval.protocol.val_fraction"),
+        ("crop_scale", [0.5, 0.2], "eval.protocol.crop_scale"),
+        ("lr", -1, "eval.protocol.lr"),
+    ],
+)
+def test_a_bad_protocol_names_its_key(key, value, words) -> None:
+    cfg = {**protocol_file("small_scale"), key: value}
+    with pytest.raises(ValueError, match=words.replace(".", r"\.")):
+        from_config(cfg)
+
+
+# ------------------------------------------------------------------ the probe
+def _blobs(n: int, dim: int, classes: int, seed: int, spread: float = 4.0):
+    gen = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=gen) * spread
+    y = torch.randint(0, classes, (n,), generator=gen)
+    return centres[y] + torch.randn(n, dim, generator=gen), y
+
+
+@pytest.mark.parametrize("name", ["small_scale", "mocov2", "mocov3"])
+def test_probe_separates_separable_features_and_stays_at_chance_on_random_labels(name) -> None:
+    proto = Protocol(
+        **{**from_config(protocol_file(name)).__dict__, "epochs": 12, "milestones": (8, 10), "batch_size": 64}
+    )
+    x, y = _blobs(3000, 32, 5, seed=0)
+    res = train_linear_probe(x[:2500], y[:2500], x[2500:], y[2500:], 5, proto)
+    assert res["final_top1"] > 98 and res["best_top1"] >= res["final_top1"]
+    assert (
+        len(res["history"]["test"]) == 12
+        and res["history"]["test"][res["best_epoch"] - 1] == res["best_top1"]
+    )
+    expected = 100 * float((res["test_predictions"] == y[2500:]).float().mean())
+    assert res["final_top1"] == pytest.approx(expected)
+    noise = torch.randn(3000, 32, generator=torch.Generator().manual_seed(1))
+    random_labels = torch.randint(0, 5, (3000,), generator=torch.Generator().manual_seed(2))
+    rand = train_linear_probe(
+        noise[:2500], random_labels[:2500], noise[2500:], random_labels[2500:], 5, proto
+    )
+    assert 12 < rand["final_top1"] < 28  # chance is 20 %
+
+
+def test_validation_split_is_per_class_and_selects_the_epoch_on_val() -> None:
+    y = torch.tensor([0] * 50 + [1] * 30 + [2] * 1)
+    held = split_validation(y, 0.1, seed=3)
+    assert [int(held[y == c].sum()) for c in range(3)] == [5, 3, 0]
+    x, labels = _blobs(2000, 16, 4, seed=5, spread=0.6)  # overlapping: accuracy varies over epochs
+    proto = Protocol(name="t", optimizer="sgd", lr=0.5, batch_size=64, epochs=8, val_fraction=0.2)
+    res = train_linear_probe(x[:1500], labels[:1500], x[1500:], labels[1500:], 4, proto, seed=1)
+    val, test = res["history"]["val"], res["history"]["test"]
+    chosen = max(range(len(val)), key=val.__getitem__)
+    assert res["selected_epoch"] == chosen + 1 and res["selected_top1"] == test[chosen]
+    assert final_numbers(res)["linear_selected_top1"] == test[chosen]
+
+
+# ------------------------------------------------------------------ crops
+def test_random_resized_crop_flip_keeps_values_inside_the_box_and_mirrors_half() -> None:
+    gen = torch.Generator().manual_seed(0)
+    boxes = crop_boxes(4000, (0.2, 1.0), gen)
+    cx, cy, w, h = boxes.T
+    assert bool(((cx - w / 2) >= -1e-6).all() and ((cx + w / 2) <= 1 + 1e-6).all())
+    assert bool(((cy - h / 2) >= -1e-6).all() and ((cy + h / 2) <= 1 + 1e-6).all())
+    ramp = torch.arange(32.0).view(1, 1, 1, 32).expand(64, 3, 32, 32).contiguous()
+    out = random_resized_crop_flip(ramp, (0.2, 1.0), torch.Generator().manual_seed(7))
+    rows = out[:, 0, 16]  # each output row is a resampled piece of the ramp
+    slopes = rows[:, -1] - rows[:, 0]
+    assert 16 < int((slopes < 0).sum()) < 48  # about half mirrored
+    again = random_resized_crop_flip(ramp, (0.2, 1.0), torch.Generator().manual_seed(7))
+    assert torch.equal(out, again)
+    assert bool((out >= 0).all() and (out <= 31).all())
+    const = torch.full((8, 3, 32, 32), 5.0)
+    assert torch.allclose(random_resized_crop_flip(const, (0.2, 1.0), gen), const)
+
+
+# ------------------------------------------------------------------ imbalance breakdown
+def test_breakdown_equals_hand_computed_values() -> None:
+    counts = [500, 150, 100, 20, 19, 0]  # many: >100 -> classes 0, 1; medium: 20..100 -> 2, 3; few: 4, 5
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 3, 4, 4, 5, 5, 5, 5])
+    preds = np.array([0, 0, 0, 1, 1, 0, 2, 0, 3, 0, 0, 4, 4, 1, 1, 1, 5])
+    out = bd.breakdown(preds, labels, counts)
+    assert out["per_class"] == pytest.approx([75.0, 50.0, 50.0, 100 / 3, 100.0, 25.0])
+    assert out["shots"]["many"]["top1"] == pytest.approx((75 + 50) / 2)
+    assert out["shots"]["medium"]["top1"] == pytest.approx((50 + 100 / 3) / 2)
+    assert out["shots"]["few"]["top1"] == pytest.approx((100 + 25) / 2)
+    assert [out["shots"][k]["classes"] for k in ("many", "medium", "few")] == [2, 2, 2]
+    assert "blocks_of_10" not in out
+    custom = bd.shot_groups(out["per_class"], counts, many=200, few=100)
+    assert custom["many"]["top1"] == 75.0 and custom["few"]["top1"] == pytest.approx((100 / 3 + 100 + 25) / 3)
+
+
+def test_cifar100_blocks_of_ten_and_classes_without_test_images() -> None:
+    per_class = [float(c) for c in range(100)]
+    per_class[95] = None
+    blocks = bd.block_averages(per_class)
+    assert blocks[:2] == [4.5, 14.5]
+    assert blocks[9] == pytest.approx(np.mean([90, 91, 92, 93, 94, 96, 97, 98, 99]))
+    labels = np.repeat(np.arange(100), 2)
+    out = bd.breakdown(labels, labels, [500] * 50 + [5] * 50)
+    assert out["blocks_of_10"] == [100.0] * 10
+    assert bd.per_class_accuracy(np.array([0]), np.array([0]), 2) == [100.0, None]
+    assert bd.is_imbalanced([500, 0]) and bd.is_imbalanced([5000, 500]) and not bd.is_imbalanced([1000, 999])
+
+
+# ------------------------------------------------------------------ results files
+def _results(counts: list[int]) -> dict:
+    judged = {
+        "knn_top1": 41.5,
+        "linear": {
+            "protocol": "small_scale",
+            "augment": False,
+            "epochs": 60,
+            "final_top1": 47.1,
+            "best_top1": 47.6,
+            "best_epoch": 50,
+        },
+        "breakdown": bd.breakdown(np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), counts),
+    }
+    rand = {"knn_top1": 34.15, "linear": {**judged["linear"], "final_top1": 34.9, "best_top1": 36.55}}
+    return {
+        "pretrained": judged,
+        "random_init": rand,
+        "classes": ["cat", "dog", "eel"],
+        "train_counts": counts,
+        "objective": "cacr_inbatch (K=4)",
+        "epochs": 2,
+        "steps": 8,
+    }
+
+
+def test_results_markdown_tables_hold_the_numbers() -> None:
+    md = results_markdown(_results([500, 50, 5]), "run x")
+    assert "| pretrained | 41.50 | 47.10 | 47.60 | – |" in md
+    assert "| random init (BatchNorm recomputed) | 34.15 | 34.90 | 36.55 | – |" in md
+    assert "| pretrained | 100.00 | 100.00 | 50.00 |" in md  # many / medium / few: one class each
+    assert "| eel | 5 | 50.00 |" in md
+    balanced = results_markdown(_results([50, 50, 50]), "run y")
+    assert "Many / medium / few" not in balanced and "| dog | 50 | 100.00 |" in balanced
+
+
+def _png_size(path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", head[16:24])
+
+
+def test_write_results_makes_json_markdown_png_and_a_tensorboard_image(tmp_path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    rows = [
+        {"step": s, "epoch": s // 4, "loss/total": 1.0 / s, "loss/attraction": 0.5 / s} for s in range(1, 9)
+    ]
+    rows += [{"step": 4, "epoch": 0, "epoch/knn_top1": 30.0}, {"step": 8, "epoch": 1, "epoch/knn_top1": 35.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = write_results(tmp_path, _results([500, 50, 5]), "imbalanced", steps_per_epoch=4)
+    assert json.loads(paths["json"].read_text())["pretrained"]["knn_top1"] == 41.5
+    wide = _png_size(paths["png"])
+    write_results(tmp_path, _results([50, 50, 50]), "balanced", steps_per_epoch=4)
+    narrow = _png_size(paths["png"])
+    assert wide[0] > narrow[0] * 1.3  # the per-class panel only for an imbalanced run
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    assert "report" in acc.Tags()["images"]
+
+
+# ------------------------------------------------------------------ export
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_backbone_loads_strictly_into_torchvision_and_gives_the_same_features(name, tmp_path) -> None:
+    torch.manual_seed(0)
+    ours = build_backbone(name, image_size=64).eval()
+    torch.save(ours.state_dict(), tmp_path / "backbone.pt")
+    state = load_state(tmp_path / "backbone.pt")
+    reference = getattr(torchvision.models, name)()
+    missing, unexpected = reference.load_state_dict(state, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and not unexpected
+    clean = torchvision_model(name)
+    clean.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(clean.eval()(x), ours(x), atol=1e-5)
+
+
+def test_vit_backbone_loads_strictly_into_torchvision_vit_b_16() -> None:
+    torch.manual_seed(0)
+    ours = build_backbone("vit_b16", image_size=32).eval()
+    reference = torchvision.models.vit_b_16(image_size=32)
+    missing, unexpected = reference.load_state_dict(ours.state_dict(), strict=False)
+    assert sorted(missing) == ["heads.head.bias", "heads.head.weight"] and not unexpected
+    reference.heads = nn.Identity()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(reference.eval()(x), ours(x), atol=1e-5)
+
+
+def _detectron2_resnet50_names() -> dict[str, tuple[int, ...]]:
+    """detectron2's ResNet-50 parameter and buffer names with shapes, written from its architecture."""
+    norm = ("weight", "bias", "running_mean", "running_var")
+    out = {"stem.conv1.weight": (64, 3, 7, 7), **{f"stem.conv1.norm.{k}": (64,) for k in norm}}
+    cin = 64
+    for stage, (blocks, width) in enumerate(zip((3, 4, 6, 3), (64, 128, 256, 512), strict=True), start=2):
+        cout = width * 4
+        for b in range(blocks):
+            p = f"res{stage}.{b}"
+            first_in = cin if b == 0 else cout
+            shapes = {
+                "conv1": (width, first_in, 1, 1),
+                "conv2": (width, width, 3, 3),
+                "conv3": (cout, width, 1, 1),
+            }
+            if b == 0:
+                shapes["shortcut"] = (cout, cin, 1, 1)
+            for conv, shape in shapes.items():
+                out[f"{p}.{conv}.weight"] = shape
+                out.update({f"{p}.{conv}.norm.{k}": (shape[0],) for k in norm})
+        cin = cout
+    return out
+
+
+def test_detectron2_export_uses_detectron2_names_and_keeps_the_values(tmp_path) -> None:
+    torch.manual_seed(0)
+    state = build_backbone("resnet50", image_size=224).state_dict()
+    converted = to_detectron2(state)
+    expected = _detectron2_resnet50_names()
+    assert {k: tuple(v.shape) for k, v in converted["model"].items()} == expected
+    assert np.array_equal(
+        converted["model"]["res3.0.shortcut.norm.running_var"],
+        state["layer2.0.downsample.1.running_var"].numpy(),
+    )
+    assert np.array_equal(converted["model"]["stem.conv1.norm.weight"], state["bn1.weight"].numpy())
+    path = write_detectron2(state, tmp_path / "r50.pkl")
+    with path.open("rb") as f:
+        assert pickle.load(f)["matching_heuristics"] is True
+    with pytest.raises(ValueError, match="ResNet"):
+        to_detectron2(build_backbone("small_alexnet", image_size=32).state_dict())
+
+
+def test_a_tampered_weights_file_fails_with_a_clear_error(tmp_path) -> None:
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pickled code ran",))
+
+    path = tmp_path / "backbone.pt"
+    torch.save({"w": torch.zeros(1), "evil": Evil()}, path)
+    with pytest.raises(ValueError, match="not a loadable weights file"):
+        load_state(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a loadable weights file"):
+        load_state(path)
+
+
+# ------------------------------------------------------------------ the judge on in-memory batches
+def test_judge_runs_knn_probe_and_breakdown_on_batches() -> None:
+    torch.manual_seed(0)
+    images, labels = torch.zeros(120, 3, 8, 8, dtype=torch.uint8), torch.arange(120) % 3
+    for c in range(3):
+        images[labels == c, c] = 200  # class c lights channel c
+    batches = {
+        "bank": [{"views": images[i : i + 40], "label": labels[i : i + 40]} for i in range(0, 120, 40)],
+        "eval": [{"views": images[:30], "label": labels[:30]}],
+    }
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(192, 16))
+    judge = Judge(
+        batches.__getitem__,
+        3,
+        torch.zeros(3),
+        torch.ones(3),
+        torch.device("cpu"),
+        [100, 10, 1],
+        {"knn_k": 5, "knn_temperature": 0.1},
+    )
+    proto = Protocol(
+        name="t", optimizer="adam", lr=1e-2, batch_size=32, epochs=20, augment=True, crop_scale=(0.5, 1.0)
+    )
+    seen: list[int] = []
+    out = judge.judge(backbone, proto, progress=lambda e, accs: seen.append(e))
+    assert out["knn_top1"] == 100.0 and out["linear"]["final_top1"] == 100.0
+    assert out["breakdown"]["per_class"] == [100.0, 100.0, 100.0] and out["breakdown_source"] == "linear"
+    assert seen == list(range(1, 21))
+
+
+def test_export_command_writes_both_formats_and_refuses_bad_input(tmp_path, capsys) -> None:
+    from pipelines.export_backbone import main
+
+    torch.manual_seed(0)
+    state = build_backbone("resnet50", image_size=224).state_dict()
+    torch.save(state, tmp_path / "backbone.pt")
+    assert (
+        main(
+            [
+                str(tmp_path / "backbone.pt"),
+                "--model",
+                "resnet50",
+                "--to",
+                "torchvision",
+                "--out",
+                str(tmp_path / "tv.pth"),
+            ]
+        )
+        == 0
+    )
+    reference = torchvision.models.resnet50()
+    reference.fc = nn.Identity()
+    reference.load_state_dict(torch.load(tmp_path / "tv.pth", weights_only=True), strict=True)
+    assert (
+        main(
+            [
+                str(tmp_path / "backbone.pt"),
+                "--model",
+                "resnet50",
+                "--to",
+                "detectron2",
+                "--out",
+                str(tmp_path / "d2.pkl"),
+            ]
+        )
+        == 0
+    )
+    with (tmp_path / "d2.pkl").open("rb") as f:
+        assert set(pickle.load(f)["model"]) == set(_detectron2_resnet50_names())
+    assert main([str(tmp_path / "backbone.pt"), "--to", "torchvision", "--out", str(tmp_path / "x")]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                str(tmp_path / "backbone.pt"),
+                "--model",
+                "resnet18",
+                "--to",
+                "torchvision",
+                "--out",
+                str(tmp_path / "x"),
+            ]
+        )
+        == 2
+    )  # resnet50 weights do not fit resnet18
+    assert "export error" in capsys.readouterr().err
