@@ -96,11 +96,12 @@ def _report_bad_images(run_dir: Path, data_monitor: Any) -> None:
         )
 
 
-def pretrain(cfg: dict[str, Any]) -> RunOutcome:
+def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutcome:
     """Check ``cfg``, then run (or resume) pretraining on Ray Train and evaluate the encoder.
 
     Args:
         cfg: the resolved config (plain dict, paths absolute).
+        callbacks: Ray Train ``RunConfig`` callbacks (a Tune trial passes ``TuneReportCallback``).
 
     Returns:
         The run folder and results.
@@ -186,6 +187,7 @@ def pretrain(cfg: dict[str, Any]) -> RunOutcome:
             storage_path=str(tr["storage_path"]),
             checkpoint_config=CheckpointConfig(num_to_keep=int(tr.get("num_to_keep") or 2)),
             failure_config=FailureConfig(max_failures=int(tr.get("max_failures") or 0)),
+            callbacks=callbacks,
         ),
         datasets=data.datasets,
         dataset_config=data.data_config,

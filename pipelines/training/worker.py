@@ -8,11 +8,13 @@ same encoder at random initialisation with its BatchNorm statistics recomputed).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -28,6 +30,8 @@ from pipelines.models.build import build_framework
 from pipelines.training import checkpoints as ckpt
 from pipelines.training.loop import Pretrainer, _agree, write_stop
 from pipelines.training.metrics import RunLog, progress_line
+
+RESUMES = "resumes.jsonl"
 
 
 def say(text: str) -> None:
@@ -200,6 +204,19 @@ class Session:
                 t.restore(ckpt.read_checkpoint(d, map_location=t.device))
             self.last_checkpoint = restored.path
             self._print(f"resumed from {restored.path}: epoch {t.epoch}, step {t.step}")
+            if self.rank0:  # a trail of restarts: which checkpoint, which step, when
+                with Path(self.run["dir"], RESUMES).open("a") as f:
+                    f.write(
+                        json.dumps(
+                            {
+                                "time": time.time(),
+                                "checkpoint": restored.path,
+                                "epoch": t.epoch,
+                                "step": t.step,
+                            }
+                        )
+                        + "\n"
+                    )
         if self.rank0:
             self.log = RunLog(self.run["dir"], resume_step=t.step)
         self.monitor = find_monitor(self.run["name"])

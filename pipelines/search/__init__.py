@@ -1,0 +1,1 @@
+"""Ray Tune searches over pretraining settings (``pipelines/tune.py``)."""

@@ -1,0 +1,184 @@
+"""A finished (or stopped) search read back: the trial table, the best config file and a plot."""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.search.space import arms, trial_arm, trial_values
+
+METRIC = "knn/top1"
+GROUPS = ("dataset", "objective", "framework", "model", "augment", "trainer", "eval", "experiment")
+
+
+@dataclass
+class TrialRow:
+    """One trial of the table."""
+
+    trial_id: str
+    arm: str
+    values: dict[str, Any]
+    final: float | None
+    best: float | None
+    epochs: int
+    status: str
+    error: str = ""
+    overrides: list[str] = field(default_factory=list)
+
+
+def trial_rows(result_grid: Any, search: dict[str, Any], max_epochs: int) -> list[TrialRow]:
+    """A row per trial of a Tune ``ResultGrid``."""
+    rows = []
+    for result in result_grid:
+        config = result.config or {}
+        history = result.metrics_dataframe
+        knn = [] if history is None or METRIC not in history else [v for v in history[METRIC] if v == v]
+        epochs = int((result.metrics or {}).get("epoch") or 0)
+        if result.error is not None:
+            lines = [ln for ln in str(result.error).strip().splitlines() if ln.strip()]
+            status, error = "error", (lines[-1] if lines else type(result.error).__name__)[:300]
+        elif epochs >= max_epochs:
+            status, error = "completed", ""
+        else:
+            status, error = "stopped early (ASHA)", ""
+        rows.append(
+            TrialRow(
+                trial_id=str((result.metrics or {}).get("trial_id") or Path(result.path).name),
+                arm=trial_arm(search, config).name,
+                values=trial_values(search, config),
+                final=float(knn[-1]) if knn else None,
+                best=float(max(knn)) if knn else None,
+                epochs=epochs,
+                status=status,
+                error=error,
+            )
+        )
+    return sorted(rows, key=lambda r: (r.final is None, -(r.final or 0.0)))
+
+
+def best_row(rows: list[TrialRow]) -> TrialRow | None:
+    """The completed trial with the highest final kNN top-1 (else the highest best-so-far)."""
+    done = [r for r in rows if r.status == "completed" and r.final is not None]
+    if done:
+        return max(done, key=lambda r: r.final)
+    scored = [r for r in rows if r.best is not None]
+    return max(scored, key=lambda r: r.best) if scored else None
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def _keys(rows: list[TrialRow]) -> list[str]:
+    return sorted({k for r in rows for k in r.values})
+
+
+def write_tables(rows: list[TrialRow], folder: Path) -> tuple[Path, Path]:
+    """``results.csv`` and ``results.md`` of the trial table; returns both paths."""
+    keys = _keys(rows)
+    head = ["trial", "arm", *keys, "final kNN top-1", "best kNN top-1", "epochs", "status", "error"]
+    table = [
+        [
+            r.trial_id,
+            r.arm,
+            *[r.values.get(k, "") for k in keys],
+            _num(r.final),
+            _num(r.best),
+            r.epochs,
+            r.status,
+            r.error,
+        ]
+        for r in rows
+    ]
+    csv_path, md_path = folder / "results.csv", folder / "results.md"
+    with csv_path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(head)
+        writer.writerows(table)
+    show = [
+        [(f"{v:.4g}" if isinstance(v, float) else str(v)).replace("|", "/") for v in row] for row in table
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(row) + " |" for row in show]
+    md_path.write_text("\n".join(lines) + "\n")
+    return csv_path, md_path
+
+
+def _nest(values: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for dotted, value in values.items():
+        node = out
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def best_config_file(row: TrialRow, search: dict[str, Any], folder: Path, batch: int | None) -> Path:
+    """Write ``<folder>/configs/experiment/best.yaml``: a preset that reproduces ``row``'s settings.
+
+    ``python pipelines/pretrain.py --config-dir <folder>/configs experiment=best`` then runs it.
+    The evaluation keys (``eval.*``) and the run's name and storage are left to the new run.
+    """
+    arm = next(a for a in arms(search) if a.name == row.arm)
+    groups, values = [], {}
+    for item in [*arm.overrides, *(f"{k}={v!r}" for k, v in row.values.items())]:
+        key, _, raw = item.partition("=")
+        key = key.lstrip("+~")
+        if "." not in key and (key in GROUPS or "/" in key):
+            groups.append(f"override /{key}: {raw}")
+        elif not key.startswith(("eval.", "trainer.storage_path", "trainer.name")):
+            values[key] = yaml.safe_load(raw)
+    if batch is not None:
+        values["trainer.batch_size"] = batch
+    values["experiment_name"] = f"{search['name']}_best"
+    body = {"defaults": [f"/experiment/{arm.experiment}", *groups, "_self_"], **_nest(values)}
+    path = folder / "configs" / "experiment" / "best.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = (
+        "# @package _global_\n"
+        f"# Best trial {row.trial_id} of search {search['name']!r}: final kNN top-1 {_num(row.final)}, "
+        f"best {_num(row.best)}, {row.epochs} epochs.\n"
+        f"# python pipelines/pretrain.py --config-dir {folder / 'configs'} experiment=best\n"
+    )
+    path.write_text(header + yaml.safe_dump(body, sort_keys=False))
+    return path
+
+
+def plot_params(rows: list[TrialRow], search: dict[str, Any], path: Path) -> Path | None:
+    """One panel per searched key: each trial's final kNN top-1 against the key's value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    specs = {k: next(iter(s)) for a in arms(search) for k, s in a.params.items()}
+    keys = [k for k in _keys(rows) if any(r.values.get(k) is not None and r.final is not None for r in rows)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.8), squeeze=False)
+    best = best_row(rows)
+    for ax, key in zip(axes[0], keys, strict=True):
+        pts = [(r.values[key], r.final, r) for r in rows if key in r.values and r.final is not None]
+        numeric = all(isinstance(x, int | float) and math.isfinite(x) for x, _, _ in pts)
+        labels = sorted({str(x) for x, _, _ in pts}) if not numeric else []
+        for x, y, r in pts:
+            xv = x if numeric else labels.index(str(x))
+            marker, color = ("*", "C3") if r is best else ("o", "C0" if r.status == "completed" else "C7")
+            ax.scatter([xv], [y], marker=marker, s=120 if r is best else 30, color=color)
+        if numeric and specs.get(key) == "loguniform":
+            ax.set_xscale("log")
+        if not numeric:
+            ax.set_xticks(range(len(labels)), labels)
+        ax.set(xlabel=key, ylabel="final kNN top-1 (%)")
+    fig.suptitle(f"search {search['name']}: star = best, grey = stopped early")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,213 @@
+"""The driver of ``pipelines/tune.py``: a Tune search of pretraining runs, resumable by name.
+
+``<tune.storage_path>/<tune.name>/`` holds ``search.yaml`` (the search as run), ``tune/`` (Tune's
+experiment state), ``trials/<trial id>/`` (each trial's pretraining run: checkpoints, TensorBoard,
+metrics), ``results.csv`` / ``results.md`` (one row per trial), ``best_metric.png`` and
+``configs/experiment/best.yaml`` (the best trial's settings as a preset).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipelines.search.results import METRIC, best_config_file, best_row, plot_params, trial_rows, write_tables
+from pipelines.search.space import SearchConfigError, arms, param_space, trial_overrides
+from pipelines.search.trial import compose_pretrain, keep_views_per_step
+from pipelines.training.config import ConfigError, check_config
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class SearchOutcome:
+    """What :func:`search` returns: the folder, the rows, the best row and the files written."""
+
+    folder: Path
+    rows: list[Any]
+    best: Any
+    files: dict[str, Path]
+
+
+def concurrency(cluster: dict[str, float], cfg: dict[str, Any], data_cpus: float, cap: int | None) -> int:
+    """Trials that fit at once: the cluster's CPUs (and GPUs) over one trial's workers' needs.
+
+    Each trial needs ``num_workers x resources_per_worker`` plus ``data_cpus`` for its Ray Data
+    tasks (CPU ``1`` per worker by default); ``cap`` limits the result.
+    """
+    tr = cfg["trainer"]
+    workers = int(tr["num_workers"])
+    per_worker = dict(tr.get("resources_per_worker") or {})
+    cpu = workers * float(per_worker.get("CPU", 1.0)) + data_cpus
+    fits = math.floor(cluster.get("CPU", 0.0) / cpu) if cpu > 0 else 1
+    if tr.get("use_gpu"):
+        gpu = workers * float(per_worker.get("GPU", 1.0))
+        fits = min(fits, math.floor(cluster.get("GPU", 0.0) / gpu))
+    if fits < 1:
+        raise ConfigError(
+            f"one trial needs {cpu:g} CPU(s){' and GPUs' if tr.get('use_gpu') else ''} but the cluster has "
+            f"{cluster.get('CPU', 0):g}: lower trainer.num_workers / trainer.resources_per_worker "
+            "in search.overrides"
+        )
+    return max(1, min(fits, cap)) if cap else max(1, fits)
+
+
+def _check_trials(search: dict[str, Any], config_dir: str) -> tuple[dict[str, Any], int | None]:
+    """Compose and check each arm at its paper values (or any sample) before Ray starts."""
+    base_cfg, views = None, None
+    for arm in arms(search):
+        cfg = compose_pretrain(
+            config_dir, [f"experiment={arm.experiment}", *arm.overrides], str(PROJECT_ROOT)
+        )
+        check_config(cfg)
+        base_cfg = base_cfg or cfg
+        if search.get("batch_rule") == "constant_views" and views is None:
+            views = int(cfg["trainer"]["batch_size"]) * (int(cfg["objective"]["K"]) + 1)
+    return base_cfg, views
+
+
+def _refuse_changed(folder: Path, search: dict[str, Any]) -> None:
+    saved = folder / "search.yaml"
+    if saved.exists() and yaml.safe_load(saved.read_text()) != search:
+        raise ConfigError(
+            f"search {folder.name!r} already exists in {folder} with another search config; resume it with "
+            "the same settings or pick a new tune.name=<name>"
+        )
+
+
+def search(cfg: dict[str, Any]) -> SearchOutcome:
+    """Run (or resume) the search of ``cfg`` (the ``tune`` config) and write its results.
+
+    Raises:
+        ConfigError: before Ray starts, for a bad search or pretraining config.
+    """
+    spec_search, tune_cfg = cfg["search"], cfg["tune"]
+    try:
+        all_arms = arms(spec_search)
+    except SearchConfigError as err:
+        raise ConfigError(str(err)) from err
+    config_dir = str(PROJECT_ROOT / "configs")
+    base_cfg, views = _check_trials(spec_search, config_dir)
+    folder = Path(str(tune_cfg["storage_path"])).expanduser().resolve() / str(
+        tune_cfg.get("name") or spec_search["name"]
+    )
+    _refuse_changed(folder, spec_search)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "search.yaml").write_text(yaml.safe_dump(spec_search, sort_keys=False))
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+
+    from pipelines.ray_session import connect
+    from pipelines.search.trial import run_trial
+
+    connect((cfg.get("ray") or {}).get("address"))
+    import ray
+
+    max_epochs = int(base_cfg["trainer"]["epochs"])
+    conc = concurrency(
+        ray.cluster_resources(),
+        base_cfg,
+        float(tune_cfg.get("data_cpus_per_trial", 0.5)),
+        tune_cfg.get("max_concurrent_trials"),
+    )
+    spec = {
+        "search": spec_search,
+        "trials_dir": str(folder / "trials"),
+        "config_dir": config_dir,
+        "project_root": str(PROJECT_ROOT),
+        "views_per_step": views,
+    }
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"cpu": 0.01})
+    asha = spec_search.get("asha") or {}
+    exp_dir = folder / "tune"
+    if tune.Tuner.can_restore(str(exp_dir)):
+        print(f"resuming search {folder.name} from {exp_dir}", flush=True)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        n = int(spec_search.get("num_samples", 1))
+        print(
+            f"search {folder.name}: {len(all_arms)} arm(s), {n} sample(s) per grid point, up to "
+            f"{max_epochs} epochs per trial, {conc} trial(s) at a time; folder {folder}",
+            flush=True,
+        )
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space(spec_search),
+            tune_config=tune.TuneConfig(
+                metric=METRIC,
+                mode="max",
+                num_samples=n,
+                max_concurrent_trials=conc,
+                scheduler=ASHAScheduler(
+                    time_attr="epoch",
+                    max_t=max_epochs,
+                    grace_period=int(asha.get("grace_period", 1)),
+                    reduction_factor=float(asha.get("reduction_factor", 2)),
+                ),
+            ),
+            run_config=tune.RunConfig(
+                name="tune",
+                storage_path=str(folder),
+                failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                verbose=int(tune_cfg.get("verbose", 1)),
+            ),
+        )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    rows = trial_rows(grid, spec_search, max_epochs)
+    best = best_row(rows)
+    csv_path, md_path = write_tables(rows, folder)
+    files = {"csv": csv_path, "md": md_path}
+    if best is not None:
+        batch = None
+        if views:
+            arm_cfg = compose_pretrain(
+                config_dir, trial_overrides(spec_search, _tune_config(best)), str(PROJECT_ROOT)
+            )
+            batch = keep_views_per_step(arm_cfg, views)
+        files["best"] = best_config_file(best, spec_search, folder, batch)
+    plot = plot_params(rows, spec_search, folder / "best_metric.png")
+    if plot:
+        files["plot"] = plot
+    print(f"search {folder.name}: {len(rows)} trials in {time.perf_counter() - t0:.0f}s", flush=True)
+    return SearchOutcome(folder, rows, best, files)
+
+
+def _tune_config(row: Any) -> dict[str, Any]:
+    """A Tune config equivalent to ``row`` (its arm and values)."""
+    from pipelines.search.space import SEP
+
+    return {"arm": row.arm, **{f"{row.arm}{SEP}{k}": v for k, v in row.values.items()}}
+
+
+def summary(outcome: SearchOutcome) -> str:
+    """The lines printed at the end of ``tune.py``."""
+    lines = [(outcome.files["md"]).read_text().rstrip()]
+    if outcome.best is not None:
+        b = outcome.best
+        lines.append(f"best: trial {b.trial_id} ({b.arm}) {b.values}: final kNN top-1 {b.final:.2f}")
+        lines.append(
+            "  rerun it: python pipelines/pretrain.py "
+            f"--config-dir {outcome.folder / 'configs'} experiment=best"
+        )
+    lines.append(f"table: {outcome.files['csv']}  plot: {outcome.files.get('plot', '-')}")
+    lines.append(f"TensorBoard: tensorboard --logdir {outcome.folder / 'trials'} --host 127.0.0.1")
+    return "\n".join(lines)
+
+
+def main_with_errors(cfg: dict[str, Any]) -> int:
+    """Run :func:`search` and print the summary; a config problem exits 2 with one message."""
+    try:
+        outcome = search(cfg)
+    except ConfigError as err:
+        print(f"config error:\n{err}", file=sys.stderr, flush=True)
+        return 2
+    print(summary(outcome), flush=True)
+    return 0

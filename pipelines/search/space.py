@@ -1,0 +1,129 @@
+"""A search config (``configs/search/<name>.yaml``) turned into a Tune space and trial overrides.
+
+A search starts every trial from one pretraining preset (``experiment``) plus ``overrides``
+(Hydra syntax, e.g. ``trainer.epochs=6``), and samples ``params``: dotted pretraining keys with a
+distribution each (``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{randint: [lo, hi]}``,
+``{choice: [...]}``, ``{grid: [...]}``). A search over several objectives lists ``arms``, each
+with its own ``experiment``, ``overrides`` and ``params``; Tune then runs a grid over the arms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice", "grid")
+SEP = "::"  # arm :: key in Tune's flat parameter names
+FORCED = ("trainer.checkpoint_every_steps=0", "eval.knn_every_epochs=1")  # one report per epoch
+
+
+class SearchConfigError(ValueError):
+    """A search config problem, naming the key and the fix."""
+
+
+@dataclass
+class Arm:
+    """One objective setting of a search: where trials start and what they sample."""
+
+    name: str
+    experiment: str
+    overrides: list[str] = field(default_factory=list)
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    paper: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_distribution(where: str, spec: Any) -> None:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
+        raise SearchConfigError(f"{where}: one of {', '.join(DISTRIBUTIONS)} with its values, got {spec!r}")
+    kind, values = next(iter(spec.items()))
+    if kind in ("loguniform", "uniform", "randint"):
+        if not (isinstance(values, list) and len(values) == 2 and values[0] < values[1]):
+            raise SearchConfigError(f"{where}.{kind}: [low, high] with low < high, got {values!r}")
+        if kind == "loguniform" and values[0] <= 0:
+            raise SearchConfigError(f"{where}.loguniform: low must be > 0, got {values[0]}")
+    elif not (isinstance(values, list) and values):
+        raise SearchConfigError(f"{where}.{kind}: a non-empty list, got {values!r}")
+
+
+def arms(search: dict[str, Any]) -> list[Arm]:
+    """The arms of ``search`` (one implicit arm when it lists none), checked.
+
+    Raises:
+        SearchConfigError: naming the key.
+    """
+    if not search.get("name"):
+        raise SearchConfigError("search is missing: pick one with search=<name> (configs/search/)")
+    shared = list(search.get("overrides") or [])
+    raw = search.get("arms") or {"main": {}}
+    out = []
+    for name, arm in raw.items():
+        arm = arm or {}
+        experiment = arm.get("experiment") or search.get("experiment")
+        if not experiment:
+            raise SearchConfigError(f"search.arms.{name}.experiment (or search.experiment) is not set")
+        params = {**(search.get("params") or {}), **(arm.get("params") or {})}
+        for key, spec in params.items():
+            _check_distribution(
+                f"search.params.{key}" if name == "main" else f"search.arms.{name}.params.{key}", spec
+            )
+        out.append(
+            Arm(
+                name,
+                str(experiment),
+                shared + list(arm.get("overrides") or []),
+                params,
+                dict(arm.get("paper") or search.get("paper") or {}),
+            )
+        )
+    if not any(a.params for a in out):
+        raise SearchConfigError("search.params is empty: give at least one key to search")
+    return out
+
+
+def param_space(search: dict[str, Any]) -> dict[str, Any]:
+    """The Tune ``param_space``: ``arm`` (a grid, with several arms) and ``<arm>::<key>`` samplers."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    all_arms = arms(search)
+    if len(all_arms) > 1:
+        space["arm"] = tune.grid_search([a.name for a in all_arms])
+    for arm in all_arms:
+        for key, spec in arm.params.items():
+            kind, values = next(iter(spec.items()))
+            name = f"{arm.name}{SEP}{key}"
+            if kind == "grid":
+                space[name] = tune.grid_search(list(values))
+            elif kind == "choice":
+                space[name] = tune.choice(list(values))
+            else:
+                space[name] = getattr(tune, kind)(*values)
+    return space
+
+
+def trial_arm(search: dict[str, Any], config: dict[str, Any]) -> Arm:
+    """The arm a trial's Tune ``config`` belongs to."""
+    all_arms = arms(search)
+    name = config.get("arm", all_arms[0].name)
+    return next(a for a in all_arms if a.name == name)
+
+
+def trial_values(search: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """``{dotted key: value}`` that a trial's Tune ``config`` sets (its own arm's keys only)."""
+    arm = trial_arm(search, config)
+    return {key: config[f"{arm.name}{SEP}{key}"] for key in arm.params if f"{arm.name}{SEP}{key}" in config}
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(float(value))
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_format(v) for v in value) + "]"
+    return str(value)
+
+
+def trial_overrides(search: dict[str, Any], config: dict[str, Any]) -> list[str]:
+    """The pretraining overrides of one trial: preset, shared and arm overrides, sampled values."""
+    arm = trial_arm(search, config)
+    values = [f"{k}={_format(v)}" for k, v in trial_values(search, config).items()]
+    return [f"experiment={arm.experiment}", *arm.overrides, *values, *FORCED]

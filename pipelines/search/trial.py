@@ -1,0 +1,70 @@
+"""One Tune trial: compose the trial's pretraining config and run it, reporting each epoch to Tune.
+
+The trial is a light Tune function trainable (``{"cpu": 0.01}``) that builds a Ray Train
+``TorchTrainer`` through :func:`~pipelines.training.run.pretrain` (the Ray 2.60 pattern;
+``Tuner(trainer)`` is deprecated). Its pretraining run lives in ``<search>/trials/<trial id>``, so
+a trial restarted after the driver died resumes from that run's latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pipelines.search.space import trial_overrides
+
+
+def compose_pretrain(config_dir: str, overrides: list[str], project_root: str) -> dict[str, Any]:
+    """The resolved pretraining config for ``overrides`` (Hydra's compose API, paths absolute)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pipelines.training.config import resolve_paths
+
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose("pretrain", overrides=overrides)
+    return resolve_paths(OmegaConf.to_container(cfg, resolve=True), Path(project_root))
+
+
+def keep_views_per_step(cfg: dict[str, Any], views_per_step: int) -> int:
+    """Set ``trainer.batch_size`` so that batch x (K + 1) stays near ``views_per_step``.
+
+    The batch is rounded down to a multiple of twice the worker count (at least that); returns it.
+    """
+    workers = int(cfg["trainer"]["num_workers"])
+    unit = 2 * workers
+    batch = max(unit, (views_per_step // (int(cfg["objective"]["K"]) + 1)) // unit * unit)
+    cfg["trainer"]["batch_size"] = batch
+    return batch
+
+
+def trial_config(spec: dict[str, Any], config: dict[str, Any], name: str) -> tuple[list[str], dict[str, Any]]:
+    """``(overrides, resolved pretraining config)`` of the trial ``name`` with Tune ``config``."""
+    overrides = [
+        *trial_overrides(spec["search"], config),
+        f"trainer.storage_path={spec['trials_dir']}",
+        f"trainer.name={name}",
+    ]
+    cfg = compose_pretrain(spec["config_dir"], overrides, spec["project_root"])
+    if spec.get("views_per_step"):
+        keep_views_per_step(cfg, int(spec["views_per_step"]))
+    return overrides, cfg
+
+
+def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
+    """The Tune function trainable (``spec`` bound with ``tune.with_parameters``)."""
+    from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipelines.training.run import pretrain
+
+    name = tune.get_context().get_trial_id()
+    _, cfg = trial_config(spec, config, name)
+    outcome = pretrain(cfg, callbacks=[TuneReportCallback()])
+    if outcome.seconds == 0.0:  # the run had finished before a driver restart: report its last epoch
+        rows = [
+            json.loads(x) for x in (Path(outcome.run_dir) / "metrics.jsonl").read_text().splitlines() if x
+        ]
+        last = [r for r in rows if "epoch/knn_top1" in r][-1]
+        tune.report({"knn/top1": last["epoch/knn_top1"], "epoch": last["epoch"] + 1})

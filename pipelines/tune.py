@@ -1,0 +1,32 @@
+"""Ray Tune searches over pretraining settings (temperatures, K, baselines), scored by kNN top-1.
+
+    python pipelines/tune.py search=cacr_temperatures
+    python pipelines/tune.py search=cacr_k tune.max_concurrent_trials=2
+    python pipelines/tune.py search=baselines 'search.overrides=[dataset.root=/data/cifar10-shards]'
+
+Every trial is a full pretraining run (a TorchTrainer inside a Tune function trainable), scored
+by kNN top-1 after each epoch, stopped early by ASHA. Re-running the same command (same
+``tune.name``) continues the search.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="tune")
+def main(cfg: DictConfig) -> None:
+    """Resolve the config to a plain dict and hand off to the search driver."""
+    from pipelines.search.run import main_with_errors
+
+    sys.exit(main_with_errors(OmegaConf.to_container(cfg, resolve=True)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,171 @@
+"""Ray Tune searches of real tiny pretraining runs on the local cluster: ASHA, errors, best config, resume."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from pipelines.search.run import concurrency, search
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.timeout(900)
+
+TINY = {
+    "name": "tiny",
+    "experiment": "smoke",
+    "overrides": [
+        "trainer.num_workers=1",
+        "trainer.resources_per_worker={CPU: 0.5}",
+        "trainer.epochs=4",
+        "eval.knn_bank_size=256",
+        "eval.final_linear_probe=false",
+        "eval.random_init_baseline=false",
+    ],
+    "params": {"objective.hparams.t_neg": {"grid": [0.3, 0.9, 3.0, -1.0]}},  # -1: the trial fails its checks
+    "num_samples": 1,
+    "asha": {"grace_period": 1, "reduction_factor": 2},
+}
+
+
+def tune_config(storage: Path, **tune: object) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = OmegaConf.to_container(compose("tune"), resolve=True)
+    cfg["search"] = yaml.safe_load(yaml.safe_dump(TINY))
+    cfg["tune"].update(storage_path=str(storage), verbose=0, **tune)
+    return cfg
+
+
+def wait_until_free(ray, seconds: float = 60.0) -> dict:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        free, total = ray.available_resources(), ray.cluster_resources()
+        if free.get("CPU", 0) >= total.get("CPU", 0) - 1e-6:
+            return free
+        time.sleep(1)
+    return ray.available_resources()
+
+
+def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster, tmp_path) -> None:
+    out = search(tune_config(tmp_path, max_concurrent_trials=2))
+    rows = {r.values["objective.hparams.t_neg"]: r for r in out.rows}
+    assert sorted(rows) == [-1.0, 0.3, 0.9, 3.0]
+    print({k: (r.status, r.epochs, r.final) for k, r in rows.items()})
+    assert rows[-1.0].status == "error" and "t_neg" in rows[-1.0].error  # recorded, the search went on
+    good = [r for k, r in rows.items() if k > 0]
+    assert any(r.status == "stopped early (ASHA)" and r.epochs < 4 for r in good)
+    assert any(r.status == "completed" and r.epochs == 4 for r in good)
+    for r in good:  # every trial scored from its own per-epoch kNN history
+        assert r.best >= r.final and 0 < r.final <= 100
+    assert wait_until_free(ray_cluster)["CPU"] == pytest.approx(ray_cluster.cluster_resources()["CPU"])
+
+    table = list(csv.DictReader(out.files["csv"].open()))
+    assert len(table) == 4 and {t["status"] for t in table} >= {"error", "completed", "stopped early (ASHA)"}
+    assert out.files["plot"].read_bytes()[:4] == b"\x89PNG"
+    for r in good:
+        assert list((out.folder / "trials" / r.trial_id / "tensorboard").glob("events.out.tfevents.*"))
+
+    best = out.best
+    assert best.status == "completed" and best.final == max(r.final for r in good if r.status == "completed")
+    trial_cfg = yaml.safe_load((out.folder / "trials" / best.trial_id / "config.yaml").read_text())
+    assert trial_cfg["objective"]["hparams"]["t_neg"] == best.values["objective.hparams.t_neg"]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "pipelines/pretrain.py",
+            "--config-dir",
+            str(out.folder / "configs"),
+            "experiment=best",
+            "--cfg",
+            "job",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    reproduced = yaml.safe_load(proc.stdout)
+    for group in ("dataset", "objective", "framework", "model", "augment"):
+        assert reproduced[group] == trial_cfg[group], group
+    skip = {"name", "storage_path"}
+    assert {k: v for k, v in reproduced["trainer"].items() if k not in skip} == {
+        k: v for k, v in trial_cfg["trainer"].items() if k not in skip
+    }
+    assert reproduced["objective"]["hparams"]["t_neg"] == best.values["objective.hparams.t_neg"]
+
+
+def test_concurrency_follows_the_cluster_and_each_trials_scaling() -> None:
+    cfg = {"trainer": {"num_workers": 2, "resources_per_worker": {"CPU": 2}, "use_gpu": False}}
+    assert concurrency({"CPU": 16}, cfg, 0.5, None) == 3
+    assert concurrency({"CPU": 16}, cfg, 0.5, 2) == 2
+    gpu = {"trainer": {"num_workers": 2, "resources_per_worker": {"CPU": 4, "GPU": 1}, "use_gpu": True}}
+    assert concurrency({"CPU": 64, "GPU": 8}, gpu, 1.0, None) == 4
+    with pytest.raises(Exception, match="one trial needs"):
+        concurrency({"CPU": 1}, cfg, 0.5, None)
+
+
+def test_killing_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp_path) -> None:
+    """The `tune.py` command on the test cluster, SIGKILLed once a trial has a checkpoint, run again."""
+    (tmp_path / "search").mkdir()
+    spec = {**TINY, "params": {"objective.hparams.t_neg": {"grid": [0.5, 2.0]}}, "asha": {"grace_period": 4}}
+    (tmp_path / "search" / "resume.yaml").write_text(yaml.safe_dump({**spec, "name": "resume"}))
+    address = ray_cluster.get_runtime_context().gcs_address
+    command = [
+        sys.executable,
+        "pipelines/tune.py",
+        "--config-dir",
+        str(tmp_path),
+        "search=resume",
+        f"tune.storage_path={tmp_path / 'out'}",
+        f"ray.address={address}",
+        "tune.verbose=0",
+    ]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    first = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    trials = tmp_path / "out" / "resume" / "trials"
+    deadline = time.time() + 400
+    while time.time() < deadline and not list(trials.glob("*/checkpoint_e0002_s*/COMPLETE")):
+        assert first.poll() is None, first.stdout.read()
+        time.sleep(0.5)
+    before = {p.parent.parent.name: p.parent.name for p in trials.glob("*/checkpoint_e*/COMPLETE")}
+    assert before, "no trial reached a checkpoint"
+    os.kill(first.pid, signal.SIGKILL)  # the driver dies; its trials go with it
+    first.wait(30)
+    print("killed the driver with checkpoints", before)
+    wait_until_free(ray_cluster, 90)
+
+    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "resuming search resume" in second.stdout
+    rows = list(csv.DictReader((tmp_path / "out" / "resume" / "results.csv").open()))
+    assert len(rows) == 2 and all(r["status"] == "completed" and r["epochs"] == "4" for r in rows)
+    for trial, name in before.items():  # resumed from its checkpoint, not from scratch
+        resumes = [json.loads(x) for x in (trials / trial / "resumes.jsonl").read_text().splitlines()]
+        seen_step = int(name.rsplit("_s", 1)[1])
+        assert resumes and resumes[0]["step"] >= seen_step > 0, resumes
+        steps = [
+            json.loads(x)["step"]
+            for x in (trials / trial / "metrics.jsonl").read_text().splitlines()
+            if '"loss/total"' in x
+        ]
+        assert len(steps) == len(set(steps)) and max(steps) == 4 * 8  # no step logged twice
+    assert len(list(trials.iterdir())) == 2  # no new trials: the same search went on
