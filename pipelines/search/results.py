@@ -132,7 +132,7 @@ def best_config_file(row: TrialRow, search: dict[str, Any], folder: Path, batch:
         key, _, raw = item.partition("=")
         key = key.lstrip("+~")
         if "." not in key and (key in GROUPS or "/" in key):
-            groups.append(f"override /{key}: {raw}")
+            groups.append({f"override /{key}": raw})
         elif not key.startswith(("eval.", "trainer.storage_path", "trainer.name")):
             values[key] = yaml.safe_load(raw)
     if batch is not None:

@@ -35,37 +35,58 @@ class SearchOutcome:
     files: dict[str, Path]
 
 
-def concurrency(cluster: dict[str, float], cfg: dict[str, Any], data_cpus: float, cap: int | None) -> int:
-    """Trials that fit at once: the cluster's CPUs (and GPUs) over one trial's workers' needs.
+TRIAL_DRIVER_CPU = 0.01  # the Tune function trainable that builds the trial's TorchTrainer
 
-    Each trial needs ``num_workers x resources_per_worker`` plus ``data_cpus`` for its Ray Data
-    tasks (CPU ``1`` per worker by default); ``cap`` limits the result.
+
+def concurrency(cluster: dict[str, float], cfg: dict[str, Any], data_cpus: float, cap: int | None) -> int:
+    """Trials that fit at once on the cluster, given one trial's ``ScalingConfig``.
+
+    ``n`` trials fit when ``n x (num_workers x CPUs per worker + the trial driver's 0.01)`` plus
+    ``max(1, n x data_cpus)`` CPUs for their Ray Data tasks (a read task takes a whole CPU; a
+    cluster without one free deadlocks) are at most the cluster's CPUs, and likewise
+    ``n x num_workers x GPUs per worker`` for GPUs. ``cap`` limits the result.
+
+    Raises:
+        ConfigError: when not even one trial fits.
     """
     tr = cfg["trainer"]
     workers = int(tr["num_workers"])
     per_worker = dict(tr.get("resources_per_worker") or {})
-    cpu = workers * float(per_worker.get("CPU", 1.0)) + data_cpus
-    fits = math.floor(cluster.get("CPU", 0.0) / cpu) if cpu > 0 else 1
+    trial_cpu = workers * float(per_worker.get("CPU", 1.0)) + TRIAL_DRIVER_CPU
+    total = cluster.get("CPU", 0.0)
+    fits = 0
+    while (fits + 1) * trial_cpu + max(1.0, (fits + 1) * data_cpus) <= total + 1e-9:
+        fits += 1
     if tr.get("use_gpu"):
         gpu = workers * float(per_worker.get("GPU", 1.0))
         fits = min(fits, math.floor(cluster.get("GPU", 0.0) / gpu))
     if fits < 1:
         raise ConfigError(
-            f"one trial needs {cpu:g} CPU(s){' and GPUs' if tr.get('use_gpu') else ''} but the cluster has "
-            f"{cluster.get('CPU', 0):g}: lower trainer.num_workers / trainer.resources_per_worker "
-            "in search.overrides"
+            f"one trial needs {trial_cpu:g} CPU(s) for its workers plus 1 for its data"
+            f"{' and GPUs' if tr.get('use_gpu') else ''}, but the cluster has {total:g} CPU(s)"
+            f"{' and ' + format(cluster.get('GPU', 0), 'g') + ' GPU(s)' if tr.get('use_gpu') else ''}: "
+            "lower trainer.num_workers / trainer.resources_per_worker in search.overrides"
         )
-    return max(1, min(fits, cap)) if cap else max(1, fits)
+    return min(fits, cap) if cap else fits
 
 
 def _check_trials(search: dict[str, Any], config_dir: str) -> tuple[dict[str, Any], int | None]:
-    """Compose and check each arm at its paper values (or any sample) before Ray starts."""
+    """Compose and check each arm's starting config (without sampled values) before Ray starts."""
+    from hydra.errors import HydraException
+
     base_cfg, views = None, None
     for arm in arms(search):
-        cfg = compose_pretrain(
-            config_dir, [f"experiment={arm.experiment}", *arm.overrides], str(PROJECT_ROOT)
-        )
-        check_config(cfg)
+        where = f"search arm {arm.name!r} (experiment={arm.experiment} + its overrides)"
+        try:
+            cfg = compose_pretrain(
+                config_dir, [f"experiment={arm.experiment}", *arm.overrides], str(PROJECT_ROOT)
+            )
+        except HydraException as err:
+            raise ConfigError(f"{where}: {err}") from err
+        try:
+            check_config(cfg)
+        except ConfigError as err:
+            raise ConfigError(f"{where}:\n{err}") from err
         base_cfg = base_cfg or cfg
         if search.get("batch_rule") == "constant_views" and views is None:
             views = int(cfg["trainer"]["batch_size"]) * (int(cfg["objective"]["K"]) + 1)
@@ -102,9 +123,9 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
     (folder / "search.yaml").write_text(yaml.safe_dump(spec_search, sort_keys=False))
 
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
 
     from pipelines.ray_session import connect
+    from pipelines.search.callbacks import ReleaseTrialResources, release_trial_resources
     from pipelines.search.trial import run_trial
 
     connect((cfg.get("ray") or {}).get("address"))
@@ -124,8 +145,7 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
         "project_root": str(PROJECT_ROOT),
         "views_per_step": views,
     }
-    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"cpu": 0.01})
-    asha = spec_search.get("asha") or {}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"cpu": TRIAL_DRIVER_CPU})
     exp_dir = folder / "tune"
     if tune.Tuner.can_restore(str(exp_dir)):
         print(f"resuming search {folder.name} from {exp_dir}", flush=True)
@@ -145,22 +165,20 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
                 mode="max",
                 num_samples=n,
                 max_concurrent_trials=conc,
-                scheduler=ASHAScheduler(
-                    time_attr="epoch",
-                    max_t=max_epochs,
-                    grace_period=int(asha.get("grace_period", 1)),
-                    reduction_factor=float(asha.get("reduction_factor", 2)),
-                ),
+                scheduler=_scheduler(spec_search.get("asha"), max_epochs),
             ),
             run_config=tune.RunConfig(
                 name="tune",
                 storage_path=str(folder),
                 failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+                callbacks=[ReleaseTrialResources(str(folder / "trials"))],
                 verbose=int(tune_cfg.get("verbose", 1)),
             ),
         )
     t0 = time.perf_counter()
     grid = tuner.fit()
+    for run_dir in (folder / "trials").glob("*"):  # whatever a callback could not reach
+        release_trial_resources(run_dir)
     rows = trial_rows(grid, spec_search, max_epochs)
     best = best_row(rows)
     csv_path, md_path = write_tables(rows, folder)
@@ -178,6 +196,20 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
         files["plot"] = plot
     print(f"search {folder.name}: {len(rows)} trials in {time.perf_counter() - t0:.0f}s", flush=True)
     return SearchOutcome(folder, rows, best, files)
+
+
+def _scheduler(asha: dict[str, Any] | None, max_epochs: int) -> Any:
+    """ASHA on the ``epoch`` counter; ``search.asha: null`` runs every trial to the end (FIFO)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    if asha is None or asha is False:
+        return None
+    return ASHAScheduler(
+        time_attr="epoch",
+        max_t=max_epochs,
+        grace_period=int(asha.get("grace_period", 1)),
+        reduction_factor=float(asha.get("reduction_factor", 2)),
+    )
 
 
 def _tune_config(row: Any) -> dict[str, Any]:

@@ -16,14 +16,22 @@ from pipelines.search.space import trial_overrides
 
 
 def compose_pretrain(config_dir: str, overrides: list[str], project_root: str) -> dict[str, Any]:
-    """The resolved pretraining config for ``overrides`` (Hydra's compose API, paths absolute)."""
+    """The resolved pretraining config for ``overrides`` (Hydra's compose API, paths absolute).
+
+    Inside a running Hydra app the app's own search path is used (``configs/`` plus any
+    ``--config-dir``); elsewhere ``config_dir``.
+    """
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
     from pipelines.training.config import resolve_paths
 
-    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+    if GlobalHydra.instance().is_initialized():  # inside a Hydra app (tune.py): its search path has configs/
         cfg = compose("pretrain", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+            cfg = compose("pretrain", overrides=overrides)
     return resolve_paths(OmegaConf.to_container(cfg, resolve=True), Path(project_root))
 
 

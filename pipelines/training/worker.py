@@ -32,6 +32,21 @@ from pipelines.training.loop import Pretrainer, _agree, write_stop
 from pipelines.training.metrics import RunLog, progress_line
 
 RESUMES = "resumes.jsonl"
+PLACEMENT_GROUPS = "placement_groups.txt"
+
+
+def record_placement_group(run_dir: str) -> None:
+    """Append the id of the worker group's placement group to ``<run>/placement_groups.txt``.
+
+    A Tune trial's driver releases it when the trial ends: Ray Train leaves the worker group's
+    placement group behind when its owner (the trial) finishes or is stopped by ASHA.
+    """
+    import ray.util
+
+    group = ray.util.get_current_placement_group()
+    if group is not None:
+        with Path(run_dir, PLACEMENT_GROUPS).open("a") as f:
+            f.write(group.id.hex() + "\n")
 
 
 def say(text: str) -> None:
@@ -219,6 +234,7 @@ class Session:
                     )
         if self.rank0:
             self.log = RunLog(self.run["dir"], resume_step=t.step)
+            record_placement_group(self.run["dir"])
         self.monitor = find_monitor(self.run["name"])
         epochs, spe = int(tr["epochs"]), int(self.run["steps_per_epoch"])
         stop_at = int(tr.get("stop_at_epoch") or epochs)

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipelines.search.run import concurrency, search
+from pipelines.training.config import ConfigError, resolve_paths
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
@@ -26,7 +27,7 @@ TINY = {
     "experiment": "smoke",
     "overrides": [
         "trainer.num_workers=1",
-        "trainer.resources_per_worker={CPU: 0.5}",
+        "trainer.resources_per_worker={CPU: 0.45}",
         "trainer.epochs=4",
         "eval.knn_bank_size=256",
         "eval.final_linear_probe=false",
@@ -95,7 +96,7 @@ def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster,
         timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
-    reproduced = yaml.safe_load(proc.stdout)
+    reproduced = resolve_paths(yaml.safe_load(proc.stdout), ROOT)  # as pretrain.py resolves it
     for group in ("dataset", "objective", "framework", "model", "augment"):
         assert reproduced[group] == trial_cfg[group], group
     skip = {"name", "storage_path"}
@@ -107,11 +108,15 @@ def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster,
 
 def test_concurrency_follows_the_cluster_and_each_trials_scaling() -> None:
     cfg = {"trainer": {"num_workers": 2, "resources_per_worker": {"CPU": 2}, "use_gpu": False}}
-    assert concurrency({"CPU": 16}, cfg, 0.5, None) == 3
+    assert concurrency({"CPU": 16}, cfg, 0.5, None) == 3  # 3 x 4.01 + 1.5 <= 16 < 4 x 4.01 + 2
     assert concurrency({"CPU": 16}, cfg, 0.5, 2) == 2
     gpu = {"trainer": {"num_workers": 2, "resources_per_worker": {"CPU": 4, "GPU": 1}, "use_gpu": True}}
-    assert concurrency({"CPU": 64, "GPU": 8}, gpu, 1.0, None) == 4
-    with pytest.raises(Exception, match="one trial needs"):
+    assert concurrency({"CPU": 64, "GPU": 8}, gpu, 1.0, None) == 4  # the GPUs bind
+    tiny = {"trainer": {"num_workers": 1, "resources_per_worker": {"CPU": 0.5}, "use_gpu": False}}
+    assert concurrency({"CPU": 2}, tiny, 0.5, None) == 1  # 2 x 0.51 + 1 > 2: a data task would starve
+    tiny["trainer"]["resources_per_worker"]["CPU"] = 0.45
+    assert concurrency({"CPU": 2}, tiny, 0.5, None) == 2
+    with pytest.raises(ConfigError, match="one trial needs"):
         concurrency({"CPU": 1}, cfg, 0.5, None)
 
 
@@ -132,19 +137,12 @@ def test_killing_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp_
         "tune.verbose=0",
     ]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    first = subprocess.Popen(
-        command,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+    log = (tmp_path / "first.log").open("w")  # a file, not a pipe: a full pipe would stall the driver
+    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     trials = tmp_path / "out" / "resume" / "trials"
     deadline = time.time() + 400
     while time.time() < deadline and not list(trials.glob("*/checkpoint_e0002_s*/COMPLETE")):
-        assert first.poll() is None, first.stdout.read()
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         time.sleep(0.5)
     before = {p.parent.parent.name: p.parent.name for p in trials.glob("*/checkpoint_e*/COMPLETE")}
     assert before, "no trial reached a checkpoint"

@@ -1,0 +1,182 @@
+"""Search configs, Tune spaces, trial overrides, the batch rule and the results files (no cluster)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.search.results import TrialRow, best_config_file, best_row, plot_params, write_tables
+from pipelines.search.space import SearchConfigError, arms, param_space, trial_overrides, trial_values
+from pipelines.search.trial import compose_pretrain, keep_views_per_step
+
+ROOT = Path(__file__).resolve().parents[2]
+SEARCHES = ("cacr_temperatures", "cacr_k", "baselines")
+
+
+def shipped(name: str) -> dict:
+    return yaml.safe_load((ROOT / "configs" / "search" / f"{name}.yaml").read_text())
+
+
+def _inside(spec: dict, value) -> bool:
+    kind, values = next(iter(spec.items()))
+    if kind in ("grid", "choice"):
+        return value in values
+    return values[0] <= value <= values[1]
+
+
+@pytest.mark.parametrize("name", SEARCHES)
+def test_shipped_searches_hold_the_paper_value_and_compose(name) -> None:
+    search = shipped(name)
+    for arm in arms(search):
+        assert arm.paper and set(arm.paper) == set(arm.params)
+        for key, value in arm.paper.items():
+            assert _inside(arm.params[key], value), (arm.name, key)
+        cfg = compose_pretrain(
+            str(ROOT / "configs"),
+            trial_overrides(
+                search, {"arm": arm.name, **{f"{arm.name}::{k}": v for k, v in arm.paper.items()}}
+            ),
+            str(ROOT),
+        )
+        for key, value in arm.paper.items():
+            node = cfg
+            for part in key.split("."):
+                node = node[part]
+            assert node == value
+
+
+def test_param_space_and_trial_values_per_arm() -> None:
+    from ray import tune
+
+    space = param_space(shipped("baselines"))
+    assert space["arm"] == tune.grid_search(["cl", "hn_cl", "au_cl"])
+    lo, hi = space["au_cl::objective.hparams.unif_t"].lower, space["au_cl::objective.hparams.unif_t"].upper
+    assert (lo, hi) == (0.5, 8.0)
+    config = {
+        "arm": "hn_cl",
+        "cl::objective.hparams.tau": 0.1,
+        "hn_cl::objective.hparams.tau": 0.7,
+        "au_cl::objective.hparams.unif_t": 3.0,
+    }
+    assert trial_values(shipped("baselines"), config) == {"objective.hparams.tau": 0.7}
+    overrides = trial_overrides(shipped("baselines"), config)
+    assert overrides[0] == "experiment=cifar10_hn_cl" and "objective.hparams.tau=0.7" in overrides
+    assert "trainer.checkpoint_every_steps=0" in overrides and "eval.knn_every_epochs=1" in overrides
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"params": {}}, "search.params is empty"),
+        ({"params": {"a.b": {"loguniform": [0, 1]}}}, "low must be > 0"),
+        ({"params": {"a.b": {"uniform": [2, 1]}}}, "low < high"),
+        ({"params": {"a.b": {"normal": [0, 1]}}}, "one of loguniform"),
+        ({"experiment": None}, "experiment"),
+    ],
+)
+def test_bad_search_configs_name_the_key(change, words) -> None:
+    with pytest.raises(SearchConfigError, match=words):
+        arms({**shipped("cacr_temperatures"), **change})
+
+
+def test_constant_views_batch_rule() -> None:
+    search = shipped("cacr_k")
+    base = compose_pretrain(
+        str(ROOT / "configs"), trial_overrides(search, {"main::objective.K": 4}), str(ROOT)
+    )
+    views = base["trainer"]["batch_size"] * (base["objective"]["K"] + 1)
+    assert views == 640
+    unit = 2 * base["trainer"]["num_workers"]
+    for k in (1, 2, 4, 8):
+        cfg = compose_pretrain(
+            str(ROOT / "configs"), trial_overrides(search, {"main::objective.K": k}), str(ROOT)
+        )
+        batch = keep_views_per_step(cfg, views)
+        assert batch % unit == 0 and batch * (k + 1) <= views < (batch + unit) * (k + 1)
+        assert cfg["trainer"]["batch_size"] == batch
+
+
+def _rows() -> list[TrialRow]:
+    return [
+        TrialRow("t1", "main", {"objective.hparams.t_neg": 0.9}, 40.0, 41.0, 4, "completed"),
+        TrialRow("t2", "main", {"objective.hparams.t_neg": 3.0}, 45.0, 45.0, 2, "stopped early (ASHA)"),
+        TrialRow("t3", "main", {"objective.hparams.t_neg": 0.3}, 42.5, 43.0, 4, "completed"),
+        TrialRow(
+            "t4", "main", {"objective.hparams.t_neg": -1.0}, None, None, 0, "error", "t_neg must be > 0"
+        ),
+    ]
+
+
+def test_best_row_prefers_completed_trials_and_tables_hold_every_trial(tmp_path) -> None:
+    rows = _rows()
+    assert best_row(rows).trial_id == "t3"  # t2 scored higher but did not run all epochs
+    csv_path, md_path = write_tables(rows, tmp_path)
+    table = list(csv.DictReader(csv_path.open()))
+    assert [t["trial"] for t in table] == ["t1", "t2", "t3", "t4"]
+    assert table[3]["status"] == "error" and table[3]["error"] == "t_neg must be > 0"
+    assert table[2]["final kNN top-1"] == "42.50" and table[2]["objective.hparams.t_neg"] == "0.3"
+    assert "| t3 | main | 0.3 | 42.50 | 43.00 | 4 | completed |" in md_path.read_text()
+    png = plot_params(
+        rows,
+        shipped("cacr_temperatures") | {"params": {"objective.hparams.t_neg": {"loguniform": [0.1, 5]}}},
+        tmp_path / "p.png",
+    )
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_best_config_file_composes_to_the_trials_settings(tmp_path) -> None:
+    search = shipped("cacr_temperatures")
+    row = TrialRow(
+        "t9",
+        "main",
+        {"objective.hparams.t_pos": 1.7, "objective.hparams.t_neg": 0.45},
+        50.0,
+        50.0,
+        6,
+        "completed",
+    )
+    path = best_config_file(row, search, tmp_path, batch=None)
+    assert path == tmp_path / "configs" / "experiment" / "best.yaml"
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    trial = compose_pretrain(
+        str(ROOT / "configs"),
+        trial_overrides(
+            search, {"main::objective.hparams.t_pos": 1.7, "main::objective.hparams.t_neg": 0.45}
+        ),
+        str(ROOT),
+    )
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(
+            "pretrain", overrides=["experiment=best", f"hydra.searchpath=[file://{tmp_path / 'configs'}]"]
+        )
+    best = OmegaConf.to_container(cfg, resolve=True)
+    for group in ("objective", "framework", "model", "augment"):
+        assert best[group] == trial[group], group
+    assert best["trainer"]["epochs"] == 6 and best["model"]["width"] == 0.125
+    assert (
+        best["dataset"]["name"] == trial["dataset"]["name"]
+        and best["experiment_name"] == "cacr_temperatures_best"
+    )
+    assert not math.isnan(best["objective"]["hparams"]["t_pos"])
+
+
+def test_the_tune_command_refuses_a_bad_search_before_ray(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    args = [sys.executable, "pipelines/tune.py", f"tune.storage_path={tmp_path}"]
+    bad_key = subprocess.run(
+        [*args, "~search.params"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert bad_key.returncode == 2 and "search.params is empty" in bad_key.stderr
+    bad_preset = subprocess.run(
+        [*args, "search.experiment=nope"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert bad_preset.returncode == 2 and "experiment/nope" in bad_preset.stderr
+    assert not list(tmp_path.iterdir())  # nothing started, nothing written
