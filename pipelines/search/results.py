@@ -31,6 +31,12 @@ class TrialRow:
     overrides: list[str] = field(default_factory=list)
 
 
+def _id_from_path(path: str) -> str:
+    """``4d430_00003`` from Tune's trial folder name ``run_trial_4d430_00003_3_<params>_<date>``."""
+    parts = Path(path).name.split("_")
+    return "_".join(parts[2:4]) if len(parts) > 3 and parts[0] == "run" else Path(path).name
+
+
 def trial_rows(result_grid: Any, search: dict[str, Any], max_epochs: int) -> list[TrialRow]:
     """A row per trial of a Tune ``ResultGrid``."""
     rows = []
@@ -48,7 +54,7 @@ def trial_rows(result_grid: Any, search: dict[str, Any], max_epochs: int) -> lis
             status, error = "stopped early (ASHA)", ""
         rows.append(
             TrialRow(
-                trial_id=str((result.metrics or {}).get("trial_id") or Path(result.path).name),
+                trial_id=str((result.metrics or {}).get("trial_id") or _id_from_path(result.path)),
                 arm=trial_arm(search, config).name,
                 values=trial_values(search, config),
                 final=float(knn[-1]) if knn else None,

@@ -64,6 +64,7 @@ def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster,
     print({k: (r.status, r.epochs, r.final) for k, r in rows.items()})
     assert rows[-1.0].status == "error" and "t_neg" in rows[-1.0].error  # recorded, the search went on
     good = [r for k, r in rows.items() if k > 0]
+    assert {r.trial_id.rsplit("_", 1)[0] for r in rows.values()} == {good[0].trial_id.rsplit("_", 1)[0]}
     assert any(r.status == "stopped early (ASHA)" and r.epochs < 4 for r in good)
     assert any(r.status == "completed" and r.epochs == 4 for r in good)
     for r in good:  # every trial scored from its own per-epoch kNN history
