@@ -18,7 +18,7 @@ from typing import Any
 
 from pipelines.evaluation.report import encoder_table
 from pipelines.training import checkpoints as ckpt
-from pipelines.training.config import ConfigError, check_eval
+from pipelines.training.config import ConfigError, check_eval, run_command
 
 _NAME = re.compile(r"checkpoint_e(\d+)_s(\d+)$")
 
@@ -207,13 +207,11 @@ def probe_table(results: dict[str, Any], protocol: str, run_dir: str) -> str:
 
 def main_with_errors(cfg: dict[str, Any]) -> int:
     """Run :func:`linear_probe` and print its table; a config problem exits 2 with one message."""
-    try:
-        results = linear_probe(cfg)
-    except ConfigError as err:
-        print(f"config error:\n{err}", file=sys.stderr, flush=True)
-        return 2
-    run_dir, _ = find_checkpoint(cfg["run"])
     from pipelines.evaluation.protocols import from_config
 
-    print(probe_table(results, from_config(cfg["eval"]["protocol"]).name, str(run_dir)), flush=True)
-    return 0
+    def probe_and_table() -> str:
+        results = linear_probe(cfg)
+        run_dir, _ = find_checkpoint(cfg["run"])
+        return probe_table(results, from_config(cfg["eval"]["protocol"]).name, str(run_dir))
+
+    return run_command(probe_and_table)

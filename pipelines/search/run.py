@@ -9,7 +9,6 @@ metrics), ``results.csv`` / ``results.md`` (one row per trial), ``best_metric.pn
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ import yaml
 from pipelines.search.results import METRIC, best_config_file, best_row, plot_params, trial_rows, write_tables
 from pipelines.search.space import SearchConfigError, arms, param_space, trial_overrides
 from pipelines.search.trial import compose_pretrain, keep_views_per_step
-from pipelines.training.config import ConfigError, check_config
+from pipelines.training.config import ConfigError, check_config, run_command
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -236,10 +235,4 @@ def summary(outcome: SearchOutcome) -> str:
 
 def main_with_errors(cfg: dict[str, Any]) -> int:
     """Run :func:`search` and print the summary; a config problem exits 2 with one message."""
-    try:
-        outcome = search(cfg)
-    except ConfigError as err:
-        print(f"config error:\n{err}", file=sys.stderr, flush=True)
-        return 2
-    print(summary(outcome), flush=True)
-    return 0
+    return run_command(lambda: summary(search(cfg)))

@@ -8,6 +8,8 @@ the run needs (views per image, per-worker batch, learning rate) from a valid co
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,29 @@ RESUMABLE_CHANGES = (
 
 class ConfigError(ValueError):
     """A config that cannot run; the message lists every problem, one per line."""
+
+
+def run_command(
+    action: Callable[[], str], stops: dict[type[Exception], tuple[str, int]] | None = None
+) -> int:
+    """Run a command's ``action`` and print the text it returns; expected failures print one message.
+
+    Args:
+        action: does the work and returns what to print.
+        stops: more expected exception types, each with its message prefix and exit code.
+
+    Returns:
+        0, 2 for a :class:`ConfigError` (``config error:`` and the problems) or a ``stops`` code.
+    """
+    handled: dict[type[Exception], tuple[str, int]] = {ConfigError: ("config error:\n", 2), **(stops or {})}
+    try:
+        text = action()
+    except tuple(handled) as err:
+        prefix, code = next(v for k, v in handled.items() if isinstance(err, k))
+        print(f"{prefix}{err}", file=sys.stderr, flush=True)
+        return code
+    print(text, flush=True)
+    return 0
 
 
 @dataclass(frozen=True)

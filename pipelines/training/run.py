@@ -11,14 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pipelines.evaluation.report import encoder_table
-from pipelines.training.config import ConfigError, check_config, config_changes, is_uri, recipes_for
+from pipelines.training.config import (
+    ConfigError,
+    check_config,
+    config_changes,
+    is_uri,
+    recipes_for,
+    run_command,
+)
 
 CONFIG_FILE = "config.yaml"
 
@@ -239,14 +245,5 @@ def results_table(outcome: RunOutcome, cfg: dict[str, Any]) -> str:
 
 
 def main_with_errors(cfg: dict[str, Any]) -> int:
-    """Run :func:`pretrain`, print the table; turn expected failures into one clear message."""
-    try:
-        outcome = pretrain(cfg)
-    except ConfigError as err:
-        print(f"config error:\n{err}", file=sys.stderr, flush=True)
-        return 2
-    except RunStoppedError as err:
-        print(f"run stopped: {err}", file=sys.stderr, flush=True)
-        return 3
-    print(results_table(outcome, cfg), flush=True)
-    return 0
+    """Run :func:`pretrain` and print the table; config errors exit 2, stopped runs 3, one message each."""
+    return run_command(lambda: results_table(pretrain(cfg), cfg), {RunStoppedError: ("run stopped: ", 3)})

@@ -357,54 +357,20 @@ def test_export_command_writes_both_formats_and_refuses_bad_input(tmp_path, caps
 
     torch.manual_seed(0)
     state = build_backbone("resnet50", image_size=224).state_dict()
-    torch.save(state, tmp_path / "backbone.pt")
-    assert (
-        main(
-            [
-                str(tmp_path / "backbone.pt"),
-                "--model",
-                "resnet50",
-                "--to",
-                "torchvision",
-                "--out",
-                str(tmp_path / "tv.pth"),
-            ]
-        )
-        == 0
-    )
+    source = str(tmp_path / "backbone.pt")
+    torch.save(state, source)
+
+    def export(to: str, out: str, model: str = "resnet50") -> int:
+        return main([source, "--model", model, "--to", to, "--out", str(tmp_path / out)])
+
+    assert export("torchvision", "tv.pth") == 0
     reference = torchvision.models.resnet50()
     reference.fc = nn.Identity()
     reference.load_state_dict(torch.load(tmp_path / "tv.pth", weights_only=True), strict=True)
-    assert (
-        main(
-            [
-                str(tmp_path / "backbone.pt"),
-                "--model",
-                "resnet50",
-                "--to",
-                "detectron2",
-                "--out",
-                str(tmp_path / "d2.pkl"),
-            ]
-        )
-        == 0
-    )
+    assert export("detectron2", "d2.pkl") == 0
     with (tmp_path / "d2.pkl").open("rb") as f:
         assert set(pickle.load(f)["model"]) == set(_detectron2_resnet50_names())
-    assert main([str(tmp_path / "backbone.pt"), "--to", "torchvision", "--out", str(tmp_path / "x")]) == 2
+    assert main([source, "--to", "torchvision", "--out", str(tmp_path / "x")]) == 2
     assert "--model" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                str(tmp_path / "backbone.pt"),
-                "--model",
-                "resnet18",
-                "--to",
-                "torchvision",
-                "--out",
-                str(tmp_path / "x"),
-            ]
-        )
-        == 2
-    )  # resnet50 weights do not fit resnet18
+    assert export("torchvision", "x", model="resnet18") == 2  # resnet50 weights do not fit resnet18
     assert "export error" in capsys.readouterr().err
