@@ -2,7 +2,7 @@
 
     python pipelines/tune.py search=cacr_temperatures
     python pipelines/tune.py search=cacr_k tune.max_concurrent_trials=2
-    python pipelines/tune.py search=baselines 'search.overrides=[dataset.root=/data/cifar10-shards]'
+    python pipelines/tune.py search=baselines 'search.overrides=["dataset.root=/data/cifar10-shards"]'
 
 Every trial is a full pretraining run (a TorchTrainer inside a Tune function trainable), scored
 by kNN top-1 after each epoch, stopped early by ASHA. Re-running the same command (same

@@ -52,7 +52,7 @@ def trial_config(spec: dict[str, Any], config: dict[str, Any], name: str) -> tup
     overrides = [
         *trial_overrides(spec["search"], config),
         f"trainer.storage_path={spec['trials_dir']}",
-        f"trainer.name={name}",
+        f"trainer.name='{name}'",  # quoted: an id like 982e1_00000 would parse as a float (inf)
     ]
     cfg = compose_pretrain(spec["config_dir"], overrides, spec["project_root"])
     if spec.get("views_per_step"):

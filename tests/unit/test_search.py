@@ -171,12 +171,25 @@ def test_the_tune_command_refuses_a_bad_search_before_ray(tmp_path) -> None:
     import sys
 
     args = [sys.executable, "pipelines/tune.py", f"tune.storage_path={tmp_path}"]
-    bad_key = subprocess.run(
-        [*args, "~search.params"], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    bad_key = subprocess.run([*args, "~search.params"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad_key.returncode == 2 and "search.params is empty" in bad_key.stderr
     bad_preset = subprocess.run(
         [*args, "search.experiment=nope"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert bad_preset.returncode == 2 and "experiment/nope" in bad_preset.stderr
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+def test_trial_names_that_look_like_numbers_stay_strings(tmp_path) -> None:
+    from pipelines.search.trial import trial_config
+
+    spec = {
+        "search": shipped("cacr_temperatures"),
+        "trials_dir": str(tmp_path),
+        "project_root": str(ROOT),
+        "config_dir": str(ROOT / "configs"),
+    }
+    config = {"main::objective.hparams.t_pos": 1.0, "main::objective.hparams.t_neg": 0.9}
+    for name in ("982e1_00000", "12345_00001", "1e5"):  # Tune ids are <hex>_<number>
+        _, cfg = trial_config(spec, config, name)
+        assert cfg["trainer"]["name"] == name and cfg["trainer"]["storage_path"] == str(tmp_path)
