@@ -1,7 +1,7 @@
 """Ray Tune with ASHA against the same grid run to completion, in one run: wall time and winner.
 
 A fixed grid of CACR repulsion temperatures (``objective.hparams.t_neg``) on the bundled CIFAR-10
-sample (1,000 images per trial, SmallAlexNet at 1/8 width, K = 2, 8 epochs, one 0.5-CPU worker per
+sample (800 images per trial, SmallAlexNet at 1/8 width, K = 2, 6 epochs, one 0.45-CPU worker per
 trial): first every trial to the end (FIFO, the baseline), then the same grid with ASHA (grace 1
 epoch, reduction factor 2). Both pick the trial with the highest final kNN top-1 among those that
 ran all epochs. Target: ASHA at least 2x faster with the same winner. Writes
@@ -45,7 +45,7 @@ def grid_search(asha: bool, storage: pathlib.Path, epochs: int, images: int) -> 
         "experiment": "smoke",
         "overrides": [
             "trainer.num_workers=1",
-            "trainer.resources_per_worker={CPU: 0.5}",
+            "trainer.resources_per_worker={CPU: 0.45}",
             f"trainer.epochs={epochs}",
             f"dataset.max_train_images={images}",
             "eval.knn_bank_size=1000",
@@ -81,8 +81,8 @@ def main() -> None:
     """Run both modes ``--repeats`` times, print the ratio and write the JSON result."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--images", type=int, default=800)
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "tune.json")
     args = parser.parse_args()
     import ray
