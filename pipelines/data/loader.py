@@ -14,6 +14,7 @@ per run), which also holds the current epoch so that crops are seeded by (seed, 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ class DataMonitor:
         """Start with epoch 0 and an empty log."""
         self.epoch = 0
         self.log = BadImageLog(max_bad_fraction=max_bad_fraction, min_seen=min_seen)
+        self.seen_tokens: set[str] = set()
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch whose crops are being drawn."""
@@ -51,6 +53,13 @@ class DataMonitor:
         self.log.add_good(good)
         for entry in bad:
             self.log.add_bad(entry["path"], entry["reason"])
+
+    def report(self, token: str, good: int, bad: list[dict[str, str]]) -> int:
+        """Count a batch once (a retried call with the same ``token`` is not counted again); the epoch."""
+        if token not in self.seen_tokens:
+            self.seen_tokens.add(token)
+            self.add(good, bad)
+        return self.epoch
 
     def snapshot(self) -> dict[str, Any]:
         """Counts, the bad share, the limit and the bad files (for the run's report)."""
@@ -90,6 +99,29 @@ def find_monitor(run: str) -> Any:
         return None
 
 
+def report_to_monitor(actor: Any, good: int, bad: list[dict[str, str]], attempts: int = 6) -> int:
+    """Count a batch in the run's monitor and get the epoch, retrying when the actor is unreachable.
+
+    Under heavy load (two Tune trials on 2 cores) a call was seen to time out with
+    ``ActorUnavailableError`` and fail the whole run; the call is retried with the same token, so a
+    batch is never counted twice.
+    """
+    import uuid
+
+    import ray
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError
+
+    token = uuid.uuid4().hex
+    for attempt in range(attempts):
+        try:
+            return int(ray.get(actor.report.remote(token, good, bad), timeout=120))
+        except (ActorUnavailableError, GetTimeoutError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(min(30.0, 2.0**attempt))
+    raise AssertionError("unreachable")
+
+
 def decode_and_view(
     batch: dict[str, np.ndarray],
     recipes: list[ViewRecipe],
@@ -100,8 +132,6 @@ def decode_and_view(
     draft: tuple[int, int] | None,
 ) -> dict[str, np.ndarray]:
     """``map_batches`` body: decode each row (dropping bad ones), then crop all views at once."""
-    import ray
-
     keys = batch["key"]
     good, labels, bad = [], [], []
     for key, data, label in zip(keys, batch["image"], batch["label"], strict=True):
@@ -115,8 +145,7 @@ def decode_and_view(
     epoch = 0
     actor = find_monitor(run) if run is not None else None
     if actor is not None:
-        actor.add.remote(len(good), bad)
-        epoch = ray.get(actor.get_epoch.remote())
+        epoch = report_to_monitor(actor, len(good), bad)
     first = str(keys[0]) if len(keys) else ""
     rng = np.random.default_rng(seed_for(seed, epoch, first, len(keys)))
     out = {k: v.numpy() for k, v in crop_views(good, recipes, rng).items()}

@@ -85,3 +85,16 @@ def test_bad_image_log_merge_adds_counts():
     b.add_bad("x", "y")
     a.merge(b)
     assert (a.good, a.bad_count, a.bad) == (3, 1, [{"path": "x", "reason": "y"}])
+
+
+def test_the_data_monitor_counts_a_retried_report_once() -> None:
+    from pipelines.data.loader import DataMonitor
+
+    mon = DataMonitor(max_bad_fraction=0.5)
+    mon.set_epoch(3)
+    bad = [{"path": "a.jpg", "reason": "truncated"}]
+    assert mon.report("t1", 10, bad) == 3
+    assert mon.report("t1", 10, bad) == 3  # the same call retried after a timeout
+    assert mon.report("t2", 5, []) == 3
+    snap = mon.snapshot()
+    assert (snap["good"], snap["bad"], [b["path"] for b in snap["bad_files"]]) == (15, 1, ["a.jpg"])
