@@ -133,6 +133,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
             f"the run's dataset.root={root} does not exist: pass dataset_root=<where it is now>"
         )
 
+    from ray.data import ExecutionOptions
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -178,7 +179,10 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         scaling_config=ScalingConfig(num_workers=1, use_gpu=gpu),
         run_config=RunConfig(name=f"linear_probe_{protocol.name}", storage_path=str(run_dir / "probe-runs")),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=[]),
+        dataset_config=DataConfig(  # same row order every pass: the val hold-out is by position
+            datasets_to_split=[],
+            execution_options={k: ExecutionOptions(preserve_order=True) for k in datasets},
+        ),
     ).fit()
     return json.loads((run_dir / "results.json").read_text())
 

@@ -1,8 +1,8 @@
 """One Tune trial: compose the trial's pretraining config and run it, reporting each epoch to Tune.
 
 The trial is a light Tune function trainable (``{"cpu": 0.01}``) that builds a Ray Train
-``TorchTrainer`` through :func:`~pipelines.training.run.pretrain` (the Ray 2.60 pattern;
-``Tuner(trainer)`` is deprecated). Its pretraining run lives in ``<search>/trials/<trial id>``, so
+``TorchTrainer`` through :func:`~pipelines.training.run.pretrain` (the Ray 2.60 pattern; handing a
+trainer to the Tuner is deprecated). Its pretraining run lives in ``<search>/trials/<trial id>``, so
 a trial restarted after the driver died resumes from that run's latest checkpoint.
 """
 
@@ -49,12 +49,10 @@ def keep_views_per_step(cfg: dict[str, Any], views_per_step: int) -> int:
 
 def trial_config(spec: dict[str, Any], config: dict[str, Any], name: str) -> tuple[list[str], dict[str, Any]]:
     """``(overrides, resolved pretraining config)`` of the trial ``name`` with Tune ``config``."""
-    overrides = [
-        *trial_overrides(spec["search"], config),
-        f"trainer.storage_path={spec['trials_dir']}",
-        f"trainer.name='{name}'",  # quoted: an id like 982e1_00000 would parse as a float (inf)
-    ]
+    overrides = trial_overrides(spec["search"], config)
     cfg = compose_pretrain(spec["config_dir"], overrides, spec["project_root"])
+    # set, not parsed: Hydra would read an id like 982e1_00000 as a float, a path with ',' as a list
+    cfg["trainer"].update(storage_path=str(spec["trials_dir"]), name=str(name))
     if spec.get("views_per_step"):
         keep_views_per_step(cfg, int(spec["views_per_step"]))
     return overrides, cfg

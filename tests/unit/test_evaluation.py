@@ -138,6 +138,13 @@ def test_random_resized_crop_flip_keeps_values_inside_the_box_and_mirrors_half()
     ramp = torch.arange(32.0).view(1, 1, 1, 32).expand(64, 3, 32, 32).contiguous()
     out = random_resized_crop_flip(ramp, (0.2, 1.0), torch.Generator().manual_seed(7))
     rows = out[:, 0, 16]  # each output row is a resampled piece of the ramp
+    replay = torch.Generator().manual_seed(7)  # the same draws: boxes first, then the flips
+    bx = crop_boxes(64, (0.2, 1.0), replay)
+    sign = torch.where(torch.rand(64, generator=replay) < 0.5, -1.0, 1.0)
+    centres = (2 * torch.arange(32.0) + 1) / 32 - 1  # output pixel centres in [-1, 1]
+    where = sign[:, None] * bx[:, 2:3] * centres + (2 * bx[:, 0:1] - 1)  # sampled input positions
+    expected = ((where + 1) * 16 - 0.5).clamp(0, 31)  # the ramp's value there (bilinear is exact)
+    assert torch.allclose(rows, expected, atol=1e-4)
     slopes = rows[:, -1] - rows[:, 0]
     assert 16 < int((slopes < 0).sum()) < 48  # about half mirrored
     again = random_resized_crop_flip(ramp, (0.2, 1.0), torch.Generator().manual_seed(7))
