@@ -62,13 +62,16 @@ class DataMonitor:
         return self.epoch
 
     def snapshot(self) -> dict[str, Any]:
-        """Counts, the bad share, the limit and the bad files (for the run's report)."""
+        """Counts, the bad share, the limit and the bad files (each listed once) for the report.
+
+        Counts are of reads: a bad file met in every epoch counts in each.
+        """
         return {
             "good": self.log.good,
             "bad": self.log.bad_count,
             "bad_fraction": self.log.bad_fraction,
             "max_bad_fraction": self.log.max_bad_fraction,
-            "bad_files": list(self.log.bad),
+            "bad_files": list({(b["path"], b["reason"]): b for b in self.log.bad}.values()),
         }
 
     def check(self) -> None:
@@ -80,13 +83,19 @@ MONITOR_NAMESPACE = "cacr"  # fixed, so that tasks and Train workers of any job 
 
 
 def monitor(run: str, max_bad_fraction: float = 0.01, min_seen: int = 100) -> Any:
-    """Get or create the run's :class:`DataMonitor` actor (named ``cacr-data-<run>``)."""
-    import ray
+    """Get or create the run's :class:`DataMonitor` actor (named ``cacr-data-<run>``).
 
+    It lives on the driver's node (the run ends with that node anyway), so losing another node
+    keeps the counts.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
     actor = ray.remote(num_cpus=0)(DataMonitor)
-    return actor.options(name=f"cacr-data-{run}", namespace=MONITOR_NAMESPACE, get_if_exists=True).remote(
-        max_bad_fraction, min_seen
-    )
+    return actor.options(
+        name=f"cacr-data-{run}", namespace=MONITOR_NAMESPACE, get_if_exists=True, scheduling_strategy=here
+    ).remote(max_bad_fraction, min_seen)
 
 
 def find_monitor(run: str) -> Any:

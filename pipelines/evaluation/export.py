@@ -15,8 +15,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
+
+from pipelines.training.checkpoints import UnsafeCheckpointError, safe_load
 
 CLASSIFIER = {"resnet": "fc", "vit": "heads"}
 
@@ -28,9 +29,9 @@ def load_state(path: str | Path) -> dict[str, Tensor]:
         ValueError: when the file is not a plain state dict of tensors (tampered or foreign).
     """
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError / RuntimeError for unsafe or broken files
-        raise ValueError(f"{path} is not a loadable weights file ({type(err).__name__}: {err})") from err
+        state = safe_load(path)
+    except UnsafeCheckpointError as err:
+        raise ValueError(str(err)) from err
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"{path} does not hold a state dict of tensors")
     return state

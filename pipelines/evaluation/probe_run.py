@@ -10,7 +10,6 @@ of the run's ``results.json``, rewriting ``results.md`` and ``report.png``.
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -19,8 +18,6 @@ from typing import Any
 from pipelines.evaluation.report import encoder_table
 from pipelines.training import checkpoints as ckpt
 from pipelines.training.config import ConfigError, check_eval, run_command
-
-_NAME = re.compile(r"checkpoint_e(\d+)_s(\d+)$")
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -42,14 +39,10 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
         raise ConfigError(
             f"run={path}: not a run folder (no config.yaml) nor a checkpoint (no COMPLETE marker)"
         )
-    found = [
-        (tuple(map(int, m.groups())), d)
-        for d in p.iterdir()
-        if (m := _NAME.match(d.name)) and ckpt.is_complete(d)
-    ]
-    if not found:
+    found = ckpt.newest_complete(str(p.parent), p.name)
+    if found is None:
         raise ConfigError(f"run={path}: the run has no complete checkpoint yet")
-    return p, max(found)[1]
+    return p, Path(found.path)
 
 
 def probe_loop_per_worker(config: dict[str, Any]) -> None:

@@ -3,10 +3,14 @@
 ``state.pt``     model (framework: online encoder, momentum encoder, queue), optimizer, epoch,
                  step, step within the epoch, RNG states, the resolved config
 ``backbone.pt``  the online backbone's state dict (torchvision / ViT keys) for transfer
-``COMPLETE``     written last: a JSON line with epoch and step. A directory without it is torn
-                 and is never loaded.
+``COMPLETE``     written last: a JSON line with epoch, step and the byte size of each file. A
+                 directory without it, or whose files differ from those sizes (a copy to storage
+                 cut short), is torn and is never loaded.
 
-Files are written under a temporary name and renamed, and loaded with ``weights_only=True``.
+Files are written under a temporary name and renamed, and loaded with ``weights_only=True``: a
+file holding anything but tensors and plain containers is refused, never executed.
+``newest_complete`` finds the latest complete checkpoint of a run in its storage (a folder or a
+``pyarrow`` URI), which is how a restart recovers a checkpoint Ray Train never registered.
 """
 
 from __future__ import annotations
@@ -14,16 +18,23 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 STATE, BACKBONE, COMPLETE = "state.pt", "backbone.pt", "COMPLETE"
+NAME = re.compile(r"^checkpoint_e(\d+)_s(\d+)$")
 
 
 class IncompleteCheckpointError(RuntimeError):
     """A checkpoint directory whose writing never finished."""
+
+
+class UnsafeCheckpointError(RuntimeError):
+    """A checkpoint file that holds more than tensors and plain containers (tampered or foreign)."""
 
 
 def _save(obj: Any, path: Path) -> None:
@@ -55,36 +66,136 @@ def write_checkpoint(directory: str | os.PathLike, state: dict[str, Any], backbo
     d.mkdir(parents=True, exist_ok=True)
     _save(state, d / STATE)
     _save(backbone, d / BACKBONE)
+    sizes = {name: (d / name).stat().st_size for name in (STATE, BACKBONE)}
     marker = d / (COMPLETE + ".tmp")
-    marker.write_text(json.dumps({"epoch": int(state["epoch"]), "step": int(state["step"])}) + "\n")
+    marker.write_text(
+        json.dumps({"epoch": int(state["epoch"]), "step": int(state["step"]), "files": sizes}) + "\n"
+    )
     os.replace(marker, d / COMPLETE)
     return d
 
 
+def _whole(marker_text: str, sizes: dict[str, int | None]) -> bool:
+    """Whether the files' sizes match what the ``COMPLETE`` marker recorded (older markers: present)."""
+    try:
+        expected = json.loads(marker_text).get("files") or {STATE: None, BACKBONE: None}
+    except (ValueError, AttributeError):
+        return False
+    return all(
+        sizes.get(n) is not None and (want is None or sizes[n] == want) for n, want in expected.items()
+    )
+
+
 def is_complete(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds a checkpoint whose writing finished."""
+    """Whether ``directory`` holds a checkpoint whose writing (and copying) finished."""
     d = Path(directory)
-    return (d / COMPLETE).is_file() and (d / STATE).is_file() and (d / BACKBONE).is_file()
+    if not (d / COMPLETE).is_file():
+        return False
+    sizes = {n: (d / n).stat().st_size if (d / n).is_file() else None for n in (STATE, BACKBONE)}
+    return _whole((d / COMPLETE).read_text(), sizes)
+
+
+def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
+    """``torch.load`` with ``weights_only=True``: tensors and plain containers only, no code run.
+
+    Raises:
+        UnsafeCheckpointError: when the file holds anything else (a tampered or foreign file).
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # UnpicklingError for unsafe globals, RuntimeError for broken archives
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeCheckpointError(
+            f"{path}: refused to load: it is not a plain file of tensors (weights_only=True found: "
+            f"{first}). It may have been tampered with or written by other software; nothing in it "
+            "was executed. Use a checkpoint written by this platform, or delete this one to resume "
+            "from the one before."
+        ) from err
+
+
+def _check(d: Path) -> None:
+    if not is_complete(d):
+        raise IncompleteCheckpointError(
+            f"{d} is not a complete checkpoint (no {COMPLETE} marker, or a file is missing or cut short)"
+        )
 
 
 def read_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load ``state.pt`` of a complete checkpoint.
 
     Raises:
-        IncompleteCheckpointError: when the ``COMPLETE`` marker or a file is missing.
+        IncompleteCheckpointError: when the ``COMPLETE`` marker or a file is missing or cut short.
+        UnsafeCheckpointError: when ``state.pt`` holds more than tensors and plain containers.
     """
     d = Path(directory)
-    if not is_complete(d):
-        raise IncompleteCheckpointError(f"{d} is not a complete checkpoint (no {COMPLETE} marker)")
-    return torch.load(d / STATE, map_location=map_location, weights_only=True)
+    _check(d)
+    return safe_load(d / STATE, map_location)
 
 
 def read_backbone(directory: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load ``backbone.pt`` of a complete checkpoint (on the CPU)."""
+    """Load ``backbone.pt`` of a complete checkpoint (on the CPU).
+
+    Raises:
+        IncompleteCheckpointError: when the ``COMPLETE`` marker or a file is missing or cut short.
+        UnsafeCheckpointError: when ``backbone.pt`` holds more than tensors and plain containers.
+    """
     d = Path(directory)
-    if not is_complete(d):
-        raise IncompleteCheckpointError(f"{d} is not a complete checkpoint (no {COMPLETE} marker)")
-    return torch.load(d / BACKBONE, map_location="cpu", weights_only=True)
+    _check(d)
+    return safe_load(d / BACKBONE)
+
+
+@dataclass(frozen=True)
+class Found:
+    """A complete checkpoint found in storage.
+
+    Attributes:
+        path: its folder (a local path, or a path inside ``filesystem``).
+        epoch: epochs finished when it was written.
+        step: optimizer steps taken when it was written.
+        uri: the location to hand to ``ray.train.Checkpoint`` (``path`` with the URI's scheme).
+    """
+
+    path: str
+    epoch: int
+    step: int
+    uri: str
+
+
+def newest_complete(storage: str, name: str) -> Found | None:
+    """The latest complete ``checkpoint_e*_s*`` of run ``name`` under ``storage`` (folder or URI).
+
+    Latest means the most steps (then the most epochs: an epoch-end checkpoint follows a step
+    checkpoint taken at the same step). Torn folders are skipped.
+    """
+    import pyarrow.fs as pafs
+
+    if "://" in storage:
+        fs, root = pafs.FileSystem.from_uri(storage)
+        scheme = storage.split("://", 1)[0]
+        query = "?" + storage.split("?", 1)[1] if "?" in storage else ""
+    else:
+        fs, root, scheme, query = pafs.LocalFileSystem(), os.path.abspath(storage), "", ""
+    base = f"{root.rstrip('/')}/{name}"
+    try:
+        entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    except OSError:
+        return None
+    found: list[Found] = []
+    for entry in entries:
+        m = NAME.match(entry.base_name)
+        if not m or entry.type != pafs.FileType.Directory:
+            continue
+        files = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(entry.path))}
+        if COMPLETE not in files:
+            continue
+        with fs.open_input_stream(files[COMPLETE].path) as f:
+            text = f.read().decode(errors="replace")
+        sizes = {n: files[n].size if n in files else None for n in (STATE, BACKBONE)}
+        if _whole(text, sizes):
+            info = json.loads(text)
+            uri = f"{scheme}://{entry.path}{query}" if scheme else entry.path
+            found.append(Found(entry.path, int(info.get("epoch", m[1])), int(info.get("step", m[2])), uri))
+    return max(found, key=lambda c: (c.step, c.epoch), default=None)
 
 
 def all_finite(module: torch.nn.Module) -> bool:

@@ -25,6 +25,7 @@ RESUMABLE_CHANGES = (
     "trainer.use_gpu",
     "trainer.resources_per_worker",
     "trainer.max_failures",
+    "trainer.storage_shared",
     "trainer.log_every_steps",
     "trainer.stop_at_epoch",
     "trainer.checkpoint_every_steps",
@@ -95,6 +96,53 @@ def recipes_for(augment: dict[str, Any], num_views: int) -> list[Any]:
 def is_uri(path: str) -> bool:
     """Whether ``path`` is a URI (``s3://``, ``gs://``, ...) rather than a local path."""
     return "://" in str(path)
+
+
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "9p")
+
+
+def on_network_filesystem(path: str, mounts: str = "/proc/mounts") -> bool:
+    """Whether ``path`` lies on a network file system (NFS, CIFS, Ceph, Lustre, a FUSE mount, ...).
+
+    The mount point is the longest one in ``mounts`` that holds the path.
+    """
+    target = os.path.realpath(os.path.expanduser(path))
+    best, kind = "", ""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind in NETWORK_FILESYSTEMS or kind.startswith("fuse")
+
+
+def check_shared_storage(trainer: dict[str, Any], alive_nodes: int) -> None:
+    """Refuse a local ``trainer.storage_path`` on a cluster of several nodes.
+
+    Each node would keep its own checkpoints, and a restart on another node would find none.
+
+    Raises:
+        ConfigError: naming the key and the ways out.
+    """
+    storage = str(trainer.get("storage_path") or "")
+    if alive_nodes <= 1 or is_uri(storage) or trainer.get("storage_shared"):
+        return
+    if on_network_filesystem(storage):
+        return
+    raise ConfigError(
+        f"trainer.storage_path={storage} is a local folder, but the cluster has {alive_nodes} nodes: "
+        "each node would keep its own checkpoints and a restart elsewhere would find none. Use storage "
+        "every node shares: trainer.storage_path=s3://<bucket>/<prefix> (or gs://), or an NFS mount "
+        "seen at the same path on every node; if this folder is shared already (a network mount this "
+        "check cannot see), say so with trainer.storage_shared=true"
+    )
 
 
 def _get(cfg: dict[str, Any], dotted: str) -> Any:

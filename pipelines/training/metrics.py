@@ -16,6 +16,14 @@ def format_duration(seconds: float) -> str:
     return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
+def _step_of(line: str) -> float:
+    """The step of a ``metrics.jsonl`` line; infinity for a line cut short by a crash (dropped)."""
+    try:
+        return float(json.loads(line).get("step", 0)) if line.strip() else float("inf")
+    except (ValueError, AttributeError):
+        return float("inf")
+
+
 class RunLog:
     """Scalars to TensorBoard (``<run>/tensorboard``) and ``<run>/metrics.jsonl``, one row per step.
 
@@ -37,12 +45,10 @@ class RunLog:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.jsonl = self.dir / "metrics.jsonl"
         if self.jsonl.exists() and resume_step is not None:  # keep what the restored state saw
-            kept = [
-                ln
-                for ln in self.jsonl.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("step", 0) <= resume_step
-            ]
-            self.jsonl.write_text("".join(ln + "\n" for ln in kept))
+            kept = [ln for ln in self.jsonl.read_text().splitlines() if _step_of(ln) <= resume_step]
+            tmp = self.jsonl.with_name(self.jsonl.name + ".tmp")
+            tmp.write_text("".join(ln + "\n" for ln in kept))
+            tmp.replace(self.jsonl)
         self.writer = SummaryWriter(
             str(self.dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
         )

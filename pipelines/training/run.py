@@ -20,6 +20,7 @@ from pipelines.evaluation.report import encoder_table
 from pipelines.training.config import (
     ConfigError,
     check_config,
+    check_shared_storage,
     config_changes,
     is_uri,
     recipes_for,
@@ -102,6 +103,26 @@ def _report_bad_images(run_dir: Path, data_monitor: Any) -> None:
         )
 
 
+def checkpoint_problem(err: BaseException) -> str | None:
+    """The checkpoint error a worker failed with (unsafe or torn file), or ``None`` for anything else.
+
+    Ray Train raises a ``WorkerGroupError`` whose ``worker_failures`` hold each rank's exception.
+    """
+    from pipelines.training.checkpoints import IncompleteCheckpointError, UnsafeCheckpointError
+
+    pending: list[BaseException] = [err, *(getattr(err, "worker_failures", None) or {}).values()]
+    seen: set[int] = set()
+    while pending:
+        e = pending.pop(0)
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, IncompleteCheckpointError | UnsafeCheckpointError):
+            return str(e)
+        pending += [c for c in (e.__cause__, getattr(e, "cause", None)) if isinstance(c, BaseException)]
+    return None
+
+
 def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutcome:
     """Check ``cfg``, then run (or resume) pretraining on Ray Train and evaluate the encoder.
 
@@ -124,6 +145,7 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
             f"run {cfg['trainer']['name']!r} has already finished; its results are in {run_dir}", flush=True
         )
         return RunOutcome(str(run_dir), json.loads((run_dir / "results.json").read_text()), 0.0)
+    import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -134,6 +156,7 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
 
     tr, ds, aug = cfg["trainer"], cfg["dataset"], cfg["augment"]
     dashboard = connect((cfg.get("ray") or {}).get("address"))
+    check_shared_storage(tr, sum(1 for n in ray.nodes() if n.get("Alive")))
     name = str(tr["name"])
     data_monitor = monitor(
         name, float(ds.get("max_bad_fraction", 0.01))
@@ -147,6 +170,8 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
         run=name,
         bank_size=int(cfg["eval"].get("knn_bank_size") or 50_000),
     )
+    if data.unreadable:  # shards that could not be opened go into the run's report too
+        ray.get(data_monitor.add.remote(0, data.unreadable))
     n_train, workers = data.train_size, int(tr["num_workers"])
     steps_per_epoch = (n_train // workers) // plan.per_worker_batch
     if steps_per_epoch < 1:
@@ -198,7 +223,13 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
         datasets=data.datasets,
         dataset_config=data.data_config,
     )
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Exception as err:
+        problem = checkpoint_problem(err)
+        if problem is None:
+            raise
+        raise RunStoppedError(f"cannot resume run {name!r}: {problem}") from err
     _report_bad_images(run_dir, data_monitor)
     stopped = run_dir / STOPPED
     if stopped.exists():

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import socket
 import sys
 import tempfile
 import time
@@ -28,10 +30,12 @@ from pipelines.evaluation.protocols import from_config
 from pipelines.evaluation.report import write_results
 from pipelines.models.build import build_framework
 from pipelines.training import checkpoints as ckpt
+from pipelines.training.live import LiveMetrics
 from pipelines.training.loop import Pretrainer, _agree, write_stop
 from pipelines.training.metrics import RunLog, progress_line
 
 RESUMES = "resumes.jsonl"
+WORKERS = "workers.jsonl"
 PLACEMENT_GROUPS = "placement_groups.txt"
 
 
@@ -92,6 +96,7 @@ class Session:
         self.log: RunLog | None = None
         self.monitor = None
         self.judge: Judge | None = None
+        self.live: LiveMetrics | None = None
 
     # ------------------------------------------------------------------ helpers
     def _print(self, text: str) -> None:
@@ -120,6 +125,8 @@ class Session:
     def _too_many_bad(self) -> dict[str, Any] | None:
         """Rank 0's verdict on the bad-image share, agreed by every rank."""
         snap = self._bad_images() if self.rank0 else None
+        if snap is not None and self.live:
+            self.live.update({"data/bad_images": snap["bad"]})
         over = bool(
             snap and snap["good"] + snap["bad"] >= 100 and snap["bad_fraction"] > snap["max_bad_fraction"]
         )
@@ -208,32 +215,76 @@ class Session:
         )
         return results
 
+    # ------------------------------------------------------------------ restarts
+    def _choose_checkpoint(self) -> tuple[Any, Any]:
+        """The checkpoint to resume from: Ray's, or a newer complete one found in storage.
+
+        Ray Train polls its workers every 2 s, so a checkpoint reported just before a hard crash
+        can be missing from what it hands back although its files are in storage. Rank 0 looks
+        there and every rank takes its choice.
+        """
+        given = self.api.get_checkpoint()
+        choice: list[str | None] = [None]
+        if self.rank0:
+            found = ckpt.newest_complete(self.run["storage"], self.run["name"])
+            m = ckpt.NAME.match(Path(given.path).name) if given is not None else None
+            given_at = (int(m[2]), int(m[1])) if m else (-1, -1)
+            if found is not None and (found.step, found.epoch) > given_at:
+                choice[0] = found.uri
+        if self.t.world > 1:
+            dist.broadcast_object_list(choice, src=0)
+        return (self.api.Checkpoint(choice[0]) if choice[0] is not None else given), given
+
+    def _restore(self) -> None:
+        """Load the chosen checkpoint (if any) and leave a line in ``resumes.jsonl``."""
+        t = self.t
+        restored, given = self._choose_checkpoint()
+        if restored is None:
+            return
+        with restored.as_directory() as d:
+            t.restore(ckpt.read_checkpoint(d, map_location=t.device))
+        self.last_checkpoint = restored.path
+        self._print(
+            f"resumed from {restored.path}: epoch {t.epoch}, step {t.step}"
+            + ("" if restored is given else " (found in storage: Ray Train handed back an older one or none)")
+        )
+        if self.rank0:  # a trail of restarts: which checkpoint, which step, when, found how
+            line = {
+                "time": time.time(),
+                "checkpoint": restored.path,
+                "epoch": t.epoch,
+                "step": t.step,
+                "source": "ray" if restored is given else "storage",
+                "ray_checkpoint": given.path if given is not None else None,
+            }
+            with Path(self.run["dir"], RESUMES).open("a") as f:
+                f.write(json.dumps(line) + "\n")
+
+    def _record_process(self) -> None:
+        """Append this worker's rank, PID and node to ``workers.jsonl`` (whom to look at, or kill)."""
+        import ray
+
+        line = {
+            "time": time.time(),
+            "rank": self.t.rank,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "host": socket.gethostname(),
+            "step": self.t.step,
+        }
+        with Path(self.run["dir"], WORKERS).open("a") as f:
+            f.write(json.dumps(line) + "\n")
+
     # ------------------------------------------------------------------ the loop
     def fit(self) -> None:
         """Train from the restored state to the last epoch (or ``trainer.stop_at_epoch``)."""
         t, tr = self.t, self.cfg["trainer"]
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-pass execution banners
-        restored = self.api.get_checkpoint()
-        if restored is not None:
-            with restored.as_directory() as d:
-                t.restore(ckpt.read_checkpoint(d, map_location=t.device))
-            self.last_checkpoint = restored.path
-            self._print(f"resumed from {restored.path}: epoch {t.epoch}, step {t.step}")
-            if self.rank0:  # a trail of restarts: which checkpoint, which step, when
-                with Path(self.run["dir"], RESUMES).open("a") as f:
-                    f.write(
-                        json.dumps(
-                            {
-                                "time": time.time(),
-                                "checkpoint": restored.path,
-                                "epoch": t.epoch,
-                                "step": t.step,
-                            }
-                        )
-                        + "\n"
-                    )
+        self._restore()
+        self._record_process()
         if self.rank0:
             self.log = RunLog(self.run["dir"], resume_step=t.step)
+            self.live = LiveMetrics(self.run["name"])
             record_placement_group(self.run["dir"])
         self.monitor = find_monitor(self.run["name"])
         epochs, spe = int(tr["epochs"]), int(self.run["steps_per_epoch"])
@@ -339,6 +390,15 @@ class Session:
             if hasattr(self.t.framework, "momentum"):
                 values["momentum"] = self.t.framework.momentum
             self.log.scalars(self.t.step, values, epoch=epoch)
+        if self.live:
+            self.live.update(
+                {
+                    "loss/total": float(loss),
+                    "throughput/images_per_s": s["throughput/images_per_s"],
+                    "throughput/views_per_s": s["throughput/images_per_s"] * views,
+                    "data/wait_fraction": s["data/wait_fraction"],
+                }
+            )
 
     def _epoch_metrics(self, epoch: int, window: _Window, knn_every: int) -> dict[str, Any]:
         metrics: dict[str, Any] = dict(window.summary())
@@ -353,6 +413,8 @@ class Session:
                     f"epoch {epoch + 1}: kNN top-1 {metrics['knn/top1']:.2f}% "
                     f"({time.perf_counter() - t0:.0f}s)"
                 )
+            if self.live:
+                self.live.update(metrics)
             if self.log:
                 self.log.scalars(
                     self.t.step,

@@ -17,7 +17,7 @@ from pipelines.evaluation.export import load_state
 from pipelines.evaluation.probe_run import find_checkpoint, linear_probe, probe_table
 from pipelines.training.config import ConfigError
 from pipelines.training.run import pretrain
-from tests.integration.test_pretrain import smoke
+from tests.runs import smoke
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from omegaconf import OmegaConf
 
 from pipelines.search.run import concurrency, search
 from pipelines.training.config import ConfigError, resolve_paths
+from tests.runs import step_losses, wait_for, wait_until_free, worker_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
@@ -45,16 +47,6 @@ def tune_config(storage: Path, **tune: object) -> dict:
     cfg["search"] = yaml.safe_load(yaml.safe_dump(TINY))
     cfg["tune"].update(storage_path=str(storage), verbose=0, **tune)
     return cfg
-
-
-def wait_until_free(ray, seconds: float = 60.0) -> dict:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        free, total = ray.available_resources(), ray.cluster_resources()
-        if free.get("CPU", 0) >= total.get("CPU", 0) - 1e-6:
-            return free
-        time.sleep(1)
-    return ray.available_resources()
 
 
 def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster, tmp_path) -> None:
@@ -168,3 +160,39 @@ def test_killing_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp_
         ]
         assert len(steps) == len(set(steps)) and max(steps) == 4 * 8  # no step logged twice
     assert len(list(trials.iterdir())) == 2  # no new trials: the same search went on
+
+
+def test_a_trial_whose_worker_is_killed_is_recorded_as_failed_and_the_search_goes_on(
+    ray_cluster, tmp_path
+) -> None:
+    spec = {
+        **TINY,
+        "overrides": [*TINY["overrides"], "trainer.epochs=2", "trainer.log_every_steps=1"],
+        "params": {"objective.hparams.t_neg": {"grid": [0.5, 2.0]}},
+        "asha": {"grace_period": 2},
+    }
+    cfg = tune_config(tmp_path, max_concurrent_trials=2)
+    cfg["search"] = {**spec, "name": "kill"}
+    trials = tmp_path / "kill" / "trials"
+    killed: dict[str, object] = {}
+
+    def kill() -> None:
+        def started() -> list[Path]:  # a trial with a few logged steps
+            return [d for d in trials.glob("*") if len(step_losses(d)) >= 3] if trials.exists() else []
+
+        victim = wait_for(started, 400, "a trial to log 3 steps", every=0.2)[0]
+        killed.update(trial=victim.name, pid=worker_pid(victim))
+        os.kill(killed["pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    out = search(cfg)
+    killer.join(5)
+    print(f"injected: SIGKILL to trial {killed['trial']}'s Train worker (pid {killed['pid']})")
+    rows = {r.trial_id: r for r in out.rows}
+    print(f"observed: {[(r.trial_id, r.status, r.epochs, r.error[:120]) for r in rows.values()]}")
+    assert len(rows) == 2 and rows[killed["trial"]].status == "error" and rows[killed["trial"]].error
+    other = next(r for t, r in rows.items() if t != killed["trial"])
+    assert other.status == "completed" and other.epochs == 2  # the search went on
+    assert out.best.trial_id == other.trial_id
+    assert wait_until_free(ray_cluster)["CPU"] == pytest.approx(ray_cluster.cluster_resources()["CPU"])

@@ -1,0 +1,81 @@
+"""A pretraining run on a three-node Ray cluster on this machine, one worker node lost mid-run.
+
+``python -m tests.multinode <folder>`` builds the cluster with ``ray.cluster_utils.Cluster`` (a
+head with no training resources and two worker nodes that can each hold both Train workers),
+checks that a local ``storage_path`` is refused, then runs with ``trainer.storage_shared=true``
+(all nodes share this machine's disk) and removes the node of rank 1 once step 5 is logged. The
+last line printed is a JSON object of what happened.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from tests.runs import jsonl, smoke, step_losses, wait_for
+
+COMMON = [
+    "trainer.num_workers=2",
+    "+trainer.resources_per_worker.trainer=1",
+    "trainer.checkpoint_every_steps=2",
+    "trainer.max_failures=2",
+    "trainer.log_every_steps=1",
+    "eval.knn_every_epochs=0",
+    "eval.final_linear_probe=false",
+    "eval.random_init_baseline=false",
+]
+
+
+def main(folder: Path) -> dict[str, Any]:
+    """Run the scenario; what was refused, removed and resumed, and how the run ended."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from pipelines.training.config import ConfigError
+    from pipelines.training.run import pretrain
+
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "object_store_memory": 150_000_000, "include_dashboard": False},
+    )
+    nodes = [cluster.add_node(num_cpus=1, resources={"trainer": 2}, object_store_memory=100_000_000)]
+    nodes.append(cluster.add_node(num_cpus=1, resources={"trainer": 2}, object_store_memory=100_000_000))
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False)
+    seen: dict[str, Any] = {}
+    try:
+        try:
+            pretrain(smoke(folder, "trainer.name=local", *COMMON))
+        except ConfigError as err:
+            seen["refused"] = str(err)
+        run_dir = folder / "multinode"
+
+        def remove() -> None:
+            wait_for(lambda: len(step_losses(run_dir)) >= 5 if run_dir.exists() else 0, 300, "step 5")
+            victim = [w for w in jsonl(run_dir / "workers.jsonl") if w["rank"] == 1][-1]["node_id"]
+            node = next(n for n in nodes if n.node_id == victim)
+            seen.update(removed=victim, removed_time=time.time(), removed_at_step=max(step_losses(run_dir)))
+            cluster.remove_node(node, allow_graceful=False)
+
+        thread = threading.Thread(target=remove, daemon=True)
+        thread.start()
+        out = pretrain(smoke(folder, "trainer.name=multinode", "trainer.storage_shared=true", *COMMON))
+        thread.join(10)
+        seen.update(
+            finished=bool(out.results),
+            final_step=out.results.get("steps"),
+            resumes=jsonl(run_dir / "resumes.jsonl"),
+            workers=jsonl(run_dir / "workers.jsonl"),
+        )
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    return seen
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1]))), flush=True)
