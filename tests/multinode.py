@@ -22,7 +22,7 @@ COMMON = [
     "trainer.num_workers=2",
     "+trainer.resources_per_worker.trainer=1",
     "trainer.checkpoint_every_steps=2",
-    "trainer.max_failures=2",
+    "trainer.max_failures=3",
     "trainer.log_every_steps=1",
     "eval.knn_every_epochs=0",
     "eval.final_linear_probe=false",
@@ -38,14 +38,17 @@ def main(folder: Path) -> dict[str, Any]:
     from pipelines.training.config import ConfigError
     from pipelines.training.run import pretrain
 
+    # the driver attaches to the head before the other nodes exist: all nodes share this host's
+    # address, and a driver attached to a worker node would go down with it
     cluster = Cluster(
         initialize_head=True,
+        connect=True,
         head_node_args={"num_cpus": 1, "object_store_memory": 150_000_000, "include_dashboard": False},
     )
     nodes = [cluster.add_node(num_cpus=1, resources={"trainer": 2}, object_store_memory=100_000_000)]
     nodes.append(cluster.add_node(num_cpus=1, resources={"trainer": 2}, object_store_memory=100_000_000))
     cluster.wait_for_nodes()
-    ray.init(address=cluster.address, log_to_driver=False)
+    assert ray.get_runtime_context().get_node_id() == cluster.head_node.node_id
     seen: dict[str, Any] = {}
     try:
         try:
@@ -63,14 +66,13 @@ def main(folder: Path) -> dict[str, Any]:
 
         thread = threading.Thread(target=remove, daemon=True)
         thread.start()
-        out = pretrain(smoke(folder, "trainer.name=multinode", "trainer.storage_shared=true", *COMMON))
+        try:
+            out = pretrain(smoke(folder, "trainer.name=multinode", "trainer.storage_shared=true", *COMMON))
+            seen.update(finished=bool(out.results), final_step=out.results.get("steps"))
+        except Exception as err:  # reported in the JSON line, for the test's message
+            seen.update(finished=False, error=f"{type(err).__name__}: {str(err)[-3000:]}")
         thread.join(10)
-        seen.update(
-            finished=bool(out.results),
-            final_step=out.results.get("steps"),
-            resumes=jsonl(run_dir / "resumes.jsonl"),
-            workers=jsonl(run_dir / "workers.jsonl"),
-        )
+        seen.update(resumes=jsonl(run_dir / "resumes.jsonl"), workers=jsonl(run_dir / "workers.jsonl"))
     finally:
         ray.shutdown()
         cluster.shutdown()

@@ -31,6 +31,9 @@ from pipelines.data.storage import Store
 PARQUET_SOURCES = ("shards", "cifar10_jpeg")
 
 
+MAX_TOKENS = 100_000  # batch tokens remembered for de-duplicating retried reports
+
+
 class DataMonitor:
     """A small Ray actor per run: the current epoch and the bad images met while training."""
 
@@ -38,7 +41,7 @@ class DataMonitor:
         """Start with epoch 0 and an empty log."""
         self.epoch = 0
         self.log = BadImageLog(max_bad_fraction=max_bad_fraction, min_seen=min_seen)
-        self.seen_tokens: set[str] = set()
+        self.seen_tokens: dict[str, None] = {}  # insertion-ordered; the oldest are forgotten
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch whose crops are being drawn."""
@@ -57,7 +60,9 @@ class DataMonitor:
     def report(self, token: str, good: int, bad: list[dict[str, str]]) -> int:
         """Count a batch once (a retried call with the same ``token`` is not counted again); the epoch."""
         if token not in self.seen_tokens:
-            self.seen_tokens.add(token)
+            self.seen_tokens[token] = None
+            if len(self.seen_tokens) > MAX_TOKENS:  # a retry comes within minutes, not epochs
+                del self.seen_tokens[next(iter(self.seen_tokens))]
             self.add(good, bad)
         return self.epoch
 
@@ -91,7 +96,7 @@ def monitor(run: str, max_bad_fraction: float = 0.01, min_seen: int = 100) -> An
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     actor = ray.remote(num_cpus=0)(DataMonitor)
     return actor.options(
         name=f"cacr-data-{run}", namespace=MONITOR_NAMESPACE, get_if_exists=True, scheduling_strategy=here

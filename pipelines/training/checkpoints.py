@@ -104,13 +104,21 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # UnpicklingError for unsafe globals, RuntimeError for broken archives
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsafeCheckpointError(
-            f"{path}: refused to load: it is not a plain file of tensors (weights_only=True found: "
-            f"{first}). It may have been tampered with or written by other software; nothing in it "
-            "was executed. Use a checkpoint written by this platform, or delete this one to resume "
-            "from the one before."
+            f"{path}: refused to load: it is not a plain file of tensors ({_why(err)}). It may have "
+            "been tampered with, cut short or written by other software; nothing in it was executed. "
+            "Use a checkpoint written by this platform, or delete this one to resume from the one before."
         ) from err
+
+
+def _why(err: BaseException) -> str:
+    """The telling line of torch's refusal (``Unsupported global: ...``), without terminal colours."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in str(err).splitlines()]
+    lines = [ln for ln in lines if ln]
+    for ln in lines:
+        if "Unsupported " in ln:  # "Unsupported global: GLOBAL x.y was not ...", "Unsupported operand"
+            return ln[ln.index("Unsupported ") :].split(" by default", 1)[0]
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def _check(d: Path) -> None:
