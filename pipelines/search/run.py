@@ -69,11 +69,16 @@ def concurrency(cluster: dict[str, float], cfg: dict[str, Any], data_cpus: float
     return min(fits, cap) if cap else fits
 
 
-def _check_trials(search: dict[str, Any], config_dir: str) -> tuple[dict[str, Any], int | None]:
-    """Compose and check each arm's starting config (without sampled values) before Ray starts."""
+def _check_trials(search: dict[str, Any], config_dir: str) -> tuple[dict[str, Any], int | None, int]:
+    """Compose and check each arm's starting config (without sampled values) before Ray starts.
+
+    Returns:
+        The first arm's config, the views per step to keep (``constant_views``), and the most
+        epochs any arm runs (ASHA's ``max_t``).
+    """
     from hydra.errors import HydraException
 
-    base_cfg, views = None, None
+    base_cfg, views, epochs = None, None, 0
     for arm in arms(search):
         where = f"search arm {arm.name!r} (experiment={arm.experiment} + its overrides)"
         try:
@@ -87,9 +92,10 @@ def _check_trials(search: dict[str, Any], config_dir: str) -> tuple[dict[str, An
         except ConfigError as err:
             raise ConfigError(f"{where}:\n{err}") from err
         base_cfg = base_cfg or cfg
+        epochs = max(epochs, int(cfg["trainer"]["epochs"]))
         if search.get("batch_rule") == "constant_views" and views is None:
             views = int(cfg["trainer"]["batch_size"]) * (int(cfg["objective"]["K"]) + 1)
-    return base_cfg, views
+    return base_cfg, views, epochs
 
 
 def _refuse_changed(folder: Path, search: dict[str, Any]) -> None:
@@ -113,7 +119,7 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
     except SearchConfigError as err:
         raise ConfigError(str(err)) from err
     config_dir = str(PROJECT_ROOT / "configs")
-    base_cfg, views = _check_trials(spec_search, config_dir)
+    base_cfg, views, max_epochs = _check_trials(spec_search, config_dir)
     folder = Path(str(tune_cfg["storage_path"])).expanduser().resolve() / str(
         tune_cfg.get("name") or spec_search["name"]
     )
@@ -130,7 +136,6 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
     connect((cfg.get("ray") or {}).get("address"))
     import ray
 
-    max_epochs = int(base_cfg["trainer"]["epochs"])
     conc = concurrency(
         ray.cluster_resources(),
         base_cfg,

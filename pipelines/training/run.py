@@ -162,14 +162,17 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
         name, float(ds.get("max_bad_fraction", 0.01))
     )  # keep the handle: it owns the actor
     recipes = recipes_for(aug, plan.num_views)
-    data = training_datasets(
-        ds,
-        recipes,
-        eval_size=recipes[0].size,
-        seed=int(tr.get("seed", 0)),
-        run=name,
-        bank_size=int(cfg["eval"].get("knn_bank_size") or 50_000),
-    )
+    try:
+        data = training_datasets(
+            ds,
+            recipes,
+            eval_size=recipes[0].size,
+            seed=int(tr.get("seed", 0)),
+            run=name,
+            bank_size=int(cfg["eval"].get("knn_bank_size") or 50_000),
+        )
+    except (ValueError, FileNotFoundError) as err:  # no shards, wrong format: one message, exit 2
+        raise ConfigError(f"dataset={ds['name']} dataset.root={ds.get('root')}: {err}") from err
     if data.unreadable:  # shards that could not be opened go into the run's report too
         ray.get(data_monitor.add.remote(0, data.unreadable))
     n_train, workers = data.train_size, int(tr["num_workers"])

@@ -124,3 +124,13 @@ def test_pretraining_on_real_cifar10_beats_the_random_init_encoder(ray_cluster, 
     assert gain >= 4.0, out.results
     events = list((Path(out.run_dir) / "tensorboard").glob("events.out.tfevents.*"))
     assert events
+
+
+def test_a_dataset_folder_without_shards_is_a_config_error_naming_it(ray_cluster, tmp_path) -> None:
+    from pipelines.training.config import ConfigError
+
+    empty = tmp_path / "no-shards"
+    empty.mkdir()
+    cfg = smoke(tmp_path, "trainer.name=empty", "dataset.name=shards", f"dataset.root={empty}")
+    with pytest.raises(ConfigError, match=f"dataset.root={empty}: shards: no manifest.json"):
+        pretrain(cfg)
