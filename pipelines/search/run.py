@@ -19,7 +19,7 @@ import yaml
 from pipelines.search.results import METRIC, best_config_file, best_row, plot_params, trial_rows, write_tables
 from pipelines.search.space import SearchConfigError, arms, param_space, trial_overrides
 from pipelines.search.trial import compose_pretrain, keep_views_per_step
-from pipelines.training.config import ConfigError, check_config, run_command
+from pipelines.training.config import ConfigError, check_config, check_shared_storage, run_command
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -135,6 +135,10 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
 
     connect((cfg.get("ray") or {}).get("address"))
     import ray
+
+    shared = bool(base_cfg["trainer"].get("storage_shared"))
+    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+    check_shared_storage({"storage_path": str(folder), "storage_shared": shared}, alive)
 
     conc = concurrency(
         ray.cluster_resources(),

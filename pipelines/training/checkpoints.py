@@ -107,7 +107,8 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         raise UnsafeCheckpointError(
             f"{path}: refused to load: it is not a plain file of tensors ({_why(err)}). It may have "
             "been tampered with, cut short or written by other software; nothing in it was executed. "
-            "Use a checkpoint written by this platform, or delete this one to resume from the one before."
+            "Use a checkpoint written by this platform: restore this run's folder from a copy you trust, "
+            "or start a new run (another trainer.name)."
         ) from err
 
 
@@ -179,13 +180,13 @@ def newest_complete(storage: str, name: str) -> Found | None:
 
     if "://" in storage:
         fs, root = pafs.FileSystem.from_uri(storage)
-        scheme = storage.split("://", 1)[0]
-        query = "?" + storage.split("?", 1)[1] if "?" in storage else ""
+        prefix, _, query = storage.partition("?")
+        prefix, query = prefix.rstrip("/"), "?" + query if query else ""
     else:
-        fs, root, scheme, query = pafs.LocalFileSystem(), os.path.abspath(storage), "", ""
-    base = f"{root.rstrip('/')}/{name}"
+        fs, root, prefix, query = pafs.LocalFileSystem(), os.path.abspath(storage), "", ""
+    root = root.rstrip("/")
     try:
-        entries = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+        entries = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True))
     except OSError:
         return None
     found: list[Found] = []
@@ -193,16 +194,22 @@ def newest_complete(storage: str, name: str) -> Found | None:
         m = NAME.match(entry.base_name)
         if not m or entry.type != pafs.FileType.Directory:
             continue
-        files = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(entry.path))}
-        if COMPLETE not in files:
-            continue
-        with fs.open_input_stream(files[COMPLETE].path) as f:
-            text = f.read().decode(errors="replace")
-        sizes = {n: files[n].size if n in files else None for n in (STATE, BACKBONE)}
-        if _whole(text, sizes):
+        try:  # a folder removed meanwhile (num_to_keep) or a read that fails is skipped
+            files = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(entry.path))}
+            if COMPLETE not in files:
+                continue
+            with fs.open_input_stream(files[COMPLETE].path) as f:
+                text = f.read().decode(errors="replace")
+            sizes = {n: files[n].size if n in files else None for n in (STATE, BACKBONE)}
+            if not _whole(text, sizes):
+                continue
             info = json.loads(text)
-            uri = f"{scheme}://{entry.path}{query}" if scheme else entry.path
-            found.append(Found(entry.path, int(info.get("epoch", m[1])), int(info.get("step", m[2])), uri))
+            epoch, step = int(info.get("epoch", m[1])), int(info.get("step", m[2]))
+        except (OSError, ValueError, TypeError):
+            continue
+        # the URI as the user wrote it (scheme, host, query) with this folder's path
+        uri = f"{prefix}{entry.path[len(root) :]}{query}" if prefix else entry.path
+        found.append(Found(entry.path, epoch, step, uri))
     return max(found, key=lambda c: (c.step, c.epoch), default=None)
 
 

@@ -98,11 +98,16 @@ def is_uri(path: str) -> bool:
     return "://" in str(path)
 
 
-NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "9p")
+NETWORK_FILESYSTEMS = (
+    "nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "9p",
+    # FUSE mounts of shared storage (local FUSE ones such as fuseblk or fuse-overlayfs are not)
+    "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.ceph-fuse", "fuse.glusterfs",
+    "fuse.rclone", "fuse.mountpoint-s3", "fuse.goofys", "fuse.alluxio-fuse",
+)  # fmt: skip
 
 
 def on_network_filesystem(path: str, mounts: str = "/proc/mounts") -> bool:
-    """Whether ``path`` lies on a network file system (NFS, CIFS, Ceph, Lustre, a FUSE mount, ...).
+    """Whether ``path`` lies on a network file system (NFS, CIFS, Ceph, Lustre, s3fs, gcsfuse, ...).
 
     The mount point is the longest one in ``mounts`` that holds the path.
     """
@@ -120,7 +125,7 @@ def on_network_filesystem(path: str, mounts: str = "/proc/mounts") -> bool:
         inside = target == point or target.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best):
             best, kind = point, parts[2]
-    return kind in NETWORK_FILESYSTEMS or kind.startswith("fuse")
+    return kind in NETWORK_FILESYSTEMS
 
 
 def check_shared_storage(trainer: dict[str, Any], alive_nodes: int) -> None:

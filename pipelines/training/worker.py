@@ -226,7 +226,11 @@ class Session:
         given = self.api.get_checkpoint()
         choice: list[str | None] = [None]
         if self.rank0:
-            found = ckpt.newest_complete(self.run["storage"], self.run["name"])
+            try:
+                found = ckpt.newest_complete(self.run["storage"], self.run["name"])
+            except (OSError, ValueError) as err:  # storage unreadable now: take what Ray handed back
+                say(f"WARNING: could not look for newer checkpoints in storage ({err})")
+                found = None
             m = ckpt.NAME.match(Path(given.path).name) if given is not None else None
             given_at = (int(m[2]), int(m[1])) if m else (-1, -1)
             if found is not None and (found.step, found.epoch) > given_at:
@@ -257,6 +261,7 @@ class Session:
                 "source": "ray" if restored is given else "storage",
                 "ray_checkpoint": given.path if given is not None else None,
             }
+            Path(self.run["dir"]).mkdir(parents=True, exist_ok=True)
             with Path(self.run["dir"], RESUMES).open("a") as f:
                 f.write(json.dumps(line) + "\n")
 
@@ -272,6 +277,7 @@ class Session:
             "host": socket.gethostname(),
             "step": self.t.step,
         }
+        Path(self.run["dir"]).mkdir(parents=True, exist_ok=True)  # URI storage: a local mirror per node
         with Path(self.run["dir"], WORKERS).open("a") as f:
             f.write(json.dumps(line) + "\n")
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+import yaml
 
 from pipelines.training import checkpoints as ckpt
 from pipelines.training.run import RunStoppedError, pretrain
@@ -46,20 +47,40 @@ def checkpoint_dir(run_dir: Path, epoch: int, step: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(ray_cluster, tmp_path_factory) -> dict[int, float]:
-    """The per-step losses of the same run without any fault."""
+def reference(ray_cluster, tmp_path_factory) -> Path:
+    """The folder of the same run without any fault."""
     out = pretrain(smoke(tmp_path_factory.mktemp("reference"), "trainer.name=reference", *FAULT))
-    losses = step_losses(Path(out.run_dir))
-    assert sorted(losses) == list(range(1, STEPS + 1))
-    return losses
+    assert sorted(step_losses(Path(out.run_dir))) == list(range(1, STEPS + 1))
+    return Path(out.run_dir)
 
 
-def assert_same_losses_after(run_dir: Path, reference: dict[int, float], step: int) -> None:
-    losses = step_losses(run_dir)  # also fails if a step was logged twice
+def assert_same_losses_after(run_dir: Path, reference: Path, step: int) -> None:
+    losses, expected = step_losses(run_dir), step_losses(reference)  # each fails on a step logged twice
     assert sorted(losses) == list(range(1, STEPS + 1))
     after = {s: losses[s] for s in losses if s > step}
     print(f"observed: losses after step {step}: {[round(v, 5) for v in after.values()]}")
-    assert after == pytest.approx({s: reference[s] for s in after}, rel=1e-4, abs=1e-5)
+    assert after == pytest.approx({s: expected[s] for s in after}, rel=1e-4, abs=1e-5)
+
+
+def test_a_run_stopped_after_epoch_one_and_rerun_ends_with_the_uninterrupted_weights(
+    ray_cluster, tmp_path, reference
+) -> None:
+    part = pretrain(smoke(tmp_path, "trainer.name=resumed", "trainer.stop_at_epoch=1", *FAULT))
+    assert part.results == {}  # stopped after epoch 1: no final evaluation yet
+    again = pretrain(smoke(tmp_path, "trainer.name=resumed", *FAULT))  # the same command without the stop
+    run_dir = Path(again.run_dir)
+    resumes = jsonl(run_dir / "resumes.jsonl")
+    print(f"observed: resumes {resumes}")
+    assert [(r["epoch"], r["step"], r["source"]) for r in resumes] == [(1, 8, "ray")]
+    done, straight = (ckpt.read_checkpoint(checkpoint_dir(d, 2, STEPS)) for d in (run_dir, reference))
+    for k, v in straight["model"].items():
+        torch.testing.assert_close(done["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+    lrs = [  # per step
+        {r["step"]: r["lr"] for r in jsonl(d / "metrics.jsonl") if "lr" in r} for d in (run_dir, reference)
+    ]
+    assert lrs[0] == pytest.approx(lrs[1]) and len(lrs[0]) == STEPS  # the schedule went on where it stopped
+    assert_same_losses_after(run_dir, reference, 8)
+    assert again.results["pretrained"]["knn_top1"] > 0
 
 
 def test_a_worker_killed_right_after_a_mid_epoch_checkpoint_resumes_from_it(
@@ -125,9 +146,14 @@ def test_the_driver_killed_and_the_command_rerun_resumes_past_torn_checkpoints(
     last = checkpoint_dir(run_dir, 1, 9)
     wait_for(lambda: ckpt.is_complete(last) or first.poll() is not None, 300, last.name, every=0.005)
     assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    worker = worker_pid(run_dir)
+    os.kill(worker, signal.SIGKILL)  # first, so that no later checkpoint lands before the job dies
     first.send_signal(signal.SIGKILL)
     first.wait(30)
-    print(f"injected: SIGKILL to the driver (pid {first.pid}) once {last.name} was complete")
+    print(
+        f"injected: SIGKILL to the Train worker (pid {worker}) and the driver (pid {first.pid}) "
+        f"once {last.name} was complete"
+    )
     wait_until_free(ray_cluster, 90)
 
     # a checkpoint whose writer died mid-write, and one whose copy to storage was cut short
@@ -164,20 +190,25 @@ class Payload:
 
 
 def test_a_tampered_checkpoint_is_refused_and_never_executed(ray_cluster, tmp_path) -> None:
-    common = [*FAULT, "trainer.max_failures=0", "trainer.name=tamper"]
-    pretrain(smoke(tmp_path, *common, "trainer.stop_at_epoch=1"))
-    newest = Path(ckpt.newest_complete(str(tmp_path), "tamper").path)
+    """A run folder whose only checkpoint holds a pickle that would create a file when loaded.
+
+    Written with the platform's own writer, so its ``COMPLETE`` marker agrees with the file: a
+    thorough tamper. Resuming the run must refuse it in the Train worker and run nothing.
+    """
+    cfg = smoke(tmp_path, *FAULT, "trainer.max_failures=0", "trainer.name=tamper")
+    run_dir = tmp_path / "tamper"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     proof = tmp_path / "code-ran"
-    state = newest / ckpt.STATE
-    torch.save({"epoch": 1, "step": 8, "model": Payload(proof)}, state)
-    marker = json.loads((newest / ckpt.COMPLETE).read_text())
-    marker["files"][ckpt.STATE] = state.stat().st_size  # a thorough tamper: the marker agrees
-    (newest / ckpt.COMPLETE).write_text(json.dumps(marker))
-    print(f"injected: {state} replaced by a pickle that calls open({proof}, 'w') when loaded")
+    folder = ckpt.write_checkpoint(
+        checkpoint_dir(run_dir, 1, 8), {"epoch": 1, "step": 8, "model": Payload(proof)}, {"w": torch.ones(1)}
+    )
+    state = folder / ckpt.STATE
+    print(f"injected: {state} holds a pickle that calls open({proof}, 'w') when loaded")
     with pytest.raises(RunStoppedError, match="refused to load") as info:
-        pretrain(smoke(tmp_path, *common))
+        pretrain(cfg)
     print(f"observed: {info.value}")
-    assert str(state) in str(info.value) or newest.name in str(info.value)
+    assert str(state) in str(info.value) and "Unsupported global" in str(info.value)
     assert not proof.exists()
 
 

@@ -108,10 +108,12 @@ def test_network_filesystems_are_found_by_the_longest_mount_point(tmp_path) -> N
         "server:/export /mnt/shared nfs4 rw 0 0\n"
         "tmpfs /mnt/shared/scratch tmpfs rw 0 0\n"
         "s3fs /mnt/bucket fuse.s3fs rw 0 0\n"
+        "/dev/sdb1 /mnt/usb fuseblk rw 0 0\n"
     )
     assert on_network_filesystem("/mnt/shared/runs", str(mounts))
     assert not on_network_filesystem("/mnt/shared/scratch/runs", str(mounts))
     assert on_network_filesystem("/mnt/bucket", str(mounts))
+    assert not on_network_filesystem("/mnt/usb/runs", str(mounts))  # a local disk through FUSE
     assert not on_network_filesystem("/mnt/sharedx", str(mounts))
     assert not on_network_filesystem("/home/me/runs", str(mounts))
 
