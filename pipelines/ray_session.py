@@ -26,3 +26,10 @@ def connect(address: str | None = None) -> str | None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and "://" not in url else url
+
+
+def alive_nodes() -> int:
+    """How many nodes of the connected cluster are alive."""
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))

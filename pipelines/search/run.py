@@ -129,16 +129,14 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
 
     from ray import tune
 
-    from pipelines.ray_session import connect
+    from pipelines.ray_session import alive_nodes, connect
     from pipelines.search.callbacks import ReleaseTrialResources, release_trial_resources
     from pipelines.search.trial import run_trial
 
     connect((cfg.get("ray") or {}).get("address"))
-    import ray
-
     shared = bool(base_cfg["trainer"].get("storage_shared"))
-    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
-    check_shared_storage({"storage_path": str(folder), "storage_shared": shared}, alive)
+    check_shared_storage({"storage_path": str(folder), "storage_shared": shared}, alive_nodes())
+    import ray
 
     conc = concurrency(
         ray.cluster_resources(),

@@ -151,12 +151,12 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
 
     from pipelines.data.augment import MEAN_STD
     from pipelines.data.loader import monitor, training_datasets
-    from pipelines.ray_session import connect
+    from pipelines.ray_session import alive_nodes, connect
     from pipelines.training.loop import STOPPED, train_loop_per_worker
 
     tr, ds, aug = cfg["trainer"], cfg["dataset"], cfg["augment"]
     dashboard = connect((cfg.get("ray") or {}).get("address"))
-    check_shared_storage(tr, sum(1 for n in ray.nodes() if n.get("Alive")))
+    check_shared_storage(tr, alive_nodes())
     name = str(tr["name"])
     data_monitor = monitor(
         name, float(ds.get("max_bad_fraction", 0.01))
