@@ -1,14 +1,31 @@
-"""Ray Data pipeline vs a torch DataLoader: images/s, views/s, time to first batch, peak memory.
+"""Ray Data pipeline vs torch DataLoaders: images/s, views/s, time to first batch, peak memory.
 
-Both read the same Parquet shards, decode with the same guarded decoder and draw K + 1 = 5 views
-with the same vectorised crops (``crop_views``), with 2 worker processes each (Ray: a 2-CPU
-local cluster; DataLoader: ``num_workers=2``). Scenarios: (a) the CIFAR-10 JPEG shards at 32 px,
-(b) generated ImageNet-sized JPEGs (about 500x375) at 224 px, each at 1x and 10x the data
-(10x = the same shards listed ten times / ten times the images). Throughput is the median over
-epochs after the first; memory is the peak rise of the machine's used memory during a run,
-including the start of its worker processes (each Ray run gets a fresh cluster).
+Every pipeline reads the same Parquet shards, decodes with the same guarded decoder (and the
+same JPEG draft size) and draws K + 1 = 5 random-resized crops with flips, with 2 worker
+processes (Ray: a 2-CPU local cluster; DataLoaders: ``num_workers=2``):
 
-    python benchmarks/data.py            # writes benchmarks/results/data.json
+* ``torch_dataloader``: the usual DataLoader: a map-style dataset whose ``__getitem__`` decodes
+  one image and applies ``torchvision.transforms.v2`` ``RandomResizedCrop`` (antialiased, on the
+  uint8 tensor) and ``RandomHorizontalFlip`` once per view; default collate. The target's baseline.
+* ``torch_dataloader_batched``: a DataLoader given this project's own per-batch functions
+  (``decode_image`` and ``crop_views`` in its ``collate_fn``): the same work as the Ray tasks,
+  so the gap to it is what Ray itself costs or saves.
+* ``ray_data``: the training pipeline (``read_decode_view`` per row group, blocks bounded in
+  bytes) with this project's Ray Data scheduler settings (``pipelines/data/scheduling.py``).
+* ``ray_data_stock``: the same pipeline with Ray's own scheduler settings.
+
+Scenarios: (a) the CIFAR-10 JPEG test shards (10,000 images) at 32 px, (b) 1,024 generated
+ImageNet-sized JPEGs (500x375 and 375x500, row groups of 256) at 224 px, each at 1x and 10x
+(the same shards listed ten times). The machine's speed drifts by 20 % or more over minutes,
+so pipelines take turns: each round runs one epoch of every pipeline, and a ratio is the
+median over rounds of the per-round ratio. Peak memory is the largest rise of the machine's
+used memory: for Ray from before its cluster starts (its processes and object store count),
+for a DataLoader from before each epoch (its workers start with the epoch). The object store is
+2,500 MiB (Ray's default here would be 30 % of RAM, 7 GB): with 1,000 MiB, Ray Data's memory
+budget let only one task of 256 photos (193 MB of 224-px views) run at a time, and one of the
+two workers sat idle (186 img/s against 320-338 img/s).
+
+    python benchmarks/data.py            # writes benchmarks/results/data.json (about 20 minutes)
     python benchmarks/data.py --quick    # smaller, prints only
 """
 
@@ -34,6 +51,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipelines.data import scheduling  # noqa: E402
 from pipelines.data.augment import crop_views, view_recipes  # noqa: E402
 from pipelines.data.decode import decode_image  # noqa: E402
 from pipelines.data.loader import read_decode_view  # noqa: E402
@@ -41,6 +59,7 @@ from pipelines.data.storage import Store  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
+STORE_MB = 2500  # at 1,000 MiB Ray Data let one 224-px task (193 MB of views) run at a time
 
 
 def used_memory() -> int:
@@ -50,10 +69,10 @@ def used_memory() -> int:
 
 
 class PeakMemory:
-    """Samples the machine's used memory in a thread; ``peak`` is the largest rise."""
+    """Samples the machine's used memory in a thread; ``peak`` is the largest rise over ``base``."""
 
-    def __init__(self) -> None:
-        self.base = used_memory()
+    def __init__(self, base: int | None = None) -> None:
+        self.base = used_memory() if base is None else base
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -73,14 +92,13 @@ class PeakMemory:
 
 
 class ParquetRows(torch.utils.data.Dataset):
-    """Rows of Parquet shards (image bytes and label), for the DataLoader baseline."""
+    """Rows of Parquet shards (image bytes and label), read one row at a time."""
 
     def __init__(self, files: list[str]) -> None:
         self.files = files
-        self.index = []
-        for f, path in enumerate(files):
-            n = pq.ParquetFile(path).metadata.num_rows
-            self.index += [(f, i) for i in range(n)]
+        self.index = [
+            (f, i) for f, path in enumerate(files) for i in range(pq.ParquetFile(path).metadata.num_rows)
+        ]
         self._cache: dict[int, pa.Table] = {}
 
     def __len__(self) -> int:
@@ -88,14 +106,41 @@ class ParquetRows(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[bytes, int]:
         f, row = self.index[i]
-        if f not in self._cache:  # each worker process keeps the shards it touches
+        if f not in self._cache:  # each worker process keeps the shard it is reading
             self._cache = {f: pq.read_table(self.files[f], columns=["image", "label"])}
         table = self._cache[f]
         return table["image"][row].as_py(), table["label"][row].as_py()
 
 
+class TorchvisionViews(ParquetRows):
+    """The usual per-image dataset: decode, then torchvision's crop and flip once per view."""
+
+    def __init__(self, files: list[str], recipes, draft) -> None:
+        import torchvision.transforms.v2 as T
+
+        super().__init__(files)
+        self.draft = draft
+        self.views = [
+            T.Compose(
+                [
+                    T.RandomResizedCrop(r.size, scale=r.scale, ratio=r.ratio, antialias=True),
+                    T.RandomHorizontalFlip(r.flip),
+                ]
+            )
+            for r in recipes
+        ]
+
+    def __getitem__(self, i: int) -> dict:
+        data, label = super().__getitem__(i)
+        pixels, why = decode_image(data, draft=self.draft)
+        if why is not None:
+            raise ValueError(f"row {i}: {why}")  # the benchmark's data has no bad images
+        image = torch.from_numpy(pixels).permute(2, 0, 1)
+        return {"views": torch.stack([view(image) for view in self.views]), "label": label}
+
+
 class Collate:
-    """Decode a batch and crop its views, like the Ray pipeline's ``read_decode_view``."""
+    """Decode a batch and crop its views with the Ray tasks' own functions."""
 
     def __init__(self, recipes, seed: int, draft) -> None:
         self.recipes, self.seed, self.draft, self.calls = recipes, seed, draft, 0
@@ -115,129 +160,238 @@ class Collate:
 
 
 def imagenet_like(n: int, folder: pathlib.Path, seed: int = 0) -> str:
-    """``n`` smooth synthetic 500x375-ish JPEGs in one Parquet shard; returns its path."""
+    """``n`` smooth synthetic 500x375 / 375x500 JPEGs in one Parquet shard; returns its path."""
     rng = np.random.default_rng(seed)
-    images, labels = [], []
+    images = []
     for i in range(n):
         h, w = (375, 500) if i % 2 else (500, 375)
         small = rng.uniform(0, 255, (h // 25, w // 25, 3)).astype(np.uint8)
         img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
-        noise = rng.normal(0, 8, (h, w, 3))
-        arr = np.clip(np.asarray(img) + noise, 0, 255).astype(np.uint8)
+        arr = np.clip(np.asarray(img) + rng.normal(0, 8, (h, w, 3)), 0, 255).astype(np.uint8)
         buf = io.BytesIO()
         Image.fromarray(arr).save(buf, format="JPEG", quality=90)
         images.append(buf.getvalue())
-        labels.append(i % 10)
     path = folder / f"imagenet-like-{n}.parquet"
-    pq.write_table(pa.table({"image": images, "label": labels, "key": [f"img{i}" for i in range(n)]}), path,
-                   row_group_size=64)
+    table = pa.table(
+        {"image": images, "label": [i % 10 for i in range(n)], "key": [f"img{i}" for i in range(n)]}
+    )
+    pq.write_table(table, path, row_group_size=256)
     return str(path)
 
 
+def cifar_scenario(tmp: pathlib.Path, quick: bool):
+    """The CIFAR-10 test shards (10,000 images in row groups of 1,000) at 32 px, batch 256."""
+    return [str(p) for p in sorted(CIFAR.glob("test-*.parquet"))], view_recipes("cifar", 5), 256, None
+
+
+def imagenet_scenario(tmp: pathlib.Path, quick: bool):
+    """1,024 generated ImageNet-sized JPEGs (256 in quick mode) at 224 px, batch 32."""
+    return [imagenet_like(256 if quick else 1024, tmp)], view_recipes("imagenet_mocov2", 5), 32, (448, 448)
+
+
+SCENARIOS = {"cifar10_32px": cifar_scenario, "imagenet_like_224px": imagenet_scenario}
+PIPELINES = ("torch_dataloader", "torch_dataloader_batched", "ray_data", "ray_data_stock")
+TIMINGS = {
+    "ray_data": {"wait_s": scheduling.WAIT_S, "limits_refresh_s": scheduling.LIMITS_REFRESH_S},
+    "ray_data_stock": scheduling.RAY_DEFAULTS,
+}
+
+
 def row_group_items(files: list[str]) -> list[dict]:
+    """One work item per Parquet row group."""
     return [{"file": f, "row_group": g} for f in files for g in range(pq.ParquetFile(f).num_row_groups)]
 
 
-def run_ray(files, recipes, batch, epochs, draft):
-    """A fresh 2-CPU Ray cluster per run, so its start-up memory counts at every scale."""
-    import ray
+class RayPipeline:
+    """A fresh 2-CPU Ray cluster and the training pipeline's dataset over ``files``."""
 
-    state = {}
+    def __init__(self, files, recipes, draft, store_mb: int) -> None:
+        import ray
 
-    def setup():
-        ray.init(address="local", num_cpus=2, object_store_memory=1_000_000_000, include_dashboard=False,
-                 log_to_driver=False)
+        self.base = used_memory()
+        t0 = time.perf_counter()
+        ray.init(
+            address="local",
+            num_cpus=2,
+            object_store_memory=store_mb * 2**20,
+            include_dashboard=False,
+            log_to_driver=False,
+        )
         ray.data.DataContext.get_current().enable_progress_bars = False
-        store = Store.open("/")
-        state["ds"] = ray.data.from_items(row_group_items(files)).map_batches(
-            read_decode_view, batch_size=1, batch_format="numpy",
-            fn_kwargs=dict(store=store, filters={}, recipes=recipes, seed=0, run=None, num_classes=10,
-                           max_pixels=64_000_000, draft=draft))
+        self.start_s = time.perf_counter() - t0
+        self.ds = ray.data.from_items(row_group_items(files)).map_batches(
+            read_decode_view,
+            batch_size=1,
+            batch_format="numpy",
+            fn_kwargs=dict(
+                store=Store.open("/"),
+                filters={},
+                recipes=recipes,
+                seed=0,
+                run=None,
+                num_classes=10,
+                max_pixels=64_000_000,
+                draft=draft,
+            ),
+        )
 
-    def batches():
-        return state["ds"].iter_batches(batch_size=batch, batch_format="numpy", prefetch_batches=2)
+    def epoch(self, batch: int, timings: dict[str, float]):
+        scheduling.apply(**timings)  # read live by the executor, which runs in this process
+        return self.ds.iter_batches(batch_size=batch, batch_format="numpy", prefetch_batches=2)
 
-    return _epochs(batches, epochs, setup=setup, teardown=ray.shutdown)
+    def close(self) -> None:
+        import ray
 
-
-def run_torch(files, recipes, batch, epochs, draft):
-    loader = torch.utils.data.DataLoader(ParquetRows(files), batch_size=batch, shuffle=False, num_workers=2,
-                                         collate_fn=Collate(recipes, 0, draft), persistent_workers=False,
-                                         prefetch_factor=2)
-    return _epochs(lambda: iter(loader), epochs)
+        scheduling.apply()
+        ray.shutdown()
 
 
-def _epochs(make_iter, epochs, setup=None, teardown=None):
-    rates, first, total = [], None, 0
-    with PeakMemory() as mem:
-        if setup:
-            setup()
-        for e in range(epochs):
-            start = time.perf_counter()
-            n = 0
-            for i, b in enumerate(make_iter()):
-                if e == 0 and i == 0:
-                    first = time.perf_counter() - start
-                n += len(b["label"])
-            rates.append(n / (time.perf_counter() - start))
-            total = n
-        if teardown:
-            teardown()
-    steady = rates[1:] if len(rates) > 1 else rates
-    return {"images_per_epoch": total, "first_batch_s": first, "epoch_img_per_s": rates,
-            "img_per_s": statistics.median(steady), "peak_mem_mb": mem.peak / 2**20}
+def dataloader(dataset, batch: int, collate=None):
+    """``num_workers=2``, workers started with each epoch (the default)."""
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch, shuffle=False, num_workers=2, prefetch_factor=2, collate_fn=collate
+    )
+
+
+def timed_epoch(batches, mem_base: int | None = None) -> dict:
+    """Images/s, seconds to the first batch and the peak memory rise (MB) over one epoch."""
+    with PeakMemory(mem_base) as mem:
+        start = time.perf_counter()
+        first, n = None, 0
+        for b in batches:
+            first = first if first is not None else time.perf_counter() - start
+            n += len(b["label"])
+        seconds = time.perf_counter() - start
+    return {"images": n, "img_per_s": n / seconds, "first_batch_s": first, "peak_mem_mb": mem.peak / 2**20}
+
+
+def measure(
+    files, recipes, batch, draft, rounds: int, pipelines: list[str], store_mb: int
+) -> dict[str, dict]:
+    """``rounds`` rounds of one epoch per pipeline, in turn; per-pipeline epoch records."""
+    ray_pipe = None
+    if any(p.startswith("ray") for p in pipelines):
+        ray_pipe = RayPipeline(files, recipes, draft, store_mb)
+    loaders = {
+        "torch_dataloader": lambda: iter(dataloader(TorchvisionViews(files, recipes, draft), batch)),
+        "torch_dataloader_batched": lambda: iter(
+            dataloader(ParquetRows(files), batch, Collate(recipes, 0, draft))
+        ),
+    }
+    epochs: dict[str, list[dict]] = {p: [] for p in pipelines}
+    try:
+        for r in range(rounds):
+            for p in pipelines:
+                if p.startswith("ray"):
+                    rec = timed_epoch(ray_pipe.epoch(batch, TIMINGS[p]), mem_base=ray_pipe.base)
+                else:
+                    rec = timed_epoch(loaders[p]())
+                epochs[p].append(rec)
+                print(
+                    f"    round {r}: {p:<25} {rec['img_per_s']:7.0f} img/s  "
+                    f"first batch {rec['first_batch_s']:5.2f} s"
+                    f"  peak +{rec['peak_mem_mb']:5.0f} MB",
+                    flush=True,
+                )
+    finally:
+        if ray_pipe is not None:
+            ray_pipe.close()
+    out = {}
+    for p, recs in epochs.items():
+        steady = recs[1:] if len(recs) > 1 else recs  # round 0 warms caches and starts workers
+        out[p] = {
+            "images_per_epoch": recs[0]["images"],
+            "epoch_img_per_s": [e["img_per_s"] for e in recs],
+            "img_per_s": statistics.median(e["img_per_s"] for e in steady),
+            "first_batch_s": statistics.median(e["first_batch_s"] for e in steady),
+            "peak_mem_mb": max(e["peak_mem_mb"] for e in recs),
+            "views": len(recipes),
+        }
+        out[p]["views_per_s"] = out[p]["img_per_s"] * len(recipes)
+        if p.startswith("ray"):
+            out[p]["cluster_start_s"] = ray_pipe.start_s
+        if p != "torch_dataloader" and "torch_dataloader" in epochs:  # per-round ratios, then the median
+            pairs = list(zip(recs, epochs["torch_dataloader"], strict=True))[1:] or list(
+                zip(recs, epochs["torch_dataloader"], strict=True)
+            )
+            out[p]["x_dataloader"] = statistics.median(a["img_per_s"] / b["img_per_s"] for a, b in pairs)
+    return out
+
+
+def report(rows: list[dict], scenarios: list[str], pipelines: list[str]) -> list[dict]:
+    """Print the Markdown table and return the summary."""
+
+    def get(s, scale, kind):
+        return next(
+            (r for r in rows if r["scenario"] == s and r["scale"] == scale and r["pipeline"] == kind), None
+        )
+
+    print("\n| scenario | scale | pipeline | img/s | views/s | x DataLoader | first batch (s) | peak MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    summary = []
+    for s in scenarios:
+        for scale in sorted({r["scale"] for r in rows if r["scenario"] == s}):
+            for kind in pipelines:
+                r = get(s, scale, kind)
+                ratio = r.get("x_dataloader", 1.0 if kind == "torch_dataloader" else float("nan"))
+                if kind != "torch_dataloader":
+                    summary.append({"scenario": s, "scale": scale, "pipeline": kind, "x_dataloader": ratio})
+                print(
+                    f"| {s} | {scale}x | {kind} | {r['img_per_s']:.0f} | {r['views_per_s']:.0f} | "
+                    f"{ratio:.2f} | "
+                    f"{r['first_batch_s']:.2f} | {r['peak_mem_mb']:.0f} |"
+                )
+        for kind in pipelines:
+            one, ten = get(s, 1, kind), get(s, 10, kind)
+            if one and ten and kind != "ray_data_stock":  # the stock arm shares ray_data's cluster
+                m = ten["peak_mem_mb"] / max(one["peak_mem_mb"], 1.0)
+                summary.append({"scenario": s, "pipeline": kind, "peak_mem_10x_over_1x": m})
+                print(f"  {s} {kind}: peak memory 10x / 1x = {m:.2f}")
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--quick", action="store_true", help="fewer images and rounds; prints only")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="epochs per pipeline (default 4; the first is left out of the medians)",
+    )
+    parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
+    parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES))
+    parser.add_argument("--scales", nargs="+", type=int, default=[1, 10])
+    parser.add_argument("--store-mb", type=int, default=STORE_MB, help="Ray object store (MiB)")
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
-    epochs = args.epochs or (2 if args.quick else 3)
-    out_path = args.out or (None if args.quick else ROOT / "benchmarks/results/data.json")
+    rounds = args.rounds or (2 if args.quick else 4)
+    full = not args.quick and args.scenarios == list(SCENARIOS) and args.pipelines == list(PIPELINES)
+    out_path = args.out or (ROOT / "benchmarks/results/data.json" if full else None)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cacr-bench-"))
-    cifar_1x = [str(p) for p in sorted(CIFAR.glob("test-*.parquet"))]
-    n_img = 64 if args.quick else 256
-    inet_1x = [imagenet_like(n_img, tmp)]
-    scenarios = {
-        "cifar10_32px": (cifar_1x, view_recipes("cifar", 5), 256, None),
-        "imagenet_like_224px": (inet_1x, view_recipes("imagenet_mocov2", 5), 32, (448, 448)),
-    }
     rows = []
-    for name, (files, recipes, batch, draft) in scenarios.items():
-        for scale in (1, 10):
-            listed = files * scale
-            for kind, fn in (("torch_dataloader", run_torch), ("ray_data", run_ray)):
-                res = fn(listed, recipes, batch, epochs, draft)
-                res.update(scenario=name, scale=scale, pipeline=kind, views=len(recipes),
-                           views_per_s=res["img_per_s"] * len(recipes))
-                rows.append(res)
-                print(f"  {name:<20} {scale:>2}x {kind:<17} {res['img_per_s']:8.0f} img/s  first batch "
-                      f"{res['first_batch_s']:5.2f} s  peak +{res['peak_mem_mb']:6.0f} MB", flush=True)
-    def get(s, scale, kind):
-        return next(r for r in rows if r["scenario"] == s and r["scale"] == scale and r["pipeline"] == kind)
-
-    print("\n| scenario | scale | DataLoader img/s | Ray Data img/s | Ray / DataLoader | Ray views/s | "
-          "first batch Ray / DL (s) | peak MB Ray / DL |")
-    print("|---|---|---|---|---|---|---|---|")
-    summary = []
-    for s in scenarios:
-        for scale in (1, 10):
-            t, r = get(s, scale, "torch_dataloader"), get(s, scale, "ray_data")
-            ratio = r["img_per_s"] / t["img_per_s"]
-            summary.append({"scenario": s, "scale": scale, "ray_over_dataloader": ratio})
-            print(f"| {s} | {scale}x | {t['img_per_s']:.0f} | {r['img_per_s']:.0f} | {ratio:.2f} | "
-                  f"{r['views_per_s']:.0f} | {r['first_batch_s']:.2f} / {t['first_batch_s']:.2f} | "
-                  f"{r['peak_mem_mb']:.0f} / {t['peak_mem_mb']:.0f} |")
-        for kind in ("ray_data", "torch_dataloader"):
-            m = get(s, 10, kind)["peak_mem_mb"] / max(get(s, 1, kind)["peak_mem_mb"], 1.0)
-            summary.append({"scenario": s, "pipeline": kind, "peak_mem_10x_over_1x": m})
-            print(f"  {s} {kind}: peak memory 10x / 1x = {m:.2f}")
-    result = {"benchmark": "data", "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-              "cpus": os.cpu_count(), "epochs": epochs, "targets": {"ray_over_dataloader": ">= 1.0",
-              "peak_mem_10x_over_1x": "<= 1.2"}, "summary": summary, "rows": rows}
+    for name in args.scenarios:
+        files, recipes, batch, draft = SCENARIOS[name](tmp, args.quick)
+        for scale in args.scales:
+            print(f"{name} {scale}x", flush=True)
+            for kind, res in measure(
+                files * scale, recipes, batch, draft, rounds, args.pipelines, args.store_mb
+            ).items():
+                rows.append({"scenario": name, "scale": scale, "pipeline": kind, **res})
+    summary = report(rows, args.scenarios, args.pipelines)
+    result = {
+        "benchmark": "data",
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cpus": os.cpu_count(),
+        "rounds": rounds,
+        "object_store_mb": args.store_mb,
+        "ray_data_scheduling": TIMINGS,
+        "baseline": "torch_dataloader",
+        "targets": {"x_dataloader": ">= 1.0", "peak_mem_10x_over_1x": "<= 1.2"},
+        "summary": summary,
+        "rows": rows,
+    }
     if out_path:
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=2) + "\n")

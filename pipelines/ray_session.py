@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import os
 
+# Run in every worker process of the job before any task or actor: Ray Data's executor runs in
+# actors of its own (the split coordinator of a Train run), which never import our modules.
+RUNTIME_ENV = {"worker_process_setup_hook": "pipelines.data.scheduling.apply"}
+
 
 def connect(address: str | None = None) -> str | None:
     """Connect to Ray once: ``address``, else ``$RAY_ADDRESS``, else a new local cluster.
@@ -22,7 +26,10 @@ def connect(address: str | None = None) -> str | None:
     target = address or os.environ.get("RAY_ADDRESS") or "local"
     if target == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    context = ray.init(address=target, log_to_driver=True)
+    context = ray.init(address=target, log_to_driver=True, runtime_env=RUNTIME_ENV)
+    from pipelines.data import scheduling
+
+    scheduling.apply()  # the driver too (an unsplit dataset iterated here)
     ray.data.DataContext.get_current().enable_progress_bars = False
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and "://" not in url else url

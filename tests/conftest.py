@@ -18,11 +18,14 @@ for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY",
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """A local 2-CPU Ray cluster of its own (never attaches to another one on the machine)."""
+    """A local 2-CPU Ray cluster of its own (never attaches to another one on the machine), with the
+    job runtime environment entry points use (``ray_session.RUNTIME_ENV``)."""
     import ray
 
+    from pipelines.ray_session import RUNTIME_ENV
+
     ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=500_000_000,
-             log_to_driver=False, configure_logging=False)
+             log_to_driver=False, configure_logging=False, runtime_env=RUNTIME_ENV)
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

@@ -6,8 +6,11 @@ import numpy as np
 
 
 def count_rows(config: dict) -> dict:
-    """Stream this worker's share of ``train`` once and return its label histogram."""
+    """Stream this worker's share of ``train`` once: its label histogram, view shapes and the Ray
+    Data scheduler settings in this process (importing ``scheduling`` does not apply them)."""
     import ray.train
+
+    from pipelines.data import scheduling
 
     shard = ray.train.get_dataset_shard("train")
     hist = np.zeros(config["num_classes"], dtype=np.int64)
@@ -15,7 +18,8 @@ def count_rows(config: dict) -> dict:
     for batch in shard.iter_batches(batch_size=64, batch_format="numpy"):
         hist += np.bincount(batch["label"], minlength=config["num_classes"])
         shapes.add(batch["views"].shape[1:])
-    return {"rank": ray.train.get_context().get_world_rank(), "hist": hist.tolist(), "shapes": sorted(shapes)}
+    return {"rank": ray.train.get_context().get_world_rank(), "hist": hist.tolist(), "shapes": sorted(shapes),
+            "scheduling": scheduling.current()}
 
 
 def two_steps(config: dict) -> dict:

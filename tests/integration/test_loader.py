@@ -108,6 +108,7 @@ def test_each_train_worker_streams_its_own_part(ray_cluster, tmp_path):
     result = trainer.fit()
     rank0 = result.return_value
     assert rank0["shapes"] == [(3, 3, 32, 32)]
+    assert rank0["scheduling"] == {"wait_s": 0.01, "limits_refresh_s": 0.1}  # the worker got the pipeline's
     assert 0 < sum(rank0["hist"]) < sum(data.train_counts)  # a part, not everything
 
 
@@ -116,3 +117,41 @@ def test_class_balanced_resampling_equalises_the_stream(ray_cluster):
     data = training_datasets(cfg, view_recipes("cifar", 2), eval_size=32)
     assert data.train_counts == [550] * 10  # 5,500 kept images drawn evenly over 10 classes
     assert histogram(data.datasets["train"]) == [550] * 10
+
+
+def test_every_worker_process_of_the_job_gets_the_scheduler_settings(ray_cluster):
+    """Ray Data's split coordinator is an actor of the job that imports nothing of this project: a
+    fresh actor process (its own env var forces a new one) that imports nothing of ours sees them."""
+
+    @ray_cluster.remote(num_cpus=0, runtime_env={"env_vars": {"CACR_FRESH_WORKER": "1"}})
+    class Probe:
+        def settings(self):
+            import sys
+
+            from pipelines.data import scheduling  # importing it applies nothing
+
+            return scheduling.current(), "pipelines.data.loader" in sys.modules
+
+    settings, loader_imported = ray_cluster.get(Probe.remote().settings.remote())
+    assert not loader_imported
+    assert settings == {"wait_s": 0.01, "limits_refresh_s": 0.1}
+
+
+def test_a_row_group_of_photos_leaves_in_blocks_bounded_in_bytes(tmp_path):
+    """100 photos in one row group at 5 x 224 px: blocks of 89 and 11 (64 MiB / 752,640 bytes per
+    image), every label in order, each block's views within the bound."""
+    from pipelines.data.loader import BLOCK_BYTES, read_decode_view, rows_per_block
+    from pipelines.data.storage import Store
+
+    recipes = view_recipes("imagenet_mocov2", 5)
+    assert rows_per_block(recipes) == (64 * 2**20) // (5 * 3 * 224 * 224) == 89
+    keys = [f"photo{i}" for i in range(100)]
+    table = pa.table({"image": [encode(pattern(40, 30, seed=i), "JPEG") for i in range(100)],
+                      "label": [i % 3 for i in range(100)], "key": keys})
+    pq.write_table(table, tmp_path / "one.parquet", row_group_size=100)
+    items = {"file": np.array([str(tmp_path / "one.parquet")]), "row_group": np.array([0])}
+    blocks = list(read_decode_view(items, store=Store.open("/"), filters={}, recipes=recipes, seed=0,
+                                   run=None, num_classes=3, max_pixels=64_000_000, draft=(448, 448)))
+    assert [len(b["label"]) for b in blocks] == [89, 11]
+    assert all(b["views"].nbytes <= BLOCK_BYTES and b["views"].shape[1:] == (5, 3, 224, 224) for b in blocks)
+    assert np.concatenate([b["label"] for b in blocks]).tolist() == [i % 3 for i in range(100)]

@@ -79,7 +79,7 @@ def test_fallback_is_a_centre_crop_with_clamped_ratio():
 def test_variable_size_images_and_local_crops():
     rng = RNG(0)
     imgs = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((50, 70), (64, 40), (33, 33))]
-    out = A.crop_views(imgs, A.view_recipes("imagenet_mocov3", 2, local_crops=3), RNG(1), chunk=2)
+    out = A.crop_views(imgs, A.view_recipes("imagenet_mocov3", 2, local_crops=3), RNG(1))
     assert out["views"].shape == (3, 2, 3, 224, 224) and out["local_views"].shape == (3, 3, 3, 96, 96)
 
 
@@ -88,12 +88,30 @@ def test_an_empty_batch_keeps_the_output_layout():
     assert out["views"].shape == (0, 2, 3, 224, 224) and out["local_views"].shape == (0, 2, 3, 96, 96)
 
 
-def test_padding_never_leaks_into_a_crop():
-    """A white image next to a larger one: every crop of it stays white (no zero padding)."""
-    white = np.full((20, 20, 3), 255, np.uint8)
-    other = images(1, 60, 60)[0]
-    out = A.crop_views([white, other] * 8, [A.ViewRecipe(16, (0.1, 1.0))] * 4, RNG(2))["views"]
-    assert (out[0::2] == 255).all()
+def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
+    """Every view is torchvision's own ``resized_crop`` (uint8, antialiased bilinear) of the box the
+    batch drew, mirrored when its flip was drawn: photos of two sizes, global and local views."""
+    import torchvision.transforms.v2.functional as TF
+
+    photos = [images(1, 375, 500, seed=3)[0], images(1, 500, 375, seed=4)[0], images(1, 32, 32, seed=5)[0]]
+    recipes = A.view_recipes("imagenet_mocov3", 2, local_crops=1)
+    out = A.crop_views(photos, recipes, RNG(11))
+    rng = RNG(11)  # replay the draws: boxes per recipe, then flips per recipe
+    h = np.array([p.shape[0] for p in photos], float)
+    w = np.array([p.shape[1] for p in photos], float)
+    boxes = [A.crop_boxes(h, w, r, rng) for r in recipes]
+    flips = [rng.uniform(size=len(photos)) < r.flip for r in recipes]
+    got = [out["views"][:, 0], out["views"][:, 1], out["local_views"][:, 0]]
+    mirrored = 0
+    for v, r in enumerate(recipes):
+        for i, p in enumerate(photos):
+            x1, y1, x2, y2 = boxes[v][i].astype(int)
+            ref = TF.resized_crop(torch.from_numpy(p).permute(2, 0, 1).contiguous(), int(y1), int(x1),
+                                  int(y2 - y1), int(x2 - x1), [r.size, r.size], antialias=True)
+            if flips[v][i]:
+                ref, mirrored = ref.flip(-1), mirrored + 1
+            assert torch.equal(got[v][i], ref), (v, i)
+    assert 0 < mirrored < len(recipes) * len(photos)  # both branches were checked
 
 
 @pytest.mark.parametrize(
