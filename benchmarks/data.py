@@ -311,9 +311,8 @@ def measure(
         if p.startswith("ray"):
             out[p]["cluster_start_s"] = ray_pipe.start_s
         if p != "torch_dataloader" and "torch_dataloader" in epochs:  # per-round ratios, then the median
-            pairs = list(zip(recs, epochs["torch_dataloader"], strict=True))[1:] or list(
-                zip(recs, epochs["torch_dataloader"], strict=True)
-            )
+            pairs = list(zip(recs, epochs["torch_dataloader"], strict=True))
+            pairs = pairs[1:] or pairs
             out[p]["x_dataloader"] = statistics.median(a["img_per_s"] / b["img_per_s"] for a, b in pairs)
     return out
 

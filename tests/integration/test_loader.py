@@ -137,9 +137,9 @@ def test_every_worker_process_of_the_job_gets_the_scheduler_settings(ray_cluster
     assert settings == {"wait_s": 0.01, "limits_refresh_s": 0.1}
 
 
-def test_a_row_group_of_photos_leaves_in_blocks_bounded_in_bytes(tmp_path):
-    """100 photos in one row group at 5 x 224 px: blocks of 89 and 11 (64 MiB / 752,640 bytes per
-    image), every label in order, each block's views within the bound."""
+def test_a_row_group_of_photos_is_decoded_and_cropped_in_pieces_bounded_in_bytes(tmp_path):
+    """100 photos in one row group at 5 x 224 px: pieces of 89 and 11 (64 MiB / 752,640 bytes per
+    image), every label in order, each piece's views within the bound."""
     from pipelines.data.loader import BLOCK_BYTES, read_decode_view, rows_per_block
     from pipelines.data.storage import Store
 
