@@ -6,7 +6,7 @@ import os
 
 # Run in every worker process of the job before any task or actor: Ray Data's executor runs in
 # actors of its own (the split coordinator of a Train run), which never import our modules.
-RUNTIME_ENV = {"worker_process_setup_hook": "pipelines.data.scheduling.apply"}
+RUNTIME_ENV = {"worker_process_setup_hook": "pipelines.data.scheduling.apply_on_import"}
 
 
 def connect(address: str | None = None) -> str | None:

@@ -12,10 +12,16 @@ left the workers idle for about a third of every epoch:
 attributes of Ray's private modules, read each time they are used, so setting them in a process
 changes every executor that process runs. The executor runs wherever a dataset is iterated: the
 driver, a Train worker (unsplit datasets) and Ray Data's split coordinator actor (split ones),
-which never imports this project's modules. So entry points start Ray with :func:`apply` as the
-job's ``worker_process_setup_hook`` (``pipelines.ray_session.RUNTIME_ENV``: Ray runs it in every
-worker process of the job) and call it in the driver; :mod:`pipelines.data.loader` also calls
-it when imported, for scripts that start Ray themselves.
+which never imports this project's modules. So entry points start Ray with
+:func:`apply_on_import` as the job's ``worker_process_setup_hook``
+(``pipelines.ray_session.RUNTIME_ENV``: Ray runs it in every worker process of the job) and call
+:func:`apply` in the driver; :mod:`pipelines.data.loader` also calls it when imported, for
+scripts that start Ray themselves.
+
+The hook does not import Ray Data itself: importing it costs about 1 CPU-second per process
+(pyarrow, pandas), and a Train run starts a dozen small actors that never touch it (measured:
+a one-trial search spent ~12 CPU-seconds of its ~85 there). It sets each value when, and if,
+the process imports the module holding it.
 
 Ray is pinned exactly (``constraints.txt``); ``tests/unit/test_data_scheduling.py`` fails when an
 upgrade renames either attribute, and :func:`apply` then warns once and leaves Ray as it is.
@@ -23,7 +29,12 @@ upgrade renames either attribute, and :func:`apply` then warns once and leaves R
 
 from __future__ import annotations
 
+import importlib.abc
+import sys
 import warnings
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
 WAIT_S = 0.01
 LIMITS_REFRESH_S = 0.1
@@ -80,3 +91,58 @@ def apply(wait_s: float = WAIT_S, limits_refresh_s: float = LIMITS_REFRESH_S) ->
         module, cls, attr = _TARGETS[name]
         setattr(_holder(module, cls), attr, value)
     return before
+
+
+class _SetOnImport(importlib.abc.MetaPathFinder):
+    """Sets our values in Ray Data's modules right after they are first imported.
+
+    It finds nothing itself: for a watched module it asks the finders after it for the spec and
+    wraps that spec's loader (a fresh loader per module) so the values are set once the module
+    has run; it removes itself when every watched module has been seen.
+    """
+
+    def __init__(self, values: dict[str, float]) -> None:
+        self.values = values
+        self.pending = {module for module, _, _ in _TARGETS.values()}
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
+        """The normal spec of a watched module, its loader set to apply our values after loading."""
+        if fullname not in self.pending:
+            return None
+        self.pending.discard(fullname)
+        if not self.pending and self in sys.meta_path:
+            sys.meta_path.remove(self)
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        loader, values = spec.loader, self.values
+        run_module = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            run_module(module)
+            for name, (mod, cls, attr) in _TARGETS.items():
+                if mod == fullname:
+                    setattr(getattr(module, cls) if cls else module, attr, values[name])
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def apply_on_import(wait_s: float = WAIT_S, limits_refresh_s: float = LIMITS_REFRESH_S) -> None:
+    """:func:`apply` now if Ray Data's modules are loaded, else as soon as the process loads them.
+
+    The job's ``worker_process_setup_hook``: cheap in the many worker processes that never use Ray
+    Data.
+    """
+    values = {"wait_s": wait_s, "limits_refresh_s": limits_refresh_s}
+    loaded = [m for m, _, _ in _TARGETS.values() if m in sys.modules]
+    if loaded:
+        apply(**values)
+        return
+    if not any(isinstance(f, _SetOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _SetOnImport(values))

@@ -150,6 +150,7 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
         "config_dir": config_dir,
         "project_root": str(PROJECT_ROOT),
         "views_per_step": views,
+        "preemption_watcher": bool(tune_cfg.get("preemption_watcher", False)),
     }
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"cpu": TRIAL_DRIVER_CPU})
     exp_dir = folder / "tune"

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from pipelines.data.loader import find_monitor
+from pipelines.data.monitor import find_monitor
 from pipelines.evaluation.features import recompute_batchnorm
 from pipelines.evaluation.judge import BatchCache, Judge
 from pipelines.evaluation.linear import final_numbers

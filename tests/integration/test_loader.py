@@ -11,7 +11,8 @@ import pytest
 
 from pipelines.data.augment import view_recipes
 from pipelines.data.decode import TooManyBadImagesError
-from pipelines.data.loader import monitor, training_datasets
+from pipelines.data.loader import training_datasets
+from pipelines.data.monitor import monitor
 from tests import replicas
 from tests.data_fixtures import corrupt_cases, encode, pattern
 

@@ -49,8 +49,18 @@ def tune_config(storage: Path, **tune: object) -> dict:
     return cfg
 
 
+def watchers() -> int:
+    """Ray Train PreemptionWatcher actors the cluster has seen, alive or dead (GCS's actor table:
+    the state API needs the dashboard, which the test cluster runs without)."""
+    from ray._private import state
+
+    return sum(a["ActorClassName"] == "PreemptionWatcher" for a in state.actors().values())
+
+
 def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster, tmp_path) -> None:
+    seen = watchers()
     out = search(tune_config(tmp_path, max_concurrent_trials=2))
+    assert watchers() == seen  # tune.preemption_watcher=false: no watcher actor per trial
     rows = {r.values["objective.hparams.t_neg"]: r for r in out.rows}
     assert sorted(rows) == [-1.0, 0.3, 0.9, 3.0]
     print({k: (r.status, r.epochs, r.final) for k, r in rows.items()})

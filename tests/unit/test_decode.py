@@ -88,7 +88,7 @@ def test_bad_image_log_merge_adds_counts():
 
 
 def test_the_data_monitor_counts_a_retried_report_once() -> None:
-    from pipelines.data.loader import DataMonitor
+    from pipelines.data.monitor import DataMonitor
 
     mon = DataMonitor(max_bad_fraction=0.5)
     mon.set_epoch(3)
