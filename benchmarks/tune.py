@@ -7,14 +7,14 @@ per trial, 2 trials at a time): first every trial to the end (FIFO, the baseline
 grid with ASHA (grace 1 epoch, reduction factor 3: rungs at 1, 3, 9 and 27 epochs). Both pick
 the trial with the highest final kNN top-1 among those that ran all epochs. Target: ASHA at least
 2x faster with the same winner. Also reads the machine's busy CPU-seconds per mode (Linux) and
-fits a fixed cost per trial and a cost per trial-epoch from the two modes. Writes
-``benchmarks/results/tune.json``.
+fits a fixed cost per trial and a cost per trial-epoch from the two modes (a rough split: trials
+running alone or in pairs, and idle actors whose cost grows with a trial's life, blur it; two
+runs gave 37 and 75 CPU-seconds per trial). Writes ``benchmarks/results/tune.json``.
 
 Measured so far (2 cores): 8 values x 800 images 1.83x (before trials got lighter); 8 x 1,600
-1.82x (ASHA ran 98 of 216
-trial-epochs); 12 x 1,600 1.82x (130 of 324: ASHA kept the three best and the first-arriving
-trial to the end). A trial's start-up (a dozen Ray processes) and the last trials running alone
-on one core keep the wall-time ratio below the trial-epoch ratio.
+1.82x (ASHA ran 98 of 216 trial-epochs); 12 x 1,600 1.82x (130 of 324: ASHA kept the three best
+and the first-arriving trial to the end). A trial's start-up (a dozen Ray processes) and the last
+trials running alone on one core keep the wall-time ratio below the trial-epoch ratio.
 
     python benchmarks/tune.py                 # 1 repetition of each (about 60 minutes on 2 cores)
     python benchmarks/tune.py --repeats 3     # the median of 3 of each
@@ -160,7 +160,7 @@ def main() -> None:
     if costs:
         print(
             f"machine CPU-seconds: {costs['per_trial_s']:.0f} fixed per trial, "
-            f"{costs['per_epoch_s']:.1f} per trial-epoch (fitted from the two modes)"
+            f"{costs['per_epoch_s']:.1f} per trial-epoch (a rough fit from the two modes)"
         )
     result = {
         "benchmark": "tune_asha_vs_full_grid",

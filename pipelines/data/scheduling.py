@@ -15,13 +15,12 @@ driver, a Train worker (unsplit datasets) and Ray Data's split coordinator actor
 which never imports this project's modules. So entry points start Ray with
 :func:`apply_on_import` as the job's ``worker_process_setup_hook``
 (``pipelines.ray_session.RUNTIME_ENV``: Ray runs it in every worker process of the job) and call
-:func:`apply` in the driver; :mod:`pipelines.data.loader` also calls it when imported, for
-scripts that start Ray themselves.
+:func:`apply` in the driver; :mod:`pipelines.data.loader` also calls :func:`apply_on_import`
+when imported, for scripts that start Ray themselves.
 
 The hook does not import Ray Data itself: importing it costs about 1 CPU-second per process
-(pyarrow, pandas), and a Train run starts a dozen small actors that never touch it (measured:
-a one-trial search spent ~12 CPU-seconds of its ~85 there). It sets each value when, and if,
-the process imports the module holding it.
+(pyarrow, pandas; measured on 2 cores), and a Train run starts about a dozen small actors that
+never touch it. It sets each value when, and if, the process imports the module holding it.
 
 Ray is pinned exactly (``constraints.txt``); ``tests/unit/test_data_scheduling.py`` fails when an
 upgrade renames either attribute, and :func:`apply` then warns once and leaves Ray as it is.
@@ -54,11 +53,15 @@ _TARGETS = {
 }
 
 
+def _owner(module: ModuleType, cls: str | None) -> object:
+    """What holds the attribute: the module itself or one of its classes."""
+    return getattr(module, cls) if cls else module
+
+
 def _holder(module: str, cls: str | None) -> object:
     import importlib
 
-    mod = importlib.import_module(module)
-    return getattr(mod, cls) if cls else mod
+    return _owner(importlib.import_module(module), cls)
 
 
 def current() -> dict[str, float]:
@@ -127,7 +130,7 @@ class _SetOnImport(importlib.abc.MetaPathFinder):
             run_module(module)
             for name, (mod, cls, attr) in _TARGETS.items():
                 if mod == fullname:
-                    setattr(getattr(module, cls) if cls else module, attr, values[name])
+                    setattr(_owner(module, cls), attr, values[name])
 
         loader.exec_module = exec_module
         return spec

@@ -16,8 +16,9 @@ from typing import Any
 from pipelines.search.space import trial_overrides
 
 # Ray Train 2.60 starts a PreemptionWatcher actor per run that only logs node drains (we never read
-# ``get_preemption_info``); a whole process per trial, ~2-9 CPU-seconds on 2 cores (measured on a
-# one-trial search). Read by the trial's TrainController, which Ray Train hands the variable to.
+# ``get_preemption_info``): a whole process per trial, about 2 CPU-seconds of its own on 2 cores
+# (measured on a one-trial search). Read by the trial's TrainController, which Ray Train hands the
+# variable to.
 PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
