@@ -52,9 +52,10 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pipelines.data import scheduling  # noqa: E402
-from pipelines.data.augment import crop_views, view_recipes  # noqa: E402
+from pipelines.data.augment import crop_views  # noqa: E402
 from pipelines.data.decode import decode_image  # noqa: E402
 from pipelines.data.loader import read_decode_view  # noqa: E402
+from pipelines.data.recipes import view_recipes  # noqa: E402
 from pipelines.data.storage import Store  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

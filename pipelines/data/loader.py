@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pipelines.data import imbalance, scheduling
-from pipelines.data.augment import ViewRecipe, crop_views, seed_for
 from pipelines.data.decode import DEFAULT_MAX_PIXELS, check_label, decode_image
 from pipelines.data.monitor import find_monitor, report_to_monitor
+from pipelines.data.recipes import ViewRecipe, seed_for
 from pipelines.data.sources import open_source
 from pipelines.data.sources.shards import Shards, key_column
 from pipelines.data.storage import Store
@@ -44,6 +44,8 @@ def decode_and_view(
     draft: tuple[int, int] | None,
 ) -> dict[str, np.ndarray]:
     """``map_batches`` body: decode each row (dropping bad ones), then crop all views at once."""
+    from pipelines.data.augment import crop_views  # torch: only the data tasks need it (see recipes.py)
+
     keys = batch["key"]
     good, labels, bad = [], [], []
     for key, data, label in zip(keys, batch["image"], batch["label"], strict=True):

@@ -130,8 +130,8 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.data.augment import MEAN_STD
     from pipelines.data.loader import training_datasets
+    from pipelines.data.recipes import MEAN_STD
     from pipelines.evaluation.protocols import from_config
     from pipelines.ray_session import connect
     from pipelines.training.config import recipes_for

@@ -19,9 +19,7 @@ Choices:
 from __future__ import annotations
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models.vision_transformer import VisionTransformer
 
 BACKBONES: tuple[str, ...] = ("small_alexnet", "resnet18", "resnet50", "vit_s16", "vit_b16")
 STEMS: tuple[str, ...] = ("imagenet", "cifar")
@@ -29,8 +27,10 @@ NORMS: tuple[str, ...] = ("batch", "none")
 
 # SmallAlexNet: input size -> spatial side after the three 3x3/stride-2 max pools
 _ALEXNET_POOLED_SIDE: dict[int, int] = {32: 3, 64: 7}
-# name -> (torchvision constructor, feature dim)
-_RESNETS = {"resnet18": (torchvision.models.resnet18, 512), "resnet50": (torchvision.models.resnet50, 2048)}
+# name -> feature dim; the constructor is ``torchvision.models.<name>``. torchvision is imported only
+# when one of its networks is built: importing it costs ~1.5 CPU-seconds (it pulls in torch._dynamo),
+# paid by every Ray process that imports this module (each trial's driver and workers).
+_RESNETS: dict[str, int] = {"resnet18": 512, "resnet50": 2048}
 # name -> (num_heads, hidden_dim, mlp_dim)
 _VITS: dict[str, tuple[int, int, int]] = {"vit_s16": (6, 384, 1536), "vit_b16": (12, 768, 3072)}
 
@@ -92,8 +92,10 @@ def _require(ok: bool, key: str, allowed: str, got: object) -> None:
 
 
 def _resnet(name: str, stem: str, zero_init_residual: bool) -> nn.Module:
-    constructor, feature_dim = _RESNETS[name]
-    model = constructor(weights=None, zero_init_residual=zero_init_residual)
+    import torchvision
+
+    feature_dim = _RESNETS[name]
+    model = getattr(torchvision.models, name)(weights=None, zero_init_residual=zero_init_residual)
     model.fc = nn.Identity()
     if stem == "cifar":
         model.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
@@ -104,6 +106,8 @@ def _resnet(name: str, stem: str, zero_init_residual: bool) -> nn.Module:
 
 
 def _vit(name: str, image_size: int) -> nn.Module:
+    from torchvision.models.vision_transformer import VisionTransformer
+
     num_heads, hidden_dim, mlp_dim = _VITS[name]
     model = VisionTransformer(image_size=image_size, patch_size=16, num_layers=12, num_heads=num_heads,
                               hidden_dim=hidden_dim, mlp_dim=mlp_dim)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import objectives
-from pipelines.data.augment import RECIPES, view_recipes
+from pipelines.data.recipes import RECIPES, view_recipes
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 SCHEDULES = ("step", "cosine")

@@ -21,7 +21,8 @@ import torch.distributed as dist
 from torch import Tensor
 
 from objectives.distributed import world
-from pipelines.data.augment import Photometric, seed_for
+from pipelines.data.augment import Photometric
+from pipelines.data.recipes import seed_for
 from pipelines.models.build import build_framework
 from pipelines.training import checkpoints as ckpt
 from pipelines.training.config import recipes_for

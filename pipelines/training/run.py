@@ -149,9 +149,9 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipelines.data.augment import MEAN_STD
     from pipelines.data.loader import training_datasets
     from pipelines.data.monitor import monitor
+    from pipelines.data.recipes import MEAN_STD
     from pipelines.ray_session import alive_nodes, connect
     from pipelines.training.loop import STOPPED, train_loop_per_worker
 

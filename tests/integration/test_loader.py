@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.data.augment import view_recipes
 from pipelines.data.decode import TooManyBadImagesError
 from pipelines.data.loader import training_datasets
 from pipelines.data.monitor import monitor
+from pipelines.data.recipes import view_recipes
 from tests import replicas
 from tests.data_fixtures import corrupt_cases, encode, pattern
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pipelines.data import augment as A
+from pipelines.data import recipes as R
 
 RNG = np.random.default_rng
 
@@ -19,7 +20,7 @@ def images(n=8, h=32, w=32, seed=0):
 
 
 def test_shapes_dtype_and_views_differ():
-    out = A.crop_views(images(), A.view_recipes("cifar", 5), RNG(1))
+    out = A.crop_views(images(), R.view_recipes("cifar", 5), RNG(1))
     v = out["views"]
     assert v.shape == (8, 5, 3, 32, 32) and v.dtype == torch.uint8 and "local_views" not in out
     for a in range(5):
@@ -28,7 +29,7 @@ def test_shapes_dtype_and_views_differ():
 
 
 def test_same_seed_same_views_other_seed_other_views():
-    r = A.view_recipes("stl10", 3)
+    r = R.view_recipes("stl10", 3)
     imgs = images(4, 96, 96)
     a = A.crop_views(imgs, r, RNG(7))["views"]
     assert torch.equal(a, A.crop_views(imgs, r, RNG(7))["views"])
@@ -40,16 +41,16 @@ def test_seed_for_is_stable_across_processes():
     import subprocess
     import sys
 
-    code = "from pipelines.data.augment import seed_for; print(seed_for(3, 7, 'train/a.jpg', 256))"
+    code = "from pipelines.data.recipes import seed_for; print(seed_for(3, 7, 'train/a.jpg', 256))"
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={**__import__("os").environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)}
-    assert outs == {f"{A.seed_for(3, 7, 'train/a.jpg', 256)}\n"}
-    assert A.seed_for(3, 7, "x") != A.seed_for(3, 8, "x")
+    assert outs == {f"{R.seed_for(3, 7, 'train/a.jpg', 256)}\n"}
+    assert R.seed_for(3, 7, "x") != R.seed_for(3, 8, "x")
 
 
 def test_full_box_without_flip_is_the_identity_and_flip_mirrors():
     imgs = images(3, 20, 20)
-    same = A.ViewRecipe(20, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)
+    same = R.ViewRecipe(20, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)
     out = A.crop_views(imgs, [same, replace(same, flip=1.0)], RNG(0))["views"]
     expected = torch.from_numpy(imgs).permute(0, 3, 1, 2)
     assert torch.equal(out[:, 0], expected)
@@ -57,7 +58,7 @@ def test_full_box_without_flip_is_the_identity_and_flip_mirrors():
 
 
 def test_crop_boxes_follow_torchvision_rules():
-    recipe = A.ViewRecipe(32, (0.2, 1.0))
+    recipe = R.ViewRecipe(32, (0.2, 1.0))
     h = np.full(4000, 40.0)
     w = np.full(4000, 60.0)
     boxes = A.crop_boxes(h, w, recipe, RNG(3))
@@ -71,7 +72,7 @@ def test_crop_boxes_follow_torchvision_rules():
 
 
 def test_fallback_is_a_centre_crop_with_clamped_ratio():
-    recipe = A.ViewRecipe(8, (1.0, 1.0), ratio=(1.0, 1.0))
+    recipe = R.ViewRecipe(8, (1.0, 1.0), ratio=(1.0, 1.0))
     boxes = A.crop_boxes(np.array([10.0]), np.array([30.0]), recipe, RNG(0))
     assert boxes.tolist() == [[10.0, 0.0, 20.0, 10.0]]
 
@@ -79,12 +80,12 @@ def test_fallback_is_a_centre_crop_with_clamped_ratio():
 def test_variable_size_images_and_local_crops():
     rng = RNG(0)
     imgs = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((50, 70), (64, 40), (33, 33))]
-    out = A.crop_views(imgs, A.view_recipes("imagenet_mocov3", 2, local_crops=3), RNG(1))
+    out = A.crop_views(imgs, R.view_recipes("imagenet_mocov3", 2, local_crops=3), RNG(1))
     assert out["views"].shape == (3, 2, 3, 224, 224) and out["local_views"].shape == (3, 3, 3, 96, 96)
 
 
 def test_an_empty_batch_keeps_the_output_layout():
-    out = A.crop_views([], A.view_recipes("imagenet_mocov3", 2, local_crops=2), RNG(0))
+    out = A.crop_views([], R.view_recipes("imagenet_mocov3", 2, local_crops=2), RNG(0))
     assert out["views"].shape == (0, 2, 3, 224, 224) and out["local_views"].shape == (0, 2, 3, 96, 96)
 
 
@@ -94,7 +95,7 @@ def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
     import torchvision.transforms.v2.functional as TF
 
     photos = [images(1, 375, 500, seed=3)[0], images(1, 500, 375, seed=4)[0], images(1, 32, 32, seed=5)[0]]
-    recipes = A.view_recipes("imagenet_mocov3", 2, local_crops=1)
+    recipes = R.view_recipes("imagenet_mocov3", 2, local_crops=1)
     out = A.crop_views(photos, recipes, RNG(11))
     rng = RNG(11)  # replay the draws: boxes per recipe, then flips per recipe
     h = np.array([p.shape[0] for p in photos], float)
@@ -125,14 +126,14 @@ def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
 )
 def test_bad_recipe_requests(name, views, local, match):
     with pytest.raises(ValueError, match=match):
-        A.view_recipes(name, views, local)
+        R.view_recipes(name, views, local)
 
 
 def test_recipes_match_the_spec():
-    assert A.view_recipes("cifar", 5) == [A.CIFAR] * 5 and A.CIFAR.jitter_p == 1.0
-    assert (A.STL10.size, A.STL10.scale) == (64, (0.08, 1.0))
-    assert (A.MOCOV2.jitter, A.MOCOV2.jitter_p, A.MOCOV2.blur_p) == ((0.4, 0.4, 0.4, 0.1), 0.8, 0.5)
-    v1, v2 = A.view_recipes("imagenet_mocov3", 2)
+    assert R.view_recipes("cifar", 5) == [R.CIFAR] * 5 and R.CIFAR.jitter_p == 1.0
+    assert (R.STL10.size, R.STL10.scale) == (64, (0.08, 1.0))
+    assert (R.MOCOV2.jitter, R.MOCOV2.jitter_p, R.MOCOV2.blur_p) == ((0.4, 0.4, 0.4, 0.1), 0.8, 0.5)
+    v1, v2 = R.view_recipes("imagenet_mocov3", 2)
     assert (v1.blur_p, v1.solarize_p, v2.blur_p, v2.solarize_p) == (1.0, 0.0, 0.1, 0.2)
 
 
@@ -147,7 +148,7 @@ def test_brightness_contrast_saturation_closed_forms():
     x = rgb()
     f = torch.tensor([0.5, 1.0, 1.5, 0.0])
     torch.testing.assert_close(A.adjust_brightness(x, f), (x * f.view(-1, 1, 1, 1)).clamp(0, 1))
-    g = (x * torch.tensor(A.GREY).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    g = (x * torch.tensor(R.GREY).view(1, 3, 1, 1)).sum(1, keepdim=True)
     m = g.mean(dim=(1, 2, 3), keepdim=True)
     torch.testing.assert_close(
         A.adjust_contrast(x, f), (f.view(-1, 1, 1, 1) * x + (1 - f.view(-1, 1, 1, 1)) * m).clamp(0, 1)
@@ -185,8 +186,8 @@ def test_gaussian_blur_per_image_sigma():
 
 
 def test_photometric_without_randomness_only_normalises():
-    plain = A.ViewRecipe(8, (1, 1), jitter=(0, 0, 0, 0), jitter_p=0.0, grayscale_p=0.0)
-    mean, std = A.MEAN_STD["cifar10"]
+    plain = R.ViewRecipe(8, (1, 1), jitter=(0, 0, 0, 0), jitter_p=0.0, grayscale_p=0.0)
+    mean, std = R.MEAN_STD["cifar10"]
     views = torch.randint(0, 256, (5, 2, 3, 8, 8), dtype=torch.uint8)
     out, _ = A.Photometric([plain, plain], mean, std)(views, torch.Generator().manual_seed(0))
     expected = (views.float() / 255 - torch.tensor(mean).view(1, 1, 3, 1, 1)) / torch.tensor(std).view(
@@ -196,7 +197,7 @@ def test_photometric_without_randomness_only_normalises():
 
 
 def test_photometric_probabilities_and_determinism():
-    recipe = A.ViewRecipe(8, (1, 1), jitter=(0.4, 0, 0, 0), jitter_p=0.8, grayscale_p=0.2)
+    recipe = R.ViewRecipe(8, (1, 1), jitter=(0.4, 0, 0, 0), jitter_p=0.8, grayscale_p=0.2)
     ph = A.Photometric([recipe], (0, 0, 0), (1, 1, 1))
     views = torch.randint(30, 220, (4000, 1, 3, 8, 8), dtype=torch.uint8)
     out, _ = ph(views, torch.Generator().manual_seed(1))
@@ -213,7 +214,7 @@ def test_photometric_probabilities_and_determinism():
 
 
 def test_solarize_inverts_bright_pixels_only():
-    recipe = A.ViewRecipe(2, (1, 1), jitter=(0, 0, 0, 0), jitter_p=0.0, grayscale_p=0.0, solarize_p=1.0)
+    recipe = R.ViewRecipe(2, (1, 1), jitter=(0, 0, 0, 0), jitter_p=0.0, grayscale_p=0.0, solarize_p=1.0)
     views = torch.tensor([0, 100, 128, 255], dtype=torch.uint8).view(1, 1, 1, 2, 2).expand(1, 1, 3, 2, 2)
     out, _ = A.Photometric([recipe], (0, 0, 0), (1, 1, 1))(views.contiguous(), torch.Generator())
     torch.testing.assert_close(out[0, 0, 0].flatten(), torch.tensor([0, 100 / 255, 1 - 128 / 255, 0.0]))
