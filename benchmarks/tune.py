@@ -1,23 +1,32 @@
 """Ray Tune with ASHA against the same grid run to completion, in one run: wall time and winner.
 
 A fixed grid of 12 CACR repulsion temperatures (``objective.hparams.t_neg``, from far too sharp
-to the paper's 0.9, listed in ascending order so the winner starts last) on the bundled CIFAR-10
-sample (1,600 images per trial, SmallAlexNet at 1/8 width, K = 2, 27 epochs, one 0.45-CPU worker
-per trial, 2 trials at a time): first every trial to the end (FIFO, the baseline), then the same
-grid with ASHA (grace 1 epoch, reduction factor 3: rungs at 1, 3, 9 and 27 epochs). Both pick
-the trial with the highest final kNN top-1 among those that ran all epochs. Target: ASHA at least
-2x faster with the same winner. Also reads the machine's busy CPU-seconds per mode (Linux) and
-fits a fixed cost per trial and a cost per trial-epoch from the two modes (a rough split: trials
-running alone or in pairs, and idle actors whose cost grows with a trial's life, blur it; two
-runs gave 37 and 75 CPU-seconds per trial). Writes ``benchmarks/results/tune.json``.
+to the paper's 0.9) on the bundled CIFAR-10 sample (1,600 images per trial, SmallAlexNet at 1/8
+width, K = 2, 27 epochs, one 0.45-CPU worker per trial, 2 trials at a time): first every trial
+to the end (FIFO, the baseline), then the same grid in the same order with ASHA (grace 1 epoch,
+reduction factor 3: rungs at 1, 3, 9 and 27 epochs). Both pick the trial with the highest final
+kNN top-1 among those that ran all epochs. Target: ASHA at least 2x faster with the same winner.
 
-Measured so far (2 cores): 8 values x 800 images 1.83x (before trials got lighter); 8 x 1,600
-1.82x (ASHA ran 98 of 216 trial-epochs); 12 x 1,600 1.82x (130 of 324: ASHA kept the three best
-and the first-arriving trial to the end). A trial's start-up (a dozen Ray processes) and the last
-trials running alone on one core keep the wall-time ratio below the trial-epoch ratio.
+Order: Tune starts a grid's trials in the order listed, and async ASHA judges each trial against
+those that reached its rung before it, so the order matters. By default the grid runs in a fixed
+shuffled order (``random.Random(0)``: the winner, 0.9, starts 11th of 12), as a grid written
+without knowing the answer, or a random search, would. ``--order ascending`` is ASHA's worst
+case here: quality rises with t_neg, so every trial beats the ones before it and is promoted,
+and the winner starts last.
 
-    python benchmarks/tune.py                 # 1 repetition of each (about 60 minutes on 2 cores)
-    python benchmarks/tune.py --repeats 3     # the median of 3 of each
+Also reads the machine's busy CPU-seconds per mode (Linux) and fits a fixed cost per trial and
+a cost per trial-epoch from the two modes (a rough split: trials running alone or in pairs, and
+idle actors whose cost grows with a trial's life, blur it). Writes
+``benchmarks/results/tune.json``.
+
+Measured before (2 cores, ascending order): 8 values x 1,600 images 1.82x (ASHA ran 98 of 216
+trial-epochs); 12 x 1,600 1.82x (130 of 324: ASHA kept the three best and the first-arriving
+trial to the end). A trial's start-up (a dozen Ray processes) keeps the wall-time ratio below
+the trial-epoch ratio.
+
+    python benchmarks/tune.py                     # 1 repetition of each (about 50 minutes on 2 cores)
+    python benchmarks/tune.py --repeats 3         # the median of 3 of each
+    python benchmarks/tune.py --order ascending   # ASHA's worst case
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import datetime
 import json
 import pathlib
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -38,6 +48,18 @@ sys.path.insert(0, str(ROOT))
 
 GRID = [0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.12, 0.2, 0.9]
 TARGET = 2.0
+ORDER_SEED = 0
+
+
+def grid_order(order: str) -> list[float]:
+    """The grid in the order its trials start: ``"shuffled"`` (seeded) or ``"ascending"``."""
+    if order == "ascending":
+        return sorted(GRID)
+    if order == "shuffled":
+        values = list(GRID)
+        random.Random(ORDER_SEED).shuffle(values)
+        return values
+    raise ValueError(f"--order must be 'shuffled' or 'ascending', got {order!r}")
 
 
 def machine_cpu_seconds() -> float | None:
@@ -49,8 +71,10 @@ def machine_cpu_seconds() -> float | None:
     return (sum(ticks) - ticks[3] - ticks[4]) / 100  # all but idle and iowait, in USER_HZ (100)
 
 
-def grid_search(asha: bool, storage: pathlib.Path, epochs: int, images: int, factor: int) -> dict:
-    """One search of the grid; wall time, winner and trial epochs."""
+def grid_search(
+    asha: bool, storage: pathlib.Path, epochs: int, images: int, factor: int, grid: list[float] | None = None
+) -> dict:
+    """One search of ``grid`` (default :data:`GRID`) in its order; wall time, winner and trial epochs."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
@@ -70,7 +94,7 @@ def grid_search(asha: bool, storage: pathlib.Path, epochs: int, images: int, fac
             "eval.final_linear_probe=false",
             "eval.random_init_baseline=false",
         ],
-        "params": {"objective.hparams.t_neg": {"grid": GRID}},
+        "params": {"objective.hparams.t_neg": {"grid": list(grid or GRID)}},
         "num_samples": 1,
         "asha": {"grace_period": 1, "reduction_factor": factor} if asha else None,
     }
@@ -124,6 +148,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=27)
     parser.add_argument("--reduction-factor", type=int, default=3)
     parser.add_argument("--images", type=int, default=1600)
+    parser.add_argument("--order", choices=("shuffled", "ascending"), default="shuffled")
     parser.add_argument("--out", type=pathlib.Path, default=ROOT / "benchmarks" / "results" / "tune.json")
     args = parser.parse_args()
     import ray
@@ -132,6 +157,8 @@ def main() -> None:
 
     connect(None)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    grid = grid_order(args.order)
+    print(f"grid order ({args.order}): {grid}", flush=True)
     runs: dict[str, list[dict]] = {"full": [], "asha": []}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.repeats):
@@ -142,6 +169,7 @@ def main() -> None:
                     args.epochs,
                     args.images,
                     args.reduction_factor,
+                    grid,
                 )
                 runs[mode].append(r)
                 print(
@@ -166,7 +194,8 @@ def main() -> None:
         "benchmark": "tune_asha_vs_full_grid",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": ray.cluster_resources().get("CPU"), "python": platform.python_version()},
-        "grid": {"objective.hparams.t_neg": GRID},
+        "grid": {"objective.hparams.t_neg": grid},
+        "order": {"name": args.order, "seed": ORDER_SEED if args.order == "shuffled" else None},
         "epochs": args.epochs,
         "images": args.images,
         "asha": {"grace_period": 1, "reduction_factor": args.reduction_factor},
