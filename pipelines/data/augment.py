@@ -33,7 +33,6 @@ from torch import Tensor
 
 from pipelines.data.recipes import GREY, ViewRecipe
 
-
 # ------------------------------------------------------------------ geometry (CPU, uint8)
 
 

@@ -21,12 +21,16 @@ def _imported_after(module: str, heavy: tuple[str, ...]) -> set[str]:
     return set(out.split())
 
 
-@pytest.mark.parametrize("module", ["pipelines.data.loader", "pipelines.data.recipes", "pipelines.data.monitor"])
+DATA_PLAN = ["pipelines.data.loader", "pipelines.data.recipes", "pipelines.data.monitor"]
+TRAINING = ["pipelines.training.loop", "pipelines.training.run", "pipelines.search.trial"]
+
+
+@pytest.mark.parametrize("module", DATA_PLAN)
 def test_the_data_pipeline_plan_unpickles_without_torch(module: str) -> None:
     assert _imported_after(module, ("torch", "torchvision")) == set()
 
 
-@pytest.mark.parametrize("module", ["pipelines.training.loop", "pipelines.training.run", "pipelines.search.trial"])
+@pytest.mark.parametrize("module", TRAINING)
 def test_training_code_leaves_torchvision_until_a_torchvision_network_is_built(module: str) -> None:
     assert "torchvision" not in _imported_after(module, ("torchvision", "torch._dynamo"))
 
