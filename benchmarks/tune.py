@@ -19,10 +19,12 @@ a cost per trial-epoch from the two modes (a rough split: trials running alone o
 idle actors whose cost grows with a trial's life, blur it). Writes
 ``benchmarks/results/tune.json``.
 
-Measured before (2 cores, ascending order): 8 values x 1,600 images 1.82x (ASHA ran 98 of 216
-trial-epochs); 12 x 1,600 1.82x (130 of 324: ASHA kept the three best and the first-arriving
-trial to the end). A trial's start-up (a dozen Ray processes) keeps the wall-time ratio below
-the trial-epoch ratio.
+Measured (2 cores, 12 x 1,600 images): shuffled 1,994 s vs 883 s, 2.26x, same winner (ASHA ran
+128 of 324 trial-epochs); ASHA alone in ascending order, same code, 1,162 s (about 1.7x, 162
+trial-epochs, same winner). Earlier, in ascending order and before the trials' processes got
+lighter: 8 values 1.82x (98 of 216 trial-epochs), 12 values 1.82x (130 of 324: ASHA kept the
+three best and the first-arriving trial to the end). A trial's start-up (a dozen Ray
+processes) keeps the wall-time ratio below the trial-epoch ratio.
 
     python benchmarks/tune.py                     # 1 repetition of each (about 50 minutes on 2 cores)
     python benchmarks/tune.py --repeats 3         # the median of 3 of each
