@@ -11,8 +11,8 @@ Order: Tune starts a grid's trials in the order listed, and async ASHA judges ea
 those that reached its rung before it, so the order matters. By default the grid runs in a fixed
 shuffled order (``random.Random(0)``: the winner, 0.9, starts 11th of 12), as a grid written
 without knowing the answer, or a random search, would. ``--order ascending`` is ASHA's worst
-case here: quality rises with t_neg, so every trial beats the ones before it and is promoted,
-and the winner starts last.
+case here: quality roughly rises with t_neg, so most trials beat the ones before them and are
+promoted, and the winner starts last.
 
 Also reads the machine's busy CPU-seconds per mode (Linux) and fits a fixed cost per trial and
 a cost per trial-epoch from the two modes (a rough split: trials running alone or in pairs, and
