@@ -10,8 +10,9 @@ processes (Ray: a 2-CPU local cluster; DataLoaders: ``num_workers=2``):
 * ``torch_dataloader_batched``: a DataLoader given this project's own per-batch functions
   (``decode_image`` and ``crop_views`` in its ``collate_fn``): the same work as the Ray tasks,
   so the gap to it is what Ray itself costs or saves.
-* ``ray_data``: the training pipeline (``read_decode_view`` per row group, blocks bounded in
-  bytes) with this project's Ray Data scheduler settings (``pipelines/data/scheduling.py``).
+* ``ray_data``: the training pipeline (``read_decode_view`` per row group, rows of 4 row groups
+  mixed in a new order each epoch, blocks bounded in bytes) with this project's Ray Data
+  scheduler settings (``pipelines/data/scheduling.py``).
 * ``ray_data_stock``: the same pipeline with Ray's own scheduler settings.
 
 Scenarios: (a) the CIFAR-10 JPEG test shards (10,000 images) at 32 px, (b) 1,024 generated
@@ -54,12 +55,13 @@ from PIL import Image  # noqa: E402
 from pipelines.data import scheduling  # noqa: E402
 from pipelines.data.augment import crop_views  # noqa: E402
 from pipelines.data.decode import decode_image  # noqa: E402
-from pipelines.data.loader import read_decode_view  # noqa: E402
+from pipelines.data.loader import ReadPlan, stream  # noqa: E402
 from pipelines.data.recipes import view_recipes  # noqa: E402
 from pipelines.data.storage import Store  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
+MIX = 4  # row groups mixed per read, as dataset.mix_row_groups in the shipped configs
 STORE_MB = 2500  # at 1,000 MiB Ray Data let one 224-px task (193 MB of views) run at a time
 
 
@@ -220,20 +222,10 @@ class RayPipeline:
         )
         ray.data.DataContext.get_current().enable_progress_bars = False
         self.start_s = time.perf_counter() - t0
-        self.ds = ray.data.from_items(row_group_items(files)).map_batches(
-            read_decode_view,
-            batch_size=1,
-            batch_format="numpy",
-            fn_kwargs=dict(
-                store=Store.open("/"),
-                filters={},
-                recipes=recipes,
-                seed=0,
-                run=None,
-                num_classes=10,
-                max_pixels=64_000_000,
-                draft=draft,
-            ),
+        self.ds = stream(
+            ReadPlan(row_group_items(files), mix=MIX, shuffle=True),
+            dict(store=Store.open("/"), recipes=recipes, seed=0, run=None, num_classes=10,
+                 max_pixels=64_000_000, draft=draft),
         )
 
     def epoch(self, batch: int, timings: dict[str, float]):

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 def main(cfg: DictConfig) -> None:
     """Check the config, then hand off to :func:`pipelines.data.prepare.prepare_dataset`."""
     from pipelines.data.prepare import prepare_dataset
+    from pipelines.data.shuffle_writer import ShuffleSettings
     from pipelines.data.sources import open_source
     from pipelines.ray_session import connect
 
@@ -31,10 +32,14 @@ def main(cfg: DictConfig) -> None:
         open_source(cfg.dataset.name, str(cfg.dataset.root), **options)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
+    try:
+        shuffle = ShuffleSettings.from_config(OmegaConf.to_container(cfg.shuffle, resolve=True))
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     connect(cfg.ray.address)
     splits = list(cfg.splits) if cfg.splits else None
     prepare_dataset(cfg.dataset.name, str(cfg.dataset.root), str(cfg.out), splits=splits,
-                    options=options, max_pixels=int(cfg.dataset.max_pixels))
+                    options=options, max_pixels=int(cfg.dataset.max_pixels), shuffle=shuffle)
 
 
 if __name__ == "__main__":

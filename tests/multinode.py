@@ -4,12 +4,14 @@
 head with no training resources and two worker nodes that can each hold both Train workers),
 checks that a local ``storage_path`` is refused, then runs with ``trainer.storage_shared=true``
 (all nodes share this machine's disk) and removes the node of rank 1 once step 5 is logged. The
-last line printed is a JSON object of what happened.
+last line printed is a JSON object of what happened. When the run does not finish, Ray's logs of
+the cluster are copied to ``<folder>/ray-logs`` (named in the JSON line) before the cluster goes.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import threading
 import time
@@ -28,6 +30,21 @@ COMMON = [
     "eval.final_linear_probe=false",
     "eval.random_init_baseline=false",
 ]
+
+
+WAIT_S = 900  # for step 5; the test gives the whole scenario 1,200 s
+
+
+def keep_logs(folder: Path) -> str | None:
+    """Copy the cluster's Ray logs (every node's: they share this machine) to ``<folder>/ray-logs``."""
+    import ray
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    if node is None:
+        return None
+    target = folder / "ray-logs"
+    shutil.copytree(Path(node.get_session_dir_path()) / "logs", target, dirs_exist_ok=True)
+    return str(target)
 
 
 def main(folder: Path) -> dict[str, Any]:
@@ -57,8 +74,8 @@ def main(folder: Path) -> dict[str, Any]:
             seen["refused"] = str(err)
         run_dir = folder / "multinode"
 
-        def remove() -> None:
-            wait_for(lambda: len(step_losses(run_dir)) >= 5 if run_dir.exists() else 0, 300, "step 5")
+        def remove() -> None:  # waits as long as the whole scenario may take (slow machines)
+            wait_for(lambda: len(step_losses(run_dir)) >= 5 if run_dir.exists() else 0, WAIT_S, "step 5")
             victim = [w for w in jsonl(run_dir / "workers.jsonl") if w["rank"] == 1][-1]["node_id"]
             node = next(n for n in nodes if n.node_id == victim)
             seen.update(removed=victim, removed_time=time.time(), removed_at_step=max(step_losses(run_dir)))
@@ -73,6 +90,8 @@ def main(folder: Path) -> dict[str, Any]:
             seen.update(finished=False, error=f"{type(err).__name__}: {str(err)[-3000:]}")
         thread.join(10)
         seen.update(resumes=jsonl(run_dir / "resumes.jsonl"), workers=jsonl(run_dir / "workers.jsonl"))
+        if not seen.get("finished") or "removed" not in seen:
+            seen["ray_logs"] = keep_logs(folder)
     finally:
         ray.shutdown()
         cluster.shutdown()

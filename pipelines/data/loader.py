@@ -14,6 +14,9 @@ Bad images met while training are dropped and reported to a :class:`~pipelines.d
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +24,9 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipelines.data import imbalance, scheduling
+from pipelines.data import imbalance, order, resilience, scheduling
 from pipelines.data.decode import DEFAULT_MAX_PIXELS, check_label, decode_image
-from pipelines.data.monitor import find_monitor, report_to_monitor
+from pipelines.data.monitor import epoch_of, find_monitor, report_to_monitor
 from pipelines.data.recipes import ViewRecipe, seed_for
 from pipelines.data.sources import open_source
 from pipelines.data.sources.shards import Shards, key_column
@@ -38,33 +41,73 @@ def decode_and_view(
     batch: dict[str, np.ndarray],
     recipes: list[ViewRecipe],
     seed: int,
-    run: str | None,
+    monitor: Any,
     num_classes: int,
     max_pixels: int,
     draft: tuple[int, int] | None,
+    epoch: int = 0,
 ) -> dict[str, np.ndarray]:
-    """``map_batches`` body: decode each row (dropping bad ones), then crop all views at once."""
-    from pipelines.data.augment import crop_views  # torch: only the data tasks need it (see recipes.py)
+    """Decode each row (dropping bad ones, reported to the run's monitor), then crop all views at once.
 
+    Crops are seeded by (seed, epoch, the batch's first key and size). Rows leave with ``views``,
+    ``label`` and ``row`` (a stable 63-bit id of the row's key, for checks of what an epoch read).
+    """
+    crop_views = load_crop_views()
     keys = batch["key"]
-    good, labels, bad = [], [], []
+    good, labels, ids, bad = [], [], [], []
     for key, data, label in zip(keys, batch["image"], batch["label"], strict=True):
         pixels, why = decode_image(data, max_pixels=max_pixels, draft=draft)
         why = why or check_label(label, num_classes)
         if why is None:
             good.append(pixels)
             labels.append(int(label))
+            ids.append(row_id(str(key)))
         else:
             bad.append({"path": str(key), "reason": why})
-    epoch = 0
-    actor = find_monitor(run) if run is not None else None
-    if actor is not None:
-        epoch = report_to_monitor(actor, len(good), bad)
+    if monitor is not None:
+        report_to_monitor(monitor, len(good), bad)
     first = str(keys[0]) if len(keys) else ""
     rng = np.random.default_rng(seed_for(seed, epoch, first, len(keys)))
     out = {k: v.numpy() for k, v in crop_views(good, recipes, rng).items()}
     out["label"] = np.asarray(labels, dtype=np.int64)
+    out["row"] = np.asarray(ids, dtype=np.int64)
     return out
+
+
+HALF_IMPORTED_EXIT = 75  # exit status of a read task's process whose torch import was cut short
+
+
+def load_crop_views() -> Any:
+    """``crop_views``, importing torch on a read task's first use (see :mod:`pipelines.data.recipes`).
+
+    Ray cancels the running read tasks when a Train run restarts its workers (a lost node, a
+    killed worker); a cancel lands as ``KeyboardInterrupt`` wherever the task is, and under
+    load a task spends seconds in its first ``import torch``. An import cut short leaves torch
+    half-registered in the process, and every later import there fails (``RuntimeError:
+    duplicate registrations for ...``, or a partially initialised module: seen in the node-loss
+    test under load, where the run spent all its restarts on tasks Ray placed in that one
+    process). Such a process ends itself here, so that Ray sees a worker crash and retries the
+    task in a fresh process (Ray Data retries system failures without limit) instead of a user
+    error that fails the whole dataset. A failing first import in a clean process (a broken
+    install) is raised as it is.
+    """
+    half_imported = "torch" not in sys.modules and any(m.startswith("torch.") for m in sys.modules)
+    try:
+        from pipelines.data.augment import crop_views
+    except KeyboardInterrupt:  # cancelled mid-import: this process can never import torch again
+        os._exit(HALF_IMPORTED_EXIT)
+    except Exception as err:
+        if not half_imported:
+            raise
+        sys.stderr.write(f"read task: torch was cut short mid-import in this process ({err}); ending it\n")
+        sys.stderr.flush()
+        os._exit(HALF_IMPORTED_EXIT)
+    return crop_views
+
+
+def row_id(key: str) -> int:
+    """A stable 63-bit id of a row key (BLAKE2b), the same in every process."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") >> 1
 
 
 @dataclass
@@ -95,15 +138,17 @@ class ShardIndex:
 
     Attributes:
         items: one work item per readable row group (``file``, ``row_group``).
+        sizes: the rows of each item.
         labels: the label of every row, in item order.
-        keys: every row's key (``None`` unless asked for).
         unreadable: shards that could not be opened, with the reason.
+        keys: every row's key (``None`` unless asked for).
     """
 
     items: list[dict[str, Any]]
+    sizes: list[int]
     labels: np.ndarray
-    keys: np.ndarray | None
     unreadable: list[dict[str, str]]
+    keys: np.ndarray | None = None
 
 
 def row_keys(table: Any, path: str, group: int) -> np.ndarray:
@@ -114,9 +159,9 @@ def row_keys(table: Any, path: str, group: int) -> np.ndarray:
     return np.asarray([f"{path}#{group}:{i}" for i in range(table.num_rows)], dtype=object)
 
 
-def index_shards(source: Shards, split: str, with_keys: bool) -> ShardIndex:
+def index_shards(source: Shards, split: str, with_keys: bool = False) -> ShardIndex:
     """Open every shard of ``split`` once: row groups, labels, keys if asked; unreadable ones listed."""
-    items, labels, keys, unreadable = [], [], [], []
+    items, sizes, labels, keys, unreadable = [], [], [], [], []
     for chunk in source.chunks(split):
         path = source.store.path(chunk.args[0])
         try:
@@ -126,13 +171,14 @@ def index_shards(source: Shards, split: str, with_keys: bool) -> ShardIndex:
                 for group in range(pf.num_row_groups):
                     table = pf.read_row_group(group, columns=columns)
                     items.append({"file": path, "row_group": group})
+                    sizes.append(table.num_rows)
                     labels.append(table["label"].to_numpy())
                     if with_keys:
                         keys.append(row_keys(table, path, group))
         except Exception as err:  # an unreadable shard must not stop training
             unreadable.append({"path": path, "reason": f"unreadable shard: {type(err).__name__}: {err}"})
-    flat = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-    return ShardIndex(items, flat, np.concatenate(keys) if with_keys and keys else None, unreadable)
+    flat = np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64)
+    return ShardIndex(items, sizes, flat, unreadable, np.concatenate(keys) if with_keys and keys else None)
 
 
 def read_row_group(store: Store, path: str, row_group: int) -> dict[str, np.ndarray]:
@@ -156,47 +202,68 @@ def rows_per_block(recipes: list[ViewRecipe]) -> int:
     return max(1, BLOCK_BYTES // sum(3 * r.size**2 for r in recipes))
 
 
+@dataclass(frozen=True)
+class ReadPlan:
+    """What one stream reads: its row groups, which of their rows, and whether the order changes.
+
+    Attributes:
+        items: ``{"file", "row_group", "rows"}`` per row group; ``rows`` holds positions within
+            the group (repeats allowed: class-balanced resampling) or is ``None`` for all.
+        mix: row groups whose rows are mixed and shared out between as many read tasks.
+        shuffle: a new order every epoch (seeded by seed and epoch); else file order.
+        seed: the run's seed.
+    """
+
+    items: list[dict[str, Any]]
+    mix: int = 1
+    shuffle: bool = False
+    seed: int = 0
+
+    @property
+    def slots(self) -> int:
+        """How many read tasks an epoch has: one per row group."""
+        return len(self.items)
+
+
+def read_item(store: Store, item: dict[str, Any]) -> dict[str, np.ndarray]:
+    """One item's rows: its row group, or the chosen ``rows`` of it."""
+    rows = read_row_group(store, str(item["file"]), int(item["row_group"]))
+    return rows if item.get("rows") is None else {k: v[item["rows"]] for k, v in rows.items()}
+
+
+def read_slot(store: Store, plan: ReadPlan, slot: int, epoch: int) -> dict[str, np.ndarray]:
+    """The rows of one slot in ``epoch`` (:func:`pipelines.data.order.slot_group`)."""
+    if not plan.shuffle:
+        return read_item(store, plan.items[slot])
+    members, index, parts = order.slot_group(len(plan.items), plan.mix, plan.seed, epoch, slot)
+    pieces = [read_item(store, plan.items[int(i)]) for i in members]
+    rows = {k: np.concatenate([p[k] for p in pieces]) for k in ("image", "label", "key")}
+    n = len(rows["label"])
+    keep = order.mix_order(n, plan.seed, epoch, slot - index)[order.part(n, index, parts)]
+    return {k: v[keep] for k, v in rows.items()}
+
+
 def read_decode_view(
-    items: dict[str, np.ndarray], store: Store, filters: dict[str, list[Any]], **decode_args: Any
+    slots: dict[str, np.ndarray], store: Store, plan: ReadPlan, run: str | None, **decode_args: Any
 ) -> Iterator[dict[str, np.ndarray]]:
-    """``map_batches`` body over row-group items: read, filter, decode and crop in one task.
+    """``map_batches`` body over read slots: read, mix, decode and crop in one task.
 
     Reading inside the same task as decoding keeps the image bytes out of the object store,
     which roughly doubles throughput on a small machine compared with a separate read stage.
+    The epoch (for the order and the crops) comes from the run's monitor when there is one.
     Images are decoded and cropped :func:`rows_per_block` at a time and each piece is yielded
-    as it is made, so the task never holds a whole row group of decoded photos and crops at
+    as it is made, so the task never holds a whole slot of decoded photos and crops at
     once. Ray Data 2.60 still joins a task's pieces into one output block (measured: a row
-    group of 256 photos left as one 256-row block), so a task's output is its row group's views.
+    group of 256 photos left as one 256-row block), so a task's output is its slot's views.
     """
+    monitor = find_monitor(run) if run is not None else None
+    epoch = epoch_of(monitor) if monitor is not None else 0
     per_block = rows_per_block(decode_args["recipes"])
-    for path, group in zip(items["file"], items["row_group"], strict=True):
-        rows = read_row_group(store, str(path), int(group))
-        if "keep" in filters:
-            rows = keep_rows(rows, filters["keep"])
-        if "table" in filters:
-            rows = repeat_rows(rows, filters["table"])
+    for slot in slots["slot"]:
+        rows = read_slot(store, plan, int(slot), epoch)
         for start in range(0, max(len(rows["label"]), 1), per_block):  # once even when empty: keeps the keys
-            yield decode_and_view({k: v[start : start + per_block] for k, v in rows.items()}, **decode_args)
-
-
-def keep_rows(batch: dict[str, np.ndarray], keep: list[Any]) -> dict[str, np.ndarray]:
-    """Keep the rows whose key is in the sorted key array ``keep[0]`` (an object ref)."""
-    import ray
-
-    wanted = ray.get(keep[0])
-    mask = np.isin(batch["key"].astype(str), wanted, assume_unique=False)
-    return {k: v[mask] for k, v in batch.items()}
-
-
-def repeat_rows(batch: dict[str, np.ndarray], table: list[Any]) -> dict[str, np.ndarray]:
-    """Repeat each row as often as class-balanced resampling drew it (``table[0]``, an object ref)."""
-    import ray
-
-    keys, repeats = ray.get(table[0])
-    pos = np.searchsorted(keys, batch["key"].astype(str))
-    pos = np.clip(pos, 0, len(keys) - 1)
-    times = np.where(keys[pos] == batch["key"].astype(str), repeats[pos], 0)
-    return {k: np.repeat(v, times, axis=0) for k, v in batch.items()}
+            piece = {k: v[start : start + per_block] for k, v in rows.items()}
+            yield decode_and_view(piece, monitor=monitor, epoch=epoch, **decode_args)
 
 
 def training_datasets(
@@ -210,15 +277,21 @@ def training_datasets(
 ) -> TrainingData:
     """Build the training and evaluation datasets from a dataset config.
 
+    The training stream reads its rows in a new order every epoch (seeded by ``seed`` and the
+    epoch the run's monitor holds; :mod:`pipelines.data.order`); evaluation streams read in file
+    order.
+
     Args:
         dataset: the ``dataset`` config group as a plain dict (``name``, ``root``, ``train_split``,
-            ``eval_split``, ``imbalance``, ``max_bad_fraction``, ``max_pixels``).
+            ``eval_split``, ``imbalance``, ``max_bad_fraction``, ``max_pixels``,
+            ``max_train_images``, ``mix_row_groups``).
         recipes: the training views' recipes.
         eval_size: side of the single centre view of evaluation images.
         seed: the run's seed.
         run: the run name (enables the :class:`DataMonitor` actor); ``None`` in tests without one.
-        bank_size: when set, also build ``bank``: the first ``bank_size`` images of the (full,
-            balanced) train split as single centre views, for the kNN monitor; not split.
+        bank_size: when set, also build ``bank``: a seeded class-stratified sample of
+            ``bank_size`` images of the (full, balanced) train split as single centre views, for
+            the kNN monitor and the final probe; not split.
         whole_bank: build ``bank`` from the whole train split (the standalone linear probe).
 
     Raises:
@@ -240,72 +313,118 @@ def training_datasets(
             f"{dataset['root']} holds WebDataset shards; convert them once with `python pipelines/prepare.py "
             "dataset=shards dataset.root=<them> out=<dir>` and train from <dir>"
         )
+    warn_if_unshuffled(source, dataset["train_split"])
+    resilience.configure()  # before the datasets exist: each keeps the context it was made in
     classes = source.classes()
     num_classes = len(classes)
     spec = dataset.get("imbalance") or {}
-    rule = spec.get("rule") or "none"
-    train_index = index_shards(
-        source, dataset["train_split"], with_keys=rule != "none" or spec.get("balanced")
-    )
-    eval_index = index_shards(source, dataset["eval_split"], with_keys=False)
+    by_key = (spec.get("rule") or "none") != "none"  # the imbalance rule selects in key order
+    train_index = index_shards(source, dataset["train_split"], with_keys=by_key)
+    eval_index = index_shards(source, dataset["eval_split"])
     if not train_index.items:
         raise FileNotFoundError(f"no readable {dataset['train_split']} shards under {dataset['root']}")
-    labels, keys = train_index.labels, train_index.keys
+    labels = train_index.labels
+    positions, counts = training_rows(labels, num_classes, spec, seed, train_index.keys)
+    limit = dataset.get("max_train_images")
+    if limit and int(limit) < len(positions):  # a fixed, class-stratified subset for every epoch
+        positions = positions[order.stratified_sample(labels[positions], int(limit), seed, num_classes)]
     max_pixels = int(dataset.get("max_pixels") or DEFAULT_MAX_PIXELS)
-    common = dict(seed=seed, run=run, num_classes=num_classes, max_pixels=max_pixels)
+    common = dict(seed=seed, num_classes=num_classes, max_pixels=max_pixels)
     size = recipes[0].size
     draft = (int(size / np.sqrt(min(r.scale[0] for r in recipes))),) * 2 if size > 64 else None
-    counts = imbalance.class_counts(labels[labels >= 0], num_classes)
-    filters: dict[str, Any] = {}
-    if rule != "none":
-        target = imbalance.target_counts(rule, counts, ratio=spec.get("ratio"), mu=spec.get("mu", 0.5))
-        order, default_seed = imbalance.default_order(rule)
-        kept = imbalance.select(
-            labels,
-            target,
-            order=spec.get("order") or order,
-            seed=spec.get("seed") if spec.get("seed") is not None else default_seed,
-        )
-        filters["keep"] = [ray.put(np.sort(keys[kept].astype(str)))]
-        labels, keys = labels[kept], keys[kept]
-        counts = imbalance.class_counts(labels, num_classes)
-    if spec.get("balanced"):
-        draws = imbalance.balanced_indices(labels, seed=seed)
-        filters["table"] = [ray.put(np.unique(keys[draws].astype(str), return_counts=True))]
-        counts = imbalance.class_counts(labels[draws], num_classes)
-    order = np.random.default_rng(seed).permutation(len(train_index.items))  # row groups, shuffled
-    train = ray.data.from_items([train_index.items[i] for i in order]).map_batches(
-        read_decode_view,
-        batch_size=1,
-        batch_format="numpy",
-        fn_kwargs=dict(store=source.store, recipes=recipes, draft=draft, filters=filters, **common),
+    train_plan = ReadPlan(
+        with_rows(train_index, positions), int(dataset.get("mix_row_groups") or 1), shuffle=True, seed=seed
     )
-    limit = dataset.get("max_train_images")
-    if limit:
-        train = train.limit(int(limit))
     centre = [ViewRecipe(eval_size, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)]
-    plain = dict(store=source.store, recipes=centre, draft=None, filters={}, **{**common, "run": None})
-    ev = ray.data.from_items(eval_index.items).map_batches(
-        read_decode_view, batch_size=1, batch_format="numpy", fn_kwargs=plain
-    )
-    datasets = {"train": train, "eval": ev}
+    plain = dict(store=source.store, recipes=centre, draft=None, run=None, **common)
+    train_args = dict(store=source.store, recipes=recipes, draft=draft, run=run, **common)
+    datasets = {
+        "train": stream(train_plan, train_args),
+        "eval": stream(ReadPlan(eval_index.items), plain),
+    }
     if bank_size or whole_bank:
-        bank = ray.data.from_items(train_index.items).map_batches(
-            read_decode_view, batch_size=1, batch_format="numpy", fn_kwargs=plain
-        )
-        datasets["bank"] = bank if whole_bank else bank.limit(int(bank_size))
+        bank = np.arange(len(labels))
+        if not whole_bank and int(bank_size) < int((labels >= 0).sum()):
+            bank = order.stratified_sample(labels, int(bank_size), seed, num_classes)
+        elif not whole_bank:
+            bank = np.flatnonzero(labels >= 0)
+        datasets["bank"] = stream(ReadPlan(with_rows(train_index, bank)), plain)
     stats = imbalance.summary(counts)
     print(
         f"training set: {stats['total']:,} images, {stats['classes_present']} classes, imbalance ratio "
         f"{imbalance.ratio_text(stats['imbalance_ratio'])}, per class {stats['per_class']}",
         flush=True,
     )
-    ordered = ray.data.ExecutionOptions(preserve_order=True)  # same order for the same seed
+    ordered = ray.data.ExecutionOptions(preserve_order=True)  # same order for the same seed and epoch
     return TrainingData(
         datasets,
         DataConfig(datasets_to_split=["train"], execution_options={k: ordered for k in datasets}),
         classes,
         counts,
         train_index.unreadable + eval_index.unreadable,
-        min(int(sum(counts)), int(limit)) if limit else int(sum(counts)),
+        len(positions),
     )
+
+
+def training_rows(
+    labels: np.ndarray, num_classes: int, spec: dict[str, Any], seed: int, keys: np.ndarray | None = None
+) -> tuple[np.ndarray, list[int]]:
+    """Sorted positions (repeats allowed) of the rows a training epoch reads, and the class counts.
+
+    Applies the imbalance rule (``spec["rule"]``) and class-balanced resampling
+    (``spec["balanced"]``); without either, every row. The rule picks its images over the rows
+    sorted by ``keys`` when given, so the images kept do not depend on the order the shards were
+    written in (for CIFAR pickles, key order is the original order the paper's code selects in).
+    """
+    positions = np.arange(len(labels))
+    counts = imbalance.class_counts(labels[labels >= 0], num_classes)
+    rule = spec.get("rule") or "none"
+    if rule != "none":
+        target = imbalance.target_counts(rule, counts, ratio=spec.get("ratio"), mu=spec.get("mu", 0.5))
+        default_order, default_seed = imbalance.default_order(rule)
+        by_key = np.argsort(keys.astype(str), kind="stable") if keys is not None else positions
+        kept = imbalance.select(
+            labels[by_key],
+            target,
+            order=spec.get("order") or default_order,
+            seed=spec.get("seed") if spec.get("seed") is not None else default_seed,
+        )
+        positions = np.sort(by_key[np.asarray(kept, dtype=np.int64)])
+        counts = imbalance.class_counts(labels[positions], num_classes)
+    if spec.get("balanced"):
+        draws = imbalance.balanced_indices(labels[positions], seed=seed)
+        positions = np.sort(positions[draws])
+        counts = imbalance.class_counts(labels[positions], num_classes)
+    return positions, counts
+
+
+def with_rows(index: ShardIndex, positions: np.ndarray) -> list[dict[str, Any]]:
+    """The index's items restricted to sorted global row ``positions`` (items left empty are dropped)."""
+    if len(positions) == len(index.labels) and np.array_equal(positions, np.arange(len(index.labels))):
+        return list(index.items)
+    per_item = order.rows_per_item(positions, index.sizes)
+    return [{**item, "rows": rows} for item, rows in zip(index.items, per_item, strict=True) if len(rows)]
+
+
+def stream(plan: ReadPlan, fn_kwargs: dict[str, Any]) -> Any:
+    """The Ray Dataset of a read plan: one input row per slot, read, decoded and cropped in tasks."""
+    import ray.data
+
+    return ray.data.from_items([{"slot": i} for i in range(plan.slots)]).map_batches(
+        read_decode_view, batch_size=1, batch_format="numpy", fn_kwargs={"plan": plan, **fn_kwargs}
+    )
+
+
+def warn_if_unshuffled(source: Shards, split: str) -> None:
+    """One line when shards of ``split`` were written without the write-time shuffle."""
+    manifest = getattr(source, "manifest", None)
+    if manifest is None:
+        return
+    info = manifest.get("splits", {}).get(split, {})
+    if info.get("order") != "shuffled":
+        print(
+            f"WARNING: {source.root} was prepared without a shuffle seed (split {split!r} is in source "
+            "order, usually grouped by class); each epoch still reads it in a new order, but batches "
+            "mix only a few row groups: re-run prepare into a new folder for fully mixed batches",
+            flush=True,
+        )

@@ -94,24 +94,33 @@ def find_monitor(run: str) -> Any:
         return None
 
 
-def report_to_monitor(actor: Any, good: int, bad: list[dict[str, str]], attempts: int = 6) -> int:
-    """Count a batch in the run's monitor and get the epoch, retrying when the actor is unreachable.
+def call_monitor(method: Any, *args: Any, attempts: int = 6) -> Any:
+    """Call a monitor method and wait for it, retrying while the actor is unreachable.
 
     Under heavy load (two Tune trials on 2 cores) a call was seen to time out with
-    ``ActorUnavailableError`` and fail the whole run; the call is retried with the same token, so a
-    batch is never counted twice.
+    ``ActorUnavailableError`` and fail the whole run; callers that count pass a token, so a
+    retried call is never counted twice.
     """
-    import uuid
-
     import ray
     from ray.exceptions import ActorUnavailableError, GetTimeoutError
 
-    token = uuid.uuid4().hex
     for attempt in range(attempts):
         try:
-            return int(ray.get(actor.report.remote(token, good, bad), timeout=120))
+            return ray.get(method.remote(*args), timeout=120)
         except (ActorUnavailableError, GetTimeoutError):
             if attempt == attempts - 1:
                 raise
             time.sleep(min(30.0, 2.0**attempt))
     raise AssertionError("unreachable")
+
+
+def report_to_monitor(actor: Any, good: int, bad: list[dict[str, str]]) -> int:
+    """Count a batch in the run's monitor (once, even when the call is retried); the epoch."""
+    import uuid
+
+    return int(call_monitor(actor.report, uuid.uuid4().hex, good, bad))
+
+
+def epoch_of(actor: Any) -> int:
+    """The epoch the run's monitor holds (set by rank 0 before each epoch's data is read)."""
+    return int(call_monitor(actor.get_epoch))

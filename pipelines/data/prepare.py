@@ -2,16 +2,101 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from dataclasses import asdict
 from typing import Any
 
 from pipelines.data import imbalance
+from pipelines.data import shuffle_writer as sw
 from pipelines.data.decode import DEFAULT_MAX_PIXELS
 from pipelines.data.progress import Progress
 from pipelines.data.shard_writer import MANIFEST, build_manifest, done_path, write_chunk
+from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
 from pipelines.data.storage import Store
+
+
+def run_tasks(
+    label: str, calls: list[tuple[Any, tuple[Any, ...]]], max_in_flight: int | None
+) -> list[dict[str, Any]]:
+    """Run ``(remote function, args)`` calls on Ray, at most ``max_in_flight`` at once, with progress.
+
+    Returns:
+        The tasks' records, in the order of ``calls``.
+    """
+    import ray
+
+    if not calls:
+        return []
+    if not ray.is_initialized():
+        ray.init()
+    limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    progress = Progress(label, len(calls), unit="tasks")
+    results: list[dict[str, Any] | None] = [None] * len(calls)
+    pending: dict[Any, int] = {}
+    images = bad = 0
+    start, queue = time.monotonic(), list(enumerate(calls))
+    while queue or pending:
+        while queue and len(pending) < limit:
+            i, (fn, args) = queue.pop(0)
+            pending[fn.remote(*args)] = i
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        record = results[pending.pop(ready[0])] = ray.get(ready[0])
+        images += record["rows"]
+        bad += len(record.get("bad_files", []))
+        rate = images / max(time.monotonic() - start, 1e-9)
+        progress.update(1, f"{images:,} images, {bad} bad, {rate:,.0f} img/s")
+    return [r for r in results if r is not None]
+
+
+def _read_records(store: Store, paths: list[str]) -> dict[str, dict[str, Any]]:
+    """The completion records that exist among ``paths``."""
+    found = {}
+    for path in paths:
+        data = store.read(path)
+        if data is not None:
+            found[path] = json.loads(data)
+    return found
+
+
+def _write_shuffled(
+    source: Any, split: str, store: Store, num_classes: int, max_pixels: int, settings: ShuffleSettings,
+    max_in_flight: int | None, label: str,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Both shuffle stages for one split; (scatter records, the split's shuffle info for the manifest)."""
+    import ray
+
+    chunks = source.chunks(split)
+    plan, kept = sw.load_or_save_plan(store, split, sw.plan_split(chunks, settings))
+    if kept and plan.seed != int(settings.seed):
+        print(f"  {split}: resuming with the shuffle seed {plan.seed} an earlier run fixed "
+              f"(shuffle.seed={settings.seed} applies to a new out folder)", flush=True)
+    groups = sw.task_groups(chunks, plan.chunks_per_task)
+    paths = [sw.scatter_done_path(split, g) for g in groups]
+    done = _read_records(store, paths)
+    todo = [g for g, p in zip(groups, paths, strict=True) if p not in done]
+    print(f"  {split}: shuffled into {plan.buckets} shard(s), seed {plan.seed}; read stage: {len(groups)} "
+          f"task(s) of {plan.chunks_per_task} chunk(s), {len(groups) - len(todo)} already done", flush=True)
+    remote = ray.remote(num_cpus=1)(sw.scatter)
+    calls = [(remote, (source, g, store, num_classes, max_pixels, plan)) for g in todo]
+    for g, record in zip(todo, run_tasks(f"{label} {split} read+scatter", calls, max_in_flight), strict=True):
+        done[sw.scatter_done_path(split, g)] = record
+    records = [done[p] for p in paths]
+    owners = sw.bucket_pieces(records, plan.buckets)
+    shards = _read_records(store, [sw.gather_done_path(split, b) for b in range(plan.buckets)])
+    left = [b for b in range(plan.buckets) if sw.gather_done_path(split, b) not in shards]
+    remote = ray.remote(num_cpus=1)(sw.gather)
+    calls = [(remote, (store, split, b, owners[b], plan)) for b in left]
+    written = run_tasks(f"{label} {split} shuffle+write", calls, max_in_flight)
+    for b, record in zip(left, written, strict=True):
+        shards[sw.gather_done_path(split, b)] = record
+    listed = [shards[sw.gather_done_path(split, b)] for b in range(plan.buckets)]
+    with contextlib.suppress(OSError):  # pieces left by a gather task that died after its record
+        store.fs.delete_dir(store.path(f"{split}/_scatter"))
+    info = {**asdict(plan), "shards": [f for r in listed for f in r["files"]]}
+    return records, info
 
 
 def prepare_dataset(
@@ -22,12 +107,15 @@ def prepare_dataset(
     options: dict[str, Any] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_in_flight: int | None = None,
+    shuffle: ShuffleSettings | None = None,
 ) -> dict[str, Any]:
     """Write ``dataset`` at ``root`` as shards under ``out`` and return the manifest.
 
-    Chunks already completed under ``out`` (by an earlier, possibly crashed run) are kept as
-    they are. Uses the Ray cluster this process is connected to (``ray.init`` is called if
-    needed, honouring ``RAY_ADDRESS``).
+    Training splits are written in one seeded random order over the whole split
+    (:mod:`pipelines.data.shuffle_writer`); ``val``/``test`` splits, and every split with
+    ``shuffle.enabled`` false, as one shard per chunk in the source's order. Work completed under
+    ``out`` by an earlier, possibly crashed run is kept as it is. Uses the Ray cluster this process
+    is connected to (``ray.init`` is called if needed, honouring ``RAY_ADDRESS``).
 
     Args:
         dataset: a source name (``pipelines.data.sources.SOURCES``).
@@ -37,53 +125,45 @@ def prepare_dataset(
         options: source options (e.g. ``variant``, ``devkit``).
         max_pixels: larger images are listed as bad (decompression bombs).
         max_in_flight: tasks submitted at once (default: twice the cluster's CPUs).
+        shuffle: the write-time shuffle (default: on, seed 0).
 
     Returns:
         The manifest that was written to ``<out>/manifest.json``.
     """
     import ray
 
+    shuffle = shuffle or ShuffleSettings()
     source = open_source(dataset, root, **(options or {}))
     splits = list(splits or source.splits)
     for split in splits:
         source.check_split(split)
     store = Store.open(out)
     classes = source.classes()
-    plan = [chunk for split in splits for chunk in source.chunks(split)]
-    done: dict[str, dict[str, Any]] = {}
-    for chunk in plan:
-        data = store.read(done_path(chunk))
-        if data is not None:
-            done[done_path(chunk)] = json.loads(data)
-    todo = [c for c in plan if done_path(c) not in done]
-    print(f"prepare {dataset}: {len(plan)} chunks in {', '.join(splits)}; "
-          f"{len(plan) - len(todo)} already written, {len(todo)} to write -> {out}", flush=True)
-    if todo:
-        if not ray.is_initialized():
-            ray.init()
+    plain = [chunk for split in splits if not shuffle.applies_to(split) for chunk in source.chunks(split)]
+    done = _read_records(store, [done_path(c) for c in plain])
+    todo = [c for c in plain if done_path(c) not in done]
+    print(f"prepare {dataset} -> {out}: {', '.join(splits)}", flush=True)
+    records: list[dict[str, Any]] = []
+    shuffled: dict[str, dict[str, Any]] = {}
+    for split in splits:
+        if shuffle.applies_to(split):
+            records_split, shuffled[split] = _write_shuffled(
+                source, split, store, len(classes), max_pixels, shuffle, max_in_flight, f"prepare {dataset}"
+            )
+            records += records_split
+    if plain:
+        print(f"  {', '.join(s for s in splits if not shuffle.applies_to(s))}: {len(plain)} chunk(s) in "
+              f"source order, {len(plain) - len(todo)} already written", flush=True)
         remote = ray.remote(num_cpus=1)(write_chunk)
-        limit = max_in_flight or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-        progress = Progress(f"prepare {dataset}", len(todo))
-        pending: dict[Any, str] = {}
-        images = bad = 0
-        start = time.monotonic()
-        queue = list(todo)
-        while queue or pending:
-            while queue and len(pending) < limit:
-                chunk = queue.pop(0)
-                pending[remote.remote(source, chunk, store, len(classes), max_pixels)] = done_path(chunk)
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            record = ray.get(ready[0])
-            done[pending.pop(ready[0])] = record
-            images += record["rows"]
-            bad += len(record["bad_files"])
-            rate = images / max(time.monotonic() - start, 1e-9)
-            progress.update(1, f"{images:,} images, {bad} bad, {rate:,.0f} img/s")
-    manifest = build_manifest(dataset, root, classes, splits, [done[done_path(c)] for c in plan])
+        calls = [(remote, (source, c, store, len(classes), max_pixels)) for c in todo]
+        for chunk, record in zip(todo, run_tasks(f"prepare {dataset}", calls, max_in_flight), strict=True):
+            done[done_path(chunk)] = record
+        records += [done[done_path(c)] for c in plain]
+    manifest = build_manifest(dataset, root, classes, splits, records, shuffled)
     store.write_atomic(json.dumps(manifest, indent=1).encode(), MANIFEST)
     for split, info in manifest["splits"].items():
         ratio = imbalance.ratio_text(info["imbalance_ratio"])
-        print(f"  {split}: {info['rows']:,} images in {len(info['shards'])} shards, "
+        print(f"  {split}: {info['rows']:,} images in {len(info['shards'])} shards ({info['order']} order), "
               f"{info['classes_present']} classes, imbalance ratio {ratio}, "
               f"{info['bad_count']} bad", flush=True)
     for entry in manifest["bad_files"][:10]:

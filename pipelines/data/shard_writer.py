@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,7 @@ from pipelines.data.storage import Store
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("key", pa.string())])
 MANIFEST = "manifest.json"
 UNLABELED = -1
+ROW_GROUP_ROWS = 1000  # rows per Parquet row group: the unit a training task reads
 
 
 def shard_path(chunk: Chunk) -> str:
@@ -57,19 +59,43 @@ def label_problem(label: Any, num_classes: int, allow_unlabeled: bool) -> str | 
     return check_label(label, num_classes)
 
 
-def write_chunk(
-    source: Source, chunk: Chunk, out: Store, num_classes: int, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> dict[str, Any]:
-    """Read, check and write one chunk; return its completion record.
+@dataclass
+class ChunkRows:
+    """The good rows read from one or more chunks, and the bad files met."""
+
+    images: list[bytes] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+    log: BadImageLog = field(default_factory=lambda: BadImageLog(max_bad_fraction=1.0, keep=1_000_000))
+
+    def table(self, order: np.ndarray | None = None) -> pa.Table:
+        """The rows as a shard table (in ``order`` when given)."""
+        table = pa.table({"image": self.images, "label": self.labels, "key": self.keys}, schema=SCHEMA)
+        return table if order is None else table.take(pa.array(order, type=pa.int64()))
+
+    def record(self, split: str, name: str, num_classes: int) -> dict[str, Any]:
+        """The counts part of a completion record: rows, per-class counts, unlabelled rows, bad files."""
+        labels = np.asarray(self.labels, dtype=np.int64)
+        return {
+            "split": split,
+            "chunk": name,
+            "rows": len(labels),
+            "per_class": np.bincount(labels[labels >= 0], minlength=num_classes).tolist(),
+            "unlabeled": int((labels == UNLABELED).sum()),
+            "bad_files": self.log.bad,
+        }
+
+
+def read_chunk(
+    source: Source, chunk: Chunk, num_classes: int, max_pixels: int, rows: ChunkRows | None = None
+) -> ChunkRows:
+    """Read and check one chunk's records into ``rows`` (a new :class:`ChunkRows` by default).
 
     Never raises for bad data: a bad image is left out and listed; a chunk that cannot be read
     to the end keeps the rows read before the error and lists the error.
     """
+    rows = rows if rows is not None else ChunkRows()
     allow_unlabeled = chunk.split in ("unlabeled", "train+unlabeled")
-    log = BadImageLog(max_bad_fraction=1.0, keep=1_000_000)
-    images: list[bytes] = []
-    labels: list[int] = []
-    keys: list[str] = []
     try:
         for rec in source.read(chunk):
             reason = label_problem(rec["label"], num_classes, allow_unlabeled)
@@ -80,35 +106,57 @@ def write_chunk(
                 else:
                     reason = decode_image(data, max_pixels=max_pixels)[1]
             if reason is not None:
-                log.add_bad(rec["key"], reason)
+                rows.log.add_bad(rec["key"], reason)
                 continue
-            images.append(data)
-            labels.append(int(rec["label"]))
-            keys.append(rec["key"])
+            rows.images.append(data)
+            rows.labels.append(int(rec["label"]))
+            rows.keys.append(rec["key"])
     except Exception as err:  # an unreadable file or shard: report it, keep what was read
-        log.add_bad(f"{source.root}:{chunk.split}/{chunk.name}", f"unreadable: {type(err).__name__}: {err}")
-    table = pa.table({"image": images, "label": labels, "key": keys}, schema=SCHEMA)
+        where = f"{source.root}:{chunk.split}/{chunk.name}"
+        rows.log.add_bad(where, f"unreadable: {type(err).__name__}: {err}")
+    return rows
+
+
+def parquet_bytes(table: pa.Table, row_group_size: int = ROW_GROUP_ROWS) -> bytes:
+    """A table as an uncompressed Parquet file (images are compressed already)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="NONE", row_group_size=1000)
-    out.write_atomic(buf.getvalue(), shard_path(chunk))
-    labels_arr = np.asarray(labels, dtype=np.int64)
-    done = {
-        "split": chunk.split,
-        "chunk": chunk.name,
-        "file": shard_path(chunk),
-        "rows": len(labels),
-        "per_class": np.bincount(labels_arr[labels_arr >= 0], minlength=num_classes).tolist(),
-        "unlabeled": int((labels_arr == UNLABELED).sum()),
-        "bad_files": log.bad,
-    }
+    pq.write_table(table, buf, compression="NONE", row_group_size=row_group_size)
+    return buf.getvalue()
+
+
+def write_chunk(
+    source: Source, chunk: Chunk, out: Store, num_classes: int, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> dict[str, Any]:
+    """Read, check and write one chunk as its own shard, in source order; return its completion record."""
+    rows = read_chunk(source, chunk, num_classes, max_pixels)
+    out.write_atomic(parquet_bytes(rows.table()), shard_path(chunk))
+    done = {**rows.record(chunk.split, chunk.name, num_classes), "file": shard_path(chunk)}
     out.write_atomic(json.dumps(done).encode(), done_path(chunk))
     return done
 
 
 def build_manifest(
-    dataset: str, root: str, classes: list[str], splits: list[str], done: list[dict[str, Any]]
+    dataset: str,
+    root: str,
+    classes: list[str],
+    splits: list[str],
+    done: list[dict[str, Any]],
+    shuffled: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Assemble ``manifest.json`` from the chunks' completion records (in chunk order)."""
+    """Assemble ``manifest.json`` from the completion records of the read stage (in chunk order).
+
+    Args:
+        dataset: the source's name.
+        root: the raw dataset's root.
+        classes: class names.
+        splits: the splits written.
+        done: one record per chunk (or scatter task): rows, per-class counts, bad files, and
+            ``file`` for a split written one shard per chunk.
+        shuffled: for each shuffled split, ``{"seed", "buckets", "chunks_per_task",
+            "rows_per_shard", "shards"}``
+            where ``shards`` lists the shuffled shards as ``{"file", "rows"}``.
+    """
+    shuffled = shuffled or {}
     manifest: dict[str, Any] = {
         "dataset": dataset,
         "source_root": root,
@@ -118,10 +166,13 @@ def build_manifest(
         "splits": {},
         "bad_files": [],
     }
+    if shuffled:
+        manifest["shuffle"] = {"seed": next(iter(shuffled.values()))["seed"], "splits": sorted(shuffled)}
     for split in splits:
         records = [d for d in done if d["split"] == split]
         per_class = np.sum([d["per_class"] for d in records], axis=0).astype(int).tolist() if records else []
         stats = summary(per_class) if per_class else summary([0] * len(classes))
+        info = shuffled.get(split)
         manifest["splits"][split] = {
             "rows": sum(d["rows"] for d in records),
             "unlabeled": sum(d["unlabeled"] for d in records),
@@ -129,7 +180,11 @@ def build_manifest(
             "classes_present": stats["classes_present"],
             "imbalance_ratio": stats["imbalance_ratio"],
             "bad_count": sum(len(d["bad_files"]) for d in records),
-            "shards": [{"file": d["file"], "rows": d["rows"]} for d in records],
+            "order": "shuffled" if info else "source",
+            "shards": info["shards"] if info else [{"file": d["file"], "rows": d["rows"]} for d in records],
         }
+        if info:
+            keys = ("seed", "buckets", "chunks_per_task", "rows_per_shard")
+            manifest["splits"][split]["shuffle"] = {k: info[k] for k in keys}
         manifest["bad_files"] += [{"split": split, **b} for d in records for b in d["bad_files"]]
     return manifest

@@ -295,22 +295,29 @@ def test_a_run_on_corrupt_data_finishes_and_reports_every_bad_file(ray_cluster, 
     assert out.results["data"]["bad"] == report["bad"] > 0
 
 
+@pytest.mark.timeout(1300)
 def test_losing_a_node_mid_run_recovers_on_the_nodes_left(tmp_path) -> None:
-    """A three-node cluster on this machine (its own, in a child process); one worker node removed."""
+    """A three-node cluster on this machine (its own, in a child process); one worker node removed.
+
+    Measured alone: about 2 minutes; beside another CPU-bound job: about 4. The limits leave
+    room for a machine twice as slow under load. On failure, Ray's logs stay in ``ray-logs``.
+    """
     proc = subprocess.run(
         [sys.executable, "-m", "tests.multinode", str(tmp_path)],
         cwd=ROOT,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
         capture_output=True,
         text=True,
-        timeout=500,
+        timeout=1200,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    logs = f"Ray's logs of the run: {seen.get('ray_logs')}"
+    assert "removed" in seen, f"no node was removed: {seen.get('error')}; {logs}"
     print(f"injected: node {seen['removed'][:12]} removed at step {seen['removed_at_step']}")
     print(f"observed: {seen}")
     assert "trainer.storage_path" in seen["refused"] and "storage_shared=true" in seen["refused"]
-    assert seen["finished"] and seen["final_step"] == STEPS, seen.get("error")
+    assert seen["finished"] and seen["final_step"] == STEPS, f"{seen.get('error')}; {logs}"
     assert len(seen["resumes"]) >= 1 and seen["resumes"][0]["step"] > 0  # from a checkpoint, not scratch
     after = [w for w in seen["workers"] if w["time"] > seen["removed_time"]]
     assert after and all(w["node_id"] != seen["removed"] for w in after)  # on the nodes left

@@ -44,6 +44,8 @@ def test_eval_split_is_one_centre_view_of_every_image(ray_cluster):
     data = training_datasets(cifar_cfg(), view_recipes("cifar", 2), eval_size=32)
     batch = next(iter(data.datasets["eval"].iter_batches(batch_size=10, batch_format="numpy")))
     assert batch["views"].shape == (10, 1, 3, 32, 32)
+    for ds in data.datasets.values():  # transient errors in read tasks are retried (Ray: none are)
+        assert ds.context.max_map_retries == 3 and "ActorUnavailableError" in ds.context.retried_map_errors
 
 
 def _bad_shards(tmp_path):
@@ -141,7 +143,7 @@ def test_every_worker_process_of_the_job_gets_the_scheduler_settings(ray_cluster
 def test_a_row_group_of_photos_is_decoded_and_cropped_in_pieces_bounded_in_bytes(tmp_path):
     """100 photos in one row group at 5 x 224 px: pieces of 89 and 11 (64 MiB / 752,640 bytes per
     image), every label in order, each piece's views within the bound."""
-    from pipelines.data.loader import BLOCK_BYTES, read_decode_view, rows_per_block
+    from pipelines.data.loader import BLOCK_BYTES, ReadPlan, read_decode_view, rows_per_block
     from pipelines.data.storage import Store
 
     recipes = view_recipes("imagenet_mocov2", 5)
@@ -150,9 +152,9 @@ def test_a_row_group_of_photos_is_decoded_and_cropped_in_pieces_bounded_in_bytes
     table = pa.table({"image": [encode(pattern(40, 30, seed=i), "JPEG") for i in range(100)],
                       "label": [i % 3 for i in range(100)], "key": keys})
     pq.write_table(table, tmp_path / "one.parquet", row_group_size=100)
-    items = {"file": np.array([str(tmp_path / "one.parquet")]), "row_group": np.array([0])}
-    blocks = list(read_decode_view(items, store=Store.open("/"), filters={}, recipes=recipes, seed=0,
-                                   run=None, num_classes=3, max_pixels=64_000_000, draft=(448, 448)))
+    plan = ReadPlan([{"file": str(tmp_path / "one.parquet"), "row_group": 0}])
+    blocks = list(read_decode_view({"slot": np.array([0])}, store=Store.open("/"), plan=plan, recipes=recipes,
+                                   seed=0, run=None, num_classes=3, max_pixels=64_000_000, draft=(448, 448)))
     assert [len(b["label"]) for b in blocks] == [89, 11]
     assert all(b["views"].nbytes <= BLOCK_BYTES and b["views"].shape[1:] == (5, 3, 224, 224) for b in blocks)
     assert np.concatenate([b["label"] for b in blocks]).tolist() == [i % 3 for i in range(100)]

@@ -10,6 +10,7 @@ import pytest
 
 from pipelines.data.decode import decode_image
 from pipelines.data.prepare import prepare_dataset
+from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
 from tests import replicas
 from tests.data_fixtures import corrupt_cases
@@ -26,7 +27,11 @@ def test_cifar10_pickles_round_trip_pixel_exact(ray_cluster, tmp_path):
     assert manifest["classes"] == rep["classes"]
     assert manifest["splits"]["test"]["rows"] == 20
     assert manifest["splits"]["test"]["per_class"] == np.bincount(rep["test"][1], minlength=10).tolist()
-    assert len(manifest["splits"]["train"]["shards"]) == 5 and manifest["bad_files"] == []
+    train = manifest["splits"]["train"]
+    assert train["order"] == "shuffled" and manifest["bad_files"] == []
+    labels = np.concatenate([rep["train"][b][1] for b in range(1, 6)])
+    assert train["per_class"] == np.bincount(labels, minlength=10).tolist()
+    assert manifest["splits"]["test"]["order"] == "source"  # evaluation splits keep their order
     back = read_back(tmp_path / "out", "test")
     assert [r["label"] for r in back] == rep["test"][1]
     np.testing.assert_array_equal(np.stack([decode_image(r["image"])[0] for r in back]), rep["test"][0])
@@ -67,7 +72,8 @@ def test_webvision_missing_truncated_and_out_of_range_labels(ray_cluster, tmp_pa
 
 def test_unreadable_shard_is_reported_not_fatal(ray_cluster, tmp_path):
     src_dir = tmp_path / "shards_in"
-    prepare_dataset("cifar10", str(replicas.cifar10(tmp_path / "raw") and tmp_path / "raw"), str(src_dir))
+    prepare_dataset("cifar10", str(replicas.cifar10(tmp_path / "raw") and tmp_path / "raw"), str(src_dir),
+                    shuffle=ShuffleSettings(enabled=False))  # one shard per batch file
     broken = src_dir / "train" / "data_batch_3.parquet"
     broken.write_bytes(b"PAR1 this is not parquet")
     manifest = prepare_dataset("shards", str(src_dir), str(tmp_path / "again"), splits=["train"])
@@ -79,12 +85,13 @@ def test_unreadable_shard_is_reported_not_fatal(ray_cluster, tmp_path):
 def test_rerun_keeps_finished_shards_and_redoes_only_the_missing(ray_cluster, tmp_path):
     replicas.cifar10(tmp_path / "raw")
     out = tmp_path / "out"
-    prepare_dataset("cifar10", str(tmp_path / "raw"), str(out))
+    plain = ShuffleSettings(enabled=False)
+    prepare_dataset("cifar10", str(tmp_path / "raw"), str(out), shuffle=plain)
     # simulate a crash that lost one chunk: its shard and completion record are gone
     (out / "train" / "_done" / "data_batch_2.json").unlink()
     (out / "train" / "data_batch_2.parquet").unlink()
     stamps = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.parquet")}
-    manifest = prepare_dataset("cifar10", str(tmp_path / "raw"), str(out))
+    manifest = prepare_dataset("cifar10", str(tmp_path / "raw"), str(out), shuffle=plain)
     after = {p.name: p.stat().st_mtime_ns for p in (out / "train").glob("*.parquet")}
     assert set(after) == set(stamps) | {"data_batch_2.parquet"}
     assert all(after[k] == v for k, v in stamps.items())  # untouched

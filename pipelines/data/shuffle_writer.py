@@ -1,0 +1,250 @@
+"""Write-time global shuffle for ``prepare``: a two-stage external shuffle with bounded memory.
+
+Raw datasets arrive grouped by class (a folder, a tar or a block of list lines per class), so
+shards written chunk by chunk are class-sorted and a training batch read from them holds one
+class. Training splits are therefore written in one seeded random order over the whole split:
+
+1. **Scatter** (one Ray task per group of ``chunks_per_task`` chunks): read and check the rows as
+   the unshuffled path does, draw every good row a key ``u`` uniform in [0, 1) (its bucket is
+   ``floor(u * buckets)``) and write each bucket's rows as a piece
+   ``<split>/_scatter/<bucket>/<task>.<n>.parquet``, whenever ``rows_per_shard`` rows are held.
+   The task's completion record (``<split>/_done/scatter-<task>.json``) keeps the exact counts,
+   the bad files and the pieces of each bucket.
+2. **Gather** (one Ray task per bucket): read the bucket's pieces, put its rows in a random order
+   and write them as ``<split>/shard-<bucket>-of-<buckets>.parquet`` (an oversized bucket, when the
+   plan guessed the split's size too low, as several shards split by ``u``); completion record
+   ``<split>/_done/shard-<bucket>.json``; then the pieces are removed.
+
+Every row lands in a uniformly random bucket (and part) and each is permuted uniformly, so the
+split comes out in a uniformly random order (for the seed). A task holds about ``rows_per_shard``
+rows (scatter: plus one chunk; gather: at most about twice as many), never the dataset. Both
+stages resume: a re-run skips every task whose record exists. The seed and sizes are fixed in
+``<split>/_done/shuffle-plan.json`` at the first run, so a re-run never mixes two plans.
+
+The bucket count comes from the chunks' sizes where the source knows them, else a guess of
+1,000 images per chunk (a class folder, a tar). The pieces written number about
+(rows / rows_per_shard) squared: about 10,000 for ImageNet-1K at the default 10,000 rows per
+shard; for ImageNet-22K (21,841 synset tars guessed at 21.8M images) about 4.8 million at the
+default, 1.2 million with ``rows_per_shard=20000`` (about 2 GB of photos held per task).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.data.order import rng_for
+from pipelines.data.shard_writer import SCHEMA, ChunkRows, parquet_bytes, read_chunk
+from pipelines.data.sources.base import Chunk, Source
+from pipelines.data.storage import Store
+
+EVAL_SPLITS = ("val", "test", "validation")  # judged in any order: not shuffled
+GUESS_ROWS_PER_CHUNK = 1000  # a chunk whose size is unknown (a class folder, a tar) counts as this
+
+
+@dataclass(frozen=True)
+class ShuffleSettings:
+    """How ``prepare`` orders the rows of the splits it writes (``shuffle.*`` in ``configs/prepare.yaml``).
+
+    Attributes:
+        enabled: shuffle the training splits (all but ``val``/``test``/``validation``).
+        seed: the shuffle's seed (written into ``manifest.json``).
+        rows_per_shard: the target rows per shuffled shard (and per task).
+        chunks_per_task: chunks read by one scatter task; ``None``: about ``rows_per_shard`` rows.
+    """
+
+    enabled: bool = True
+    seed: int = 0
+    rows_per_shard: int = 10_000
+    chunks_per_task: int | None = None
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, Any]) -> ShuffleSettings:
+        """Settings from the ``shuffle`` config group.
+
+        Raises:
+            ValueError: naming an unknown key or a value out of range.
+        """
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            raise ValueError(f"shuffle.{unknown[0]} is not a setting; use {', '.join(sorted(known))}")
+        settings = cls(**cfg)
+        if int(settings.rows_per_shard) < 1:
+            raise ValueError(f"shuffle.rows_per_shard={settings.rows_per_shard} must be at least 1")
+        if settings.chunks_per_task is not None and int(settings.chunks_per_task) < 1:
+            raise ValueError(f"shuffle.chunks_per_task={settings.chunks_per_task} must be 1 or more, or null")
+        return settings
+
+    def applies_to(self, split: str) -> bool:
+        """Whether ``split`` is written in a shuffled order."""
+        return self.enabled and split not in EVAL_SPLITS
+
+
+@dataclass(frozen=True)
+class ShufflePlan:
+    """The fixed layout of one split's shuffle: seed, bucket count and chunks per scatter task."""
+
+    seed: int
+    buckets: int
+    chunks_per_task: int
+    rows_per_shard: int = 10_000
+
+
+def plan_split(chunks: list[Chunk], settings: ShuffleSettings) -> ShufflePlan:
+    """Size the shuffle of one split from its chunks (their sizes where the source knows them).
+
+    Buckets hold about ``rows_per_shard`` rows; a scatter task reads about as many rows, so the
+    pieces written in between number about (rows / rows_per_shard) squared.
+    """
+    sizes = [c.size if c.size is not None else GUESS_ROWS_PER_CHUNK for c in chunks]
+    target = max(1, int(settings.rows_per_shard))
+    buckets = max(1, math.ceil(sum(sizes) / target))
+    per_task = settings.chunks_per_task or max(1, round(target / max(1.0, sum(sizes) / max(1, len(sizes)))))
+    per_task = max(1, min(int(per_task), len(chunks) or 1))
+    return ShufflePlan(int(settings.seed), buckets, per_task, target)
+
+
+def plan_path(split: str) -> str:
+    """Where a split's shuffle plan is kept."""
+    return f"{split}/_done/shuffle-plan.json"
+
+
+def load_or_save_plan(store: Store, split: str, plan: ShufflePlan) -> tuple[ShufflePlan, bool]:
+    """The plan an earlier, interrupted run fixed for ``split`` (and ``True``), else ``plan`` saved."""
+    data = store.read(plan_path(split))
+    if data is not None:
+        return ShufflePlan(**json.loads(data)), True
+    store.write_atomic(json.dumps(asdict(plan)).encode(), plan_path(split))
+    return plan, False
+
+
+def task_groups(chunks: list[Chunk], per_task: int) -> list[list[Chunk]]:
+    """Consecutive chunks, ``per_task`` at a time."""
+    return [chunks[i : i + per_task] for i in range(0, len(chunks), per_task)]
+
+
+def task_name(group: list[Chunk]) -> str:
+    """A scatter task's file-name-safe id: its first chunk's name (plus how many follow)."""
+    return group[0].name if len(group) == 1 else f"{group[0].name}+{len(group) - 1}"
+
+
+def scatter_done_path(split: str, group: list[Chunk]) -> str:
+    """Where a scatter task's completion record goes."""
+    return f"{split}/_done/scatter-{task_name(group)}.json"
+
+
+def piece_path(split: str, bucket: int, task: str) -> str:
+    """Where one scatter task's rows of one bucket go."""
+    return f"{split}/_scatter/{bucket:05d}/{task}.parquet"
+
+
+def shard_name(split: str, bucket: int, buckets: int, part: int | None = None) -> str:
+    """A shuffled shard's path relative to the output root (``part`` of an oversized bucket)."""
+    tail = "" if part is None else f"-{part:03d}"
+    return f"{split}/shard-{bucket:05d}{tail}-of-{buckets:05d}.parquet"
+
+
+def gather_done_path(split: str, bucket: int) -> str:
+    """Where a gather task's completion record goes."""
+    return f"{split}/_done/shard-{bucket:05d}.json"
+
+
+def scatter(
+    source: Source,
+    group: list[Chunk],
+    out: Store,
+    num_classes: int,
+    max_pixels: int,
+    plan: ShufflePlan,
+) -> dict[str, Any]:
+    """Stage 1: read and check ``group``'s chunks and write each bucket's rows as pieces.
+
+    Every good row draws a key ``u`` uniform in [0, 1); its bucket is ``floor(u * buckets)`` and
+    ``u`` is kept in the piece (a gather task splits an oversized bucket by it). Rows are
+    written out whenever ``rows_per_shard`` of them are held, so a task holds about that many
+    rows (plus one chunk) whatever the chunks' real sizes.
+
+    Returns:
+        The completion record: the counts and bad files of the rows read, and ``pieces``: for
+        each non-empty bucket, its pieces as ``[name, rows]``.
+    """
+    split, name = group[0].split, task_name(group)
+    rng = rng_for(plan.seed, "scatter", split, name)
+    rows, labels, flushed = ChunkRows(), [], [0]
+    pieces: dict[str, list[list[Any]]] = {}
+
+    def flush() -> None:
+        if not rows.labels:
+            return
+        piece, flushed[0] = f"{name}.{flushed[0]}", flushed[0] + 1
+        keys = rng.random(len(rows.labels))
+        bucket = np.minimum((keys * plan.buckets).astype(np.int64), plan.buckets - 1)
+        order = np.argsort(bucket, kind="stable")
+        table = rows.table(order).append_column("u", pa.array(keys[order]))
+        bucket = bucket[order]
+        bounds = np.flatnonzero(np.diff(bucket)) + 1
+        for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(bucket)], strict=True):
+            b = int(bucket[lo])
+            out.write_atomic(parquet_bytes(table.slice(lo, hi - lo)), piece_path(split, b, piece))
+            pieces.setdefault(str(b), []).append([piece, int(hi - lo)])
+        labels.extend(rows.labels)
+        rows.images, rows.labels, rows.keys = [], [], []
+
+    for chunk in group:
+        read_chunk(source, chunk, num_classes, max_pixels, rows)
+        if len(rows.labels) >= plan.rows_per_shard:
+            flush()
+    flush()
+    rows.labels = labels  # for the counts of everything this task read
+    done = {**rows.record(split, name, num_classes), "chunks": [c.name for c in group], "pieces": pieces}
+    out.write_atomic(json.dumps(done).encode(), scatter_done_path(split, group))
+    return done
+
+
+def gather(
+    out: Store, split: str, bucket: int, pieces: list[list[Any]], plan: ShufflePlan
+) -> dict[str, Any]:
+    """Stage 2: a bucket's ``pieces`` (``[name, rows]``) as shuffled shards.
+
+    A bucket of more than twice ``rows_per_shard`` rows (the plan guessed the split's size too
+    low) is written as several shards, each the rows of one sub-range of their key ``u``: a task
+    never holds much more than ``2 * rows_per_shard`` rows.
+    """
+    total = sum(int(n) for _, n in pieces)
+    parts = max(1, math.ceil(total / (2 * plan.rows_per_shard)))
+    files = []
+    for part in range(parts if total else 0):
+        tables = []
+        for piece, _ in pieces:
+            with out.fs.open_input_file(out.path(piece_path(split, bucket, piece))) as f:
+                table = pq.read_table(f)
+            sub = np.floor((table["u"].to_numpy() * plan.buckets - bucket) * parts).astype(np.int64)
+            tables.append(table.filter(pa.array(np.clip(sub, 0, parts - 1) == part)).drop_columns(["u"]))
+        table = pa.concat_tables(tables).cast(SCHEMA)
+        order = rng_for(plan.seed, "gather", split, bucket, part).permutation(table.num_rows)
+        file = shard_name(split, bucket, plan.buckets, part if parts > 1 else None)
+        out.write_atomic(parquet_bytes(table.take(pa.array(order, type=pa.int64()))), file)
+        files.append({"file": file, "rows": table.num_rows})
+    done = {"split": split, "bucket": bucket, "rows": total, "files": files}
+    out.write_atomic(json.dumps(done).encode(), gather_done_path(split, bucket))
+    for piece, _ in pieces:  # no longer needed once the shards and their record exist
+        with contextlib.suppress(OSError):
+            out.fs.delete_file(out.path(piece_path(split, bucket, piece)))
+    return done
+
+
+def bucket_pieces(records: list[dict[str, Any]], buckets: int) -> list[list[list[Any]]]:
+    """For every bucket, the pieces (``[name, rows]``, in task order) the scatter tasks wrote into it."""
+    found: list[list[list[Any]]] = [[] for _ in range(buckets)]
+    for record in records:
+        for b, pieces in record["pieces"].items():
+            found[int(b)].extend(pieces)
+    return found
