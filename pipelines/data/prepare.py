@@ -69,7 +69,10 @@ def _write_shuffled(
     import ray
 
     chunks = source.chunks(split)
-    plan, kept = sw.load_or_save_plan(store, split, sw.plan_split(chunks, settings))
+    if not ray.is_initialized():
+        ray.init()
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    plan, kept = sw.load_or_save_plan(store, split, sw.plan_split(chunks, settings, min_tasks=2 * cpus))
     if kept and plan.seed != int(settings.seed):
         print(f"  {split}: resuming with the shuffle seed {plan.seed} an earlier run fixed "
               f"(shuffle.seed={settings.seed} applies to a new out folder)", flush=True)
@@ -77,7 +80,7 @@ def _write_shuffled(
     paths = [sw.scatter_done_path(split, g) for g in groups]
     done = _read_records(store, paths)
     todo = [g for g, p in zip(groups, paths, strict=True) if p not in done]
-    print(f"  {split}: shuffled into {plan.buckets} shard(s), seed {plan.seed}; read stage: {len(groups)} "
+    print(f"  {split}: shuffle seed {plan.seed}, {plan.buckets} bucket(s); read stage: {len(groups)} "
           f"task(s) of {plan.chunks_per_task} chunk(s), {len(groups) - len(todo)} already done", flush=True)
     remote = ray.remote(num_cpus=1)(sw.scatter)
     calls = [(remote, (source, g, store, num_classes, max_pixels, plan)) for g in todo]
@@ -85,14 +88,16 @@ def _write_shuffled(
         done[sw.scatter_done_path(split, g)] = record
     records = [done[p] for p in paths]
     owners = sw.bucket_pieces(records, plan.buckets)
-    shards = _read_records(store, [sw.gather_done_path(split, b) for b in range(plan.buckets)])
-    left = [b for b in range(plan.buckets) if sw.gather_done_path(split, b) not in shards]
+    tasks = sw.gather_plan(owners, plan.rows_per_shard)
+    paths = [sw.gather_done_path(split, bs[0]) for bs, _ in tasks]
+    shards = _read_records(store, paths)
+    left = [(bs, parts) for (bs, parts), p in zip(tasks, paths, strict=True) if p not in shards]
     remote = ray.remote(num_cpus=1)(sw.gather)
-    calls = [(remote, (store, split, b, owners[b], plan)) for b in left]
+    calls = [(remote, (store, split, bs, [owners[b] for b in bs], parts, plan)) for bs, parts in left]
     written = run_tasks(f"{label} {split} shuffle+write", calls, max_in_flight)
-    for b, record in zip(left, written, strict=True):
-        shards[sw.gather_done_path(split, b)] = record
-    listed = [shards[sw.gather_done_path(split, b)] for b in range(plan.buckets)]
+    for (bs, _), record in zip(left, written, strict=True):
+        shards[sw.gather_done_path(split, bs[0])] = record
+    listed = [shards[p] for p in paths]
     with contextlib.suppress(OSError):  # pieces left by a gather task that died after its record
         store.fs.delete_dir(store.path(f"{split}/_scatter"))
     info = {**asdict(plan), "shards": [f for r in listed for f in r["files"]]}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,12 +88,19 @@ class ChunkRows:
 
 
 def read_chunk(
-    source: Source, chunk: Chunk, num_classes: int, max_pixels: int, rows: ChunkRows | None = None
+    source: Source,
+    chunk: Chunk,
+    num_classes: int,
+    max_pixels: int,
+    rows: ChunkRows | None = None,
+    spill: Callable[[], None] | None = None,
+    spill_at: int = 0,
 ) -> ChunkRows:
     """Read and check one chunk's records into ``rows`` (a new :class:`ChunkRows` by default).
 
     Never raises for bad data: a bad image is left out and listed; a chunk that cannot be read
-    to the end keeps the rows read before the error and lists the error.
+    to the end keeps the rows read before the error and lists the error. ``spill`` is called
+    whenever ``rows`` holds ``spill_at`` good rows (it must write them out and empty ``rows``).
     """
     rows = rows if rows is not None else ChunkRows()
     allow_unlabeled = chunk.split in ("unlabeled", "train+unlabeled")
@@ -111,6 +119,8 @@ def read_chunk(
             rows.images.append(data)
             rows.labels.append(int(rec["label"]))
             rows.keys.append(rec["key"])
+            if spill is not None and len(rows.labels) >= spill_at:
+                spill()
     except Exception as err:  # an unreadable file or shard: report it, keep what was read
         where = f"{source.root}:{chunk.split}/{chunk.name}"
         rows.log.add_bad(where, f"unreadable: {type(err).__name__}: {err}")

@@ -10,14 +10,16 @@ class. Training splits are therefore written in one seeded random order over the
    ``<split>/_scatter/<bucket>/<task>.<n>.parquet``, whenever ``rows_per_shard`` rows are held.
    The task's completion record (``<split>/_done/scatter-<task>.json``) keeps the exact counts,
    the bad files and the pieces of each bucket.
-2. **Gather** (one Ray task per bucket): read the bucket's pieces, put its rows in a random order
-   and write them as ``<split>/shard-<bucket>-of-<buckets>.parquet`` (an oversized bucket, when the
-   plan guessed the split's size too low, as several shards split by ``u``); completion record
-   ``<split>/_done/shard-<bucket>.json``; then the pieces are removed.
+2. **Gather** (one Ray task per about ``rows_per_shard`` rows, from the buckets' exact sizes):
+   read the pieces of its consecutive buckets, put their rows in a random order and write them as
+   ``<split>/shard-<first bucket>-of-<buckets>.parquet`` (a bucket of more than twice
+   ``rows_per_shard`` rows, when the plan guessed the split's size too low, as several shards
+   split by ``u``); completion record ``<split>/_done/shard-<first bucket>.json``; then the
+   pieces are removed.
 
 Every row lands in a uniformly random bucket (and part) and each is permuted uniformly, so the
 split comes out in a uniformly random order (for the seed). A task holds about ``rows_per_shard``
-rows (scatter: plus one chunk; gather: at most about twice as many), never the dataset. Both
+rows (gather: at most about twice as many), never the dataset. Both
 stages resume: a re-run skips every task whose record exists. The seed and sizes are fixed in
 ``<split>/_done/shuffle-plan.json`` at the first run, so a re-run never mixes two plans.
 
@@ -98,16 +100,20 @@ class ShufflePlan:
     rows_per_shard: int = 10_000
 
 
-def plan_split(chunks: list[Chunk], settings: ShuffleSettings) -> ShufflePlan:
+def plan_split(chunks: list[Chunk], settings: ShuffleSettings, min_tasks: int = 1) -> ShufflePlan:
     """Size the shuffle of one split from its chunks (their sizes where the source knows them).
 
     Buckets hold about ``rows_per_shard`` rows; a scatter task reads about as many rows, so the
-    pieces written in between number about (rows / rows_per_shard) squared.
+    pieces written in between number about (rows / rows_per_shard) squared. The automatic
+    chunks per task leave at least ``min_tasks`` read tasks where there are that many chunks
+    (every CPU of the cluster busy).
     """
     sizes = [c.size if c.size is not None else GUESS_ROWS_PER_CHUNK for c in chunks]
     target = max(1, int(settings.rows_per_shard))
     buckets = max(1, math.ceil(sum(sizes) / target))
     per_task = settings.chunks_per_task or max(1, round(target / max(1.0, sum(sizes) / max(1, len(sizes)))))
+    if not settings.chunks_per_task:
+        per_task = min(per_task, math.ceil(len(chunks) / max(1, min_tasks)))
     per_task = max(1, min(int(per_task), len(chunks) or 1))
     return ShufflePlan(int(settings.seed), buckets, per_task, target)
 
@@ -169,8 +175,8 @@ def scatter(
 
     Every good row draws a key ``u`` uniform in [0, 1); its bucket is ``floor(u * buckets)`` and
     ``u`` is kept in the piece (a gather task splits an oversized bucket by it). Rows are
-    written out whenever ``rows_per_shard`` of them are held, so a task holds about that many
-    rows (plus one chunk) whatever the chunks' real sizes.
+    written out whenever ``rows_per_shard`` of them are held, so a task holds at most that many
+    rows whatever the chunks' real sizes.
 
     Returns:
         The completion record: the counts and bad files of the rows read, and ``pieces``: for
@@ -199,9 +205,7 @@ def scatter(
         rows.images, rows.labels, rows.keys = [], [], []
 
     for chunk in group:
-        read_chunk(source, chunk, num_classes, max_pixels, rows)
-        if len(rows.labels) >= plan.rows_per_shard:
-            flush()
+        read_chunk(source, chunk, num_classes, max_pixels, rows, spill=flush, spill_at=plan.rows_per_shard)
     flush()
     rows.labels = labels  # for the counts of everything this task read
     done = {**rows.record(split, name, num_classes), "chunks": [c.name for c in group], "pieces": pieces}
@@ -209,35 +213,71 @@ def scatter(
     return done
 
 
-def gather(
-    out: Store, split: str, bucket: int, pieces: list[list[Any]], plan: ShufflePlan
-) -> dict[str, Any]:
-    """Stage 2: a bucket's ``pieces`` (``[name, rows]``) as shuffled shards.
+def gather_plan(owners: list[list[list[Any]]], rows_per_shard: int) -> list[tuple[list[int], int]]:
+    """Gather tasks from the buckets' exact sizes: ``(buckets, parts)`` each.
 
-    A bucket of more than twice ``rows_per_shard`` rows (the plan guessed the split's size too
-    low) is written as several shards, each the rows of one sub-range of their key ``u``: a task
-    never holds much more than ``2 * rows_per_shard`` rows.
+    Consecutive buckets are taken together until they hold ``rows_per_shard`` rows (the plan's
+    guess of the split's size may have been too high, which makes many small buckets); a bucket
+    of more than twice ``rows_per_shard`` rows (a guess too low) is a task of its own, written in
+    ``parts`` shards. Deterministic, so a re-run finds the same tasks.
     """
-    total = sum(int(n) for _, n in pieces)
-    parts = max(1, math.ceil(total / (2 * plan.rows_per_shard)))
+    tasks: list[tuple[list[int], int]] = []
+    group: list[int] = []
+    held = 0
+    for b, pieces in enumerate(owners):
+        n = sum(int(r) for _, r in pieces)
+        if n > 2 * rows_per_shard:
+            if group:
+                tasks.append((group, 1))
+                group, held = [], 0
+            tasks.append(([b], math.ceil(n / (2 * rows_per_shard))))
+            continue
+        group.append(b)
+        held += n
+        if held >= rows_per_shard:
+            tasks.append((group, 1))
+            group, held = [], 0
+    if group:
+        tasks.append((group, 1))
+    return tasks
+
+
+def gather(
+    out: Store,
+    split: str,
+    buckets: list[int],
+    pieces: list[list[list[Any]]],
+    parts: int,
+    plan: ShufflePlan,
+) -> dict[str, Any]:
+    """Stage 2: the rows of ``buckets`` (their ``pieces``, ``[name, rows]`` each) as shuffled shards.
+
+    One shard for the buckets together, or, for one oversized bucket, ``parts`` shards, each the
+    rows of one sub-range of their key ``u``: a task holds at most about ``2 * rows_per_shard``
+    rows.
+    """
+    listed = [(b, piece) for b, found in zip(buckets, pieces, strict=True) for piece, _ in found]
+    total = sum(int(n) for found in pieces for _, n in found)
     files = []
     for part in range(parts if total else 0):
         tables = []
-        for piece, _ in pieces:
-            with out.fs.open_input_file(out.path(piece_path(split, bucket, piece))) as f:
+        for b, piece in listed:
+            with out.fs.open_input_file(out.path(piece_path(split, b, piece))) as f:
                 table = pq.read_table(f)
-            sub = np.floor((table["u"].to_numpy() * plan.buckets - bucket) * parts).astype(np.int64)
-            tables.append(table.filter(pa.array(np.clip(sub, 0, parts - 1) == part)).drop_columns(["u"]))
+            if parts > 1:
+                sub = np.floor((table["u"].to_numpy() * plan.buckets - b) * parts).astype(np.int64)
+                table = table.filter(pa.array(np.clip(sub, 0, parts - 1) == part))
+            tables.append(table.drop_columns(["u"]))
         table = pa.concat_tables(tables).cast(SCHEMA)
-        order = rng_for(plan.seed, "gather", split, bucket, part).permutation(table.num_rows)
-        file = shard_name(split, bucket, plan.buckets, part if parts > 1 else None)
+        order = rng_for(plan.seed, "gather", split, buckets[0], part).permutation(table.num_rows)
+        file = shard_name(split, buckets[0], plan.buckets, part if parts > 1 else None)
         out.write_atomic(parquet_bytes(table.take(pa.array(order, type=pa.int64()))), file)
         files.append({"file": file, "rows": table.num_rows})
-    done = {"split": split, "bucket": bucket, "rows": total, "files": files}
-    out.write_atomic(json.dumps(done).encode(), gather_done_path(split, bucket))
-    for piece, _ in pieces:  # no longer needed once the shards and their record exist
+    done = {"split": split, "buckets": buckets, "rows": total, "files": files}
+    out.write_atomic(json.dumps(done).encode(), gather_done_path(split, buckets[0]))
+    for b, piece in listed:  # no longer needed once the shards and their record exist
         with contextlib.suppress(OSError):
-            out.fs.delete_file(out.path(piece_path(split, bucket, piece)))
+            out.fs.delete_file(out.path(piece_path(split, b, piece)))
     return done
 
 

@@ -22,6 +22,7 @@ from pipelines.data.sources import open_source
 from pipelines.data.storage import Store
 from tests.runs import ROOT
 
+pytestmark = pytest.mark.timeout(600)  # about a minute each here; room for a slower, busier machine
 SAMPLE = ROOT / "data" / "cifar10-sample" / "train-00000-of-00001.parquet"
 BATCH = 32
 
@@ -182,9 +183,10 @@ def test_an_interrupted_shuffled_prepare_resumes_to_the_same_shards(ray_cluster,
     untouched) and end with the same shards, in the same order, as an uninterrupted prepare.
     """
     class_sorted_tree(tmp_path / "raw", [40] * 6, val_per_class=1)
-    settings = ShuffleSettings(seed=11, rows_per_shard=2000)  # 6 folders guessed at 6,000 rows: 3 buckets
+    settings = ShuffleSettings(seed=11, rows_per_shard=60)  # 6 folders guessed at 6,000 rows: 100 buckets
     clean = prepare_dataset("imagefolder", str(tmp_path / "raw"), str(tmp_path / "clean"), shuffle=settings)
-    assert clean["splits"]["train"]["shuffle"]["buckets"] == 3
+    assert clean["splits"]["train"]["shuffle"]["buckets"] == 100
+    assert 3 <= len(clean["splits"]["train"]["shards"]) <= 5  # the 240 rows in shards of about 60
 
     source, out = open_source("imagefolder", str(tmp_path / "raw")), Store.open(tmp_path / "crashed")
     chunks = source.chunks("train")
@@ -192,9 +194,11 @@ def test_an_interrupted_shuffled_prepare_resumes_to_the_same_shards(ray_cluster,
     groups = sw.task_groups(chunks, plan.chunks_per_task)
     records = [sw.scatter(source, g, out, 6, 64_000_000, plan) for g in groups]
     owners = sw.bucket_pieces(records, plan.buckets)
-    sw.gather(out, "train", 0, owners[0], plan)
+    tasks = sw.gather_plan(owners, plan.rows_per_shard)
+    (first, parts), *_ = tasks
+    sw.gather(out, "train", first, [owners[b] for b in first], parts, plan)
     kept = {p: p.stat().st_mtime_ns for p in (tmp_path / "crashed" / "train").rglob("*") if p.is_file()}
-    print(f"injected: {len(records)} scatter records, bucket 0 of {plan.buckets} gathered, the rest not")
+    print(f"injected: {len(records)} scatter records, gather task 1 of {len(tasks)} done, the rest not")
 
     again = prepare_dataset("imagefolder", str(tmp_path / "raw"), str(tmp_path / "crashed"), shuffle=settings)
     untouched = [p for p, t in kept.items() if p.exists() and p.stat().st_mtime_ns == t]
@@ -205,14 +209,16 @@ def test_an_interrupted_shuffled_prepare_resumes_to_the_same_shards(ray_cluster,
 
 
 def test_a_bucket_larger_than_planned_is_written_in_parts_with_bounded_rows(tmp_path):
-    """The plan guessed 50 rows per shard; the chunks hold 120 each: the scatter task writes each
-    chunk's rows as they come, and the one bucket becomes shards of about 2 x 50 rows at most."""
+    """The plan wants 50 rows per shard in one bucket; three chunks of 120 rows come: the scatter
+    task writes its rows out every 50, and the bucket becomes shards of about 2 x 50 rows at most."""
     keys = class_sorted_tree(tmp_path / "raw", [120, 120, 120], val_per_class=0)
     source, out = open_source("imagefolder", str(tmp_path / "raw")), Store.open(tmp_path / "out")
     plan = sw.ShufflePlan(seed=2, buckets=1, chunks_per_task=3, rows_per_shard=50)
     record = sw.scatter(source, source.chunks("train"), out, 3, 64_000_000, plan)
-    assert [n for _, n in record["pieces"]["0"]] == [120, 120, 120]  # written chunk by chunk
-    done = sw.gather(out, "train", 0, sw.bucket_pieces([record], 1)[0], plan)
+    assert [n for _, n in record["pieces"]["0"]] == [50] * 7 + [10]  # written every 50 rows
+    owners = sw.bucket_pieces([record], 1)
+    assert sw.gather_plan(owners, 50) == [([0], 4)]
+    done = sw.gather(out, "train", [0], owners, 4, plan)
     sizes = [f["rows"] for f in done["files"]]
     print(f"observed: a 360-row bucket written as {len(sizes)} shards of {sizes} rows")
     assert len(sizes) == 4 and sum(sizes) == 360 and max(sizes) < 2 * 2 * 50  # 360 / (2 x 50) -> 4 parts

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipelines.data import order
-from pipelines.data.shuffle_writer import GUESS_ROWS_PER_CHUNK, ShuffleSettings, plan_split
+from pipelines.data.shuffle_writer import GUESS_ROWS_PER_CHUNK, ShuffleSettings, gather_plan, plan_split
 from pipelines.data.sources.base import Chunk
 
 
@@ -82,7 +82,18 @@ def test_the_shuffle_plan_sizes_buckets_and_tasks_from_the_chunks():
     unknown = [Chunk("train", f"c{i}", ()) for i in range(50)]
     plan = plan_split(unknown, ShuffleSettings(rows_per_shard=10_000))
     assert plan.buckets == 50 * GUESS_ROWS_PER_CHUNK // 10_000 and plan.chunks_per_task == 10
+    plan = plan_split(unknown, ShuffleSettings(rows_per_shard=10_000), min_tasks=8)  # 8 CPU-tasks
+    assert plan.chunks_per_task == 7  # ceil(50 / 8): every CPU gets a read task
+    plan = plan_split(unknown, ShuffleSettings(rows_per_shard=10_000, chunks_per_task=20), min_tasks=8)
+    assert plan.chunks_per_task == 20  # asked for: kept
     with pytest.raises(ValueError, match=r"shuffle\.rows_per_shar is not a setting"):
         ShuffleSettings.from_config({"rows_per_shar": 5})
     with pytest.raises(ValueError, match="rows_per_shard=0"):
         ShuffleSettings.from_config({"rows_per_shard": 0})
+
+
+def test_gather_tasks_merge_small_buckets_and_split_large_ones():
+    sizes = [3, 4, 0, 5, 30, 2, 2, 9]  # rows per bucket; 10 rows per shard
+    owners = [[["piece", n]] if n else [] for n in sizes]
+    assert gather_plan(owners, 10) == [([0, 1, 2, 3], 1), ([4], 2), ([5, 6, 7], 1)]  # 30 > 2 x 10: 2 parts
+    assert sorted(b for bs, _ in gather_plan(owners, 10) for b in bs) == list(range(len(sizes)))
