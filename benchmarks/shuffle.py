@@ -3,8 +3,9 @@ and the training feed with a new order every epoch against a fixed file order.
 
 * **prepare**: a class-sorted ImageFolder tree of generated ImageNet-sized JPEGs (500x375 and
   375x500, 10 classes) at 1x and 10x, written with the shuffle (scatter + gather) and without it
-  (one shard per class folder, as before). Images/s and the peak rise of the machine's used
-  memory during the run (its Ray cluster started before). ``rows_per_shard`` is 250 at 1x and
+  (one shard per class folder, as before). Images/s and the peak rise of the memory (PSS) held by
+  the benchmark's process tree, its Ray cluster included, during the run (the cluster started
+  before; other jobs on the machine do not count). ``rows_per_shard`` is 250 at 1x and
   10x; the plan guesses 1,000 images per folder either way (100 at 1x, 1,000 at 10x), so the 10x
   run also shows that a task's memory does not grow with the data.
 * **feed**: the prepared 1x shards read by the training pipeline (K + 1 = 5 views at 224 px): with
@@ -35,7 +36,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 
 import numpy as np  # noqa: E402
 
-from benchmarks.data import PeakMemory, imagenet_like, timed_epoch, used_memory  # noqa: E402
+from benchmarks.data import PeakMemory, imagenet_like, timed_epoch  # noqa: E402
 from pipelines.data.loader import ReadPlan, index_shards, stream, with_rows  # noqa: E402
 from pipelines.data.prepare import prepare_dataset  # noqa: E402
 from pipelines.data.recipes import view_recipes  # noqa: E402
@@ -45,6 +46,45 @@ from pipelines.data.sources import open_source  # noqa: E402
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CLASSES = 10
 ROWS_PER_SHARD = 250
+
+
+def tree_pss() -> int:
+    """Bytes of memory (PSS: shared pages split between their users) held by this process and
+    every process under it: the local Ray cluster it started, its workers and object store. Other
+    jobs on the machine do not count, so the figure holds on a busy machine."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    total, todo = 0, [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        todo += children.get(pid, [])
+        try:
+            for line in pathlib.Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            continue
+    return total
+
+
+class TreePeak(PeakMemory):
+    """:class:`PeakMemory` over :func:`tree_pss` instead of the whole machine's used memory."""
+
+    def __init__(self) -> None:
+        super().__init__(base=tree_pss())
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_pss() - self.base)
+            time.sleep(0.2)
 
 
 def class_tree(tmp: pathlib.Path, per_class: int) -> pathlib.Path:
@@ -69,7 +109,7 @@ def prepare_once(tree: pathlib.Path, out: pathlib.Path, shuffled: bool) -> dict:
     """One prepare run into a fresh folder: images/s and the peak memory rise (MB)."""
     shutil.rmtree(out, ignore_errors=True)
     settings = ShuffleSettings(enabled=shuffled, seed=0, rows_per_shard=ROWS_PER_SHARD)
-    with PeakMemory() as mem:
+    with TreePeak() as mem:
         start = time.perf_counter()
         manifest = prepare_dataset("imagefolder", str(tree), str(out), shuffle=settings)
         seconds = time.perf_counter() - start
@@ -103,12 +143,13 @@ def main() -> None:
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cacr-shuffle-bench-"))
     trees = {"1x": class_tree(tmp, per_class), "10x": class_tree(tmp, 10 * per_class)}
     prep: dict[str, list[dict]] = {}
-    for r in range(rounds):
+    for r in range(rounds + 1):  # round 0 starts the cluster's workers and is not counted
         for scale, tree in trees.items():
-            for shuffled in (True, False):
+            for shuffled in ((True, False) if r % 2 else (False, True)):  # modes take turns going first
                 name = f"{scale}_{'shuffled' if shuffled else 'source_order'}"
                 rec = prepare_once(tree, tmp / f"out-{name}", shuffled)
-                prep.setdefault(name, []).append(rec)
+                if r:
+                    prep.setdefault(name, []).append(rec)
                 print(f"  round {r}: prepare {name:<20} {rec['img_per_s']:6.0f} img/s  "
                       f"{rec['seconds']:6.1f} s  peak +{rec['peak_mem_mb']:5.0f} MB", flush=True)
     recipes = view_recipes("imagenet_mocov2", 5)
@@ -116,10 +157,9 @@ def main() -> None:
                      run=None, num_classes=CLASSES, max_pixels=64_000_000, draft=(448, 448))
     datasets = {k: stream(p, fn_kwargs) for k, p in feed_plans(tmp / "out-1x_shuffled").items()}
     feed: dict[str, list[dict]] = {k: [] for k in datasets}
-    base = used_memory()
     for r in range(rounds + 1):  # round 0 warms the workers up and is not counted
         for k, ds in datasets.items():
-            rec = timed_epoch(ds.iter_batches(batch_size=64, batch_format="numpy", prefetch_batches=2), base)
+            rec = timed_epoch(ds.iter_batches(batch_size=64, batch_format="numpy", prefetch_batches=2))
             if r:
                 feed[k].append(rec)
             print(f"  round {r}: feed {k:<16} {rec['img_per_s']:6.0f} img/s", flush=True)

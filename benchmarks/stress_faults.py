@@ -68,42 +68,52 @@ def one_round(keep: Path, index: int) -> dict:
     return {"round": index, "seconds": round(seconds, 1), "passed": outcome, "exit": proc.returncode}
 
 
+def write_result(args: argparse.Namespace, rounds: list[dict]) -> dict[str, int]:
+    """Write the JSON result of the rounds run so far; the passes per test."""
+    totals = {k: sum(r["passed"][k] for r in rounds) for k in TESTS}
+    result = {
+        "command": f"python benchmarks/stress_faults.py --rounds {args.rounds} --burners {args.burners}",
+        "machine": f"{os.cpu_count()} CPUs, {host.machine()}",
+        "burners": args.burners,
+        "beside": args.beside,
+        "rounds_asked": args.rounds,
+        "rounds": rounds,
+        "passed": totals,
+        "all_passed": bool(rounds) and all(n == len(rounds) for n in totals.values()),
+        "median_round_s": sorted(r["seconds"] for r in rounds)[len(rounds) // 2] if rounds else None,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    return totals
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--burners", type=int, default=1, help="CPU-bound processes beside the tests")
     parser.add_argument("--keep", type=Path, default=Path("/tmp/cacr-stress-faults"))
+    parser.add_argument("--beside", default="", help="other load on the machine, for the record")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "stress_faults.json")
     args = parser.parse_args()
     args.keep.mkdir(parents=True, exist_ok=True)
     burners = [mp.Process(target=burn, daemon=True) for _ in range(args.burners)]
     for b in burners:
         b.start()
-    rounds = []
+    rounds: list[dict] = []
     try:
         for i in range(1, args.rounds + 1):
             rounds.append(one_round(args.keep, i))
             r = rounds[-1]
             marks = "  ".join(f"{k} {'pass' if v else 'FAIL'}" for k, v in r["passed"].items())
             print(f"round {i:2d}/{args.rounds}: {marks}  ({r['seconds']:.0f} s)", flush=True)
+            write_result(args, rounds)  # after every round: an interrupted stress keeps what it ran
     finally:
         for b in burners:
             b.terminate()
-    totals = {k: sum(r["passed"][k] for r in rounds) for k in TESTS}
+    totals = write_result(args, rounds)
     print(f"\n{'test':<12} {'passed':>8}")
     for k, n in totals.items():
         print(f"{k:<12} {n:>4}/{len(rounds):<3}")
-    result = {
-        "command": f"python benchmarks/stress_faults.py --rounds {args.rounds} --burners {args.burners}",
-        "machine": f"{os.cpu_count()} CPUs, {host.machine()}",
-        "burners": args.burners,
-        "rounds": rounds,
-        "passed": totals,
-        "all_passed": all(n == len(rounds) for n in totals.values()),
-        "median_round_s": sorted(r["seconds"] for r in rounds)[len(rounds) // 2] if rounds else None,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"written: {args.out}")
 
 
