@@ -327,7 +327,9 @@ def training_datasets(
     positions, counts = training_rows(labels, num_classes, spec, seed, train_index.keys)
     limit = dataset.get("max_train_images")
     if limit and int(limit) < len(positions):  # a fixed, class-stratified subset for every epoch
-        positions = positions[order.stratified_sample(labels[positions], int(limit), seed, num_classes)]
+        groups = order.group_counts(positions, train_index.sizes)  # positions are sorted
+        kept = order.stratified_sample(labels[positions], int(limit), seed, num_classes, groups)
+        positions = positions[kept]
     max_pixels = int(dataset.get("max_pixels") or DEFAULT_MAX_PIXELS)
     common = dict(seed=seed, num_classes=num_classes, max_pixels=max_pixels)
     size = recipes[0].size
@@ -345,7 +347,7 @@ def training_datasets(
     if bank_size or whole_bank:
         bank = np.arange(len(labels))
         if not whole_bank and int(bank_size) < int((labels >= 0).sum()):
-            bank = order.stratified_sample(labels, int(bank_size), seed, num_classes)
+            bank = order.stratified_sample(labels, int(bank_size), seed, num_classes, train_index.sizes)
         elif not whole_bank:
             bank = np.flatnonzero(labels >= 0)
         datasets["bank"] = stream(ReadPlan(with_rows(train_index, bank)), plain)

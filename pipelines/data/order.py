@@ -87,17 +87,36 @@ def allocate(counts: np.ndarray, size: int) -> np.ndarray:
     return np.minimum(take, counts)
 
 
-def stratified_sample(labels: np.ndarray, size: int, seed: int, num_classes: int | None = None) -> np.ndarray:
+def stratified_sample(
+    labels: np.ndarray,
+    size: int,
+    seed: int,
+    num_classes: int | None = None,
+    group_sizes: list[int] | None = None,
+) -> np.ndarray:
     """Sorted positions of a seeded class-stratified sample of ``size`` rows of ``labels``.
 
     Rows with a negative label (unlabelled) are never drawn. All labelled rows when ``size`` is
-    at least their number.
+    at least their number. With ``group_sizes`` (the rows of each row group, in order), the
+    sample is drawn from the fewest row groups, taken in a seeded order, that hold every class's
+    share: a small sample of shuffled shards reads one or two row groups, not all of them.
     """
     labels = np.asarray(labels, dtype=np.int64)
     labelled = np.flatnonzero(labels >= 0)
     n = int(num_classes if num_classes is not None else (labels.max() + 1 if labelled.size else 0))
     counts = np.bincount(labels[labelled], minlength=n)
     take = allocate(counts, size)
+    if group_sizes is not None and len(group_sizes) > 1:
+        bounds = np.r_[0, np.cumsum(group_sizes)]
+        held, chosen = np.zeros(n, dtype=np.int64), np.zeros(len(labels), dtype=bool)
+        for g in rng_for(seed, "groups").permutation(len(group_sizes)):
+            part = labels[bounds[g] : bounds[g + 1]]
+            held += np.bincount(part[part >= 0], minlength=n)
+            chosen[bounds[g] : bounds[g + 1]] = True
+            if (held >= take).all():
+                break
+        labelled = labelled[chosen[labelled]]
+        counts = np.bincount(labels[labelled], minlength=n)
     rng = rng_for(seed, "stratified")
     by_class = labelled[np.argsort(labels[labelled], kind="stable")]
     starts = np.r_[0, np.cumsum(counts)]
@@ -112,3 +131,9 @@ def rows_per_item(positions: np.ndarray, item_sizes: list[int]) -> list[np.ndarr
     positions = np.asarray(positions, dtype=np.int64)
     cut = np.searchsorted(positions, bounds)
     return [positions[cut[i] : cut[i + 1]] - bounds[i] for i in range(len(item_sizes))]
+
+
+def group_counts(positions: np.ndarray, item_sizes: list[int]) -> list[int]:
+    """How many of the sorted ``positions`` fall in each item (row group)."""
+    bounds = np.r_[0, np.cumsum(item_sizes)]
+    return np.diff(np.searchsorted(np.asarray(positions), bounds)).tolist()

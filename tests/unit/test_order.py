@@ -97,3 +97,16 @@ def test_gather_tasks_merge_small_buckets_and_split_large_ones():
     owners = [[["piece", n]] if n else [] for n in sizes]
     assert gather_plan(owners, 10) == [([0, 1, 2, 3], 1), ([4], 2), ([5, 6, 7], 1)]  # 30 > 2 x 10: 2 parts
     assert sorted(b for bs, _ in gather_plan(owners, 10) for b in bs) == list(range(len(sizes)))
+
+
+def test_a_small_sample_of_shuffled_row_groups_reads_few_of_them():
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 10, 20 * 500)  # 20 row groups of 500 rows in random class order
+    picked = order.stratified_sample(labels, 256, seed=3, num_classes=10, group_sizes=[500] * 20)
+    groups = set((picked // 500).tolist())
+    assert len(picked) == 256 and len(groups) == 1  # one row group holds every class's share
+    expected = order.allocate(np.bincount(labels), 256).tolist()
+    assert np.bincount(labels[picked], minlength=10).tolist() == expected
+    sorted_labels = np.sort(labels)  # class-sorted row groups: every class's groups are needed
+    picked = order.stratified_sample(sorted_labels, 256, seed=3, num_classes=10, group_sizes=[500] * 20)
+    assert (np.bincount(sorted_labels[picked], minlength=10) >= 1).all()
