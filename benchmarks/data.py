@@ -55,7 +55,7 @@ from PIL import Image  # noqa: E402
 from pipelines.data import scheduling  # noqa: E402
 from pipelines.data.augment import crop_views  # noqa: E402
 from pipelines.data.decode import decode_image  # noqa: E402
-from pipelines.data.loader import ReadPlan, stream  # noqa: E402
+from pipelines.data.read_tasks import ReadPlan, stream  # noqa: E402
 from pipelines.data.recipes import view_recipes  # noqa: E402
 from pipelines.data.storage import Store  # noqa: E402
 

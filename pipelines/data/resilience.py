@@ -1,7 +1,7 @@
 """How the training feed's Ray Data tasks survive failures (set in the driver, before datasets exist).
 
 * **A task's process dies** (a lost node, an out-of-memory kill, a read task ending itself after
-  its ``import torch`` was cut short; see :func:`pipelines.data.loader.load_crop_views`): Ray Data
+  its ``import torch`` was cut short; see :func:`pipelines.data.read_tasks.load_crop_views`): Ray Data
   retries the task in another process without limit (its own default, kept).
 * **A read task raises a transient error** (the run's monitor briefly unreachable, a storage
   service timing out): the task is retried up to :data:`MAX_MAP_RETRIES` times. Ray Data retries

@@ -9,7 +9,7 @@ import sys
 from ray import cloudpickle
 
 from pipelines.data import scheduling
-from pipelines.data.loader import read_decode_view
+from pipelines.data.read_tasks import read_decode_view
 
 PROBE = """
 import json, pickle, sys

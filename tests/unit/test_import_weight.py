@@ -1,7 +1,7 @@
 """What the per-trial Ray processes import: nothing heavy they do not use.
 
 Every Tune trial starts a dozen Ray processes; Ray Train's ``DatasetManager`` and
-``SplitCoordinator`` unpickle the data pipeline's plan (so import ``pipelines.data.loader``), and the
+``SplitCoordinator`` unpickle the data pipeline's plan (so import ``pipelines.data.read_tasks``), and the
 trial driver and training worker import the training loop. torch costs ~1.6 CPU-seconds per
 process and torchvision (which pulls in ``torch._dynamo``) ~1.5 more, so they stay out where unused.
 Each case runs in a fresh interpreter, where ``sys.modules`` says what an import really pulled in.
@@ -21,7 +21,7 @@ def _imported_after(module: str, heavy: tuple[str, ...]) -> set[str]:
     return set(out.split())
 
 
-DATA_PLAN = ["pipelines.data.loader", "pipelines.data.recipes", "pipelines.data.monitor"]
+DATA_PLAN = ["pipelines.data.read_tasks", "pipelines.data.loader", "pipelines.data.recipes", "pipelines.data.monitor"]
 TRAINING = ["pipelines.training.loop", "pipelines.training.worker"]  # what pretrain() and the workers load
 
 
