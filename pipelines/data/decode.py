@@ -74,14 +74,23 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     return np.array(img.convert("RGB"), dtype=np.uint8)  # a writable copy (torch needs one)
 
 
-def check_label(label: object, num_classes: int) -> str | None:
-    """Return why ``label`` is unusable for ``num_classes`` classes, or ``None`` if it is fine."""
+UNLABELED = -1  # the label of an image without one (STL-10's unlabeled split): valid for pretraining only
+
+
+def check_label(label: object, num_classes: int, allow_unlabeled: bool = False) -> str | None:
+    """Return why ``label`` is unusable for ``num_classes`` classes, or ``None`` if it is fine.
+
+    With ``allow_unlabeled``, :data:`UNLABELED` is fine too (pretraining reads such images; the
+    kNN bank, the probe and class counts never do).
+    """
     try:
         value = int(label)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return f"label is not an integer: {label!r}"
     if value != label and not isinstance(label, str | bytes):
         return f"label is not an integer: {label!r}"
+    if allow_unlabeled and value == UNLABELED:
+        return None
     if not 0 <= value < num_classes:
         return f"label out of range: {value} not in [0, {num_classes})"
     return None

@@ -168,17 +168,15 @@ def training_datasets(
     )
     centre = [ViewRecipe(eval_size, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)]
     plain = dict(store=source.store, recipes=centre, draft=None, run=None, **common)
-    train_args = dict(store=source.store, recipes=recipes, draft=draft, run=run, **common)
+    train_args = dict(store=source.store, recipes=recipes, draft=draft, run=run, unlabeled=True, **common)
     datasets = {
         "train": stream(train_plan, train_args),
         "eval": stream(ReadPlan(eval_index.items), plain),
     }
     if bank_size or whole_bank:
-        bank = np.arange(len(labels))
-        if not whole_bank and int(bank_size) < int((labels >= 0).sum()):
+        bank = np.flatnonzero(labels >= 0)  # unlabelled images are for pretraining only
+        if not whole_bank and int(bank_size) < len(bank):
             bank = order.stratified_sample(labels, int(bank_size), seed, num_classes, train_index.sizes)
-        elif not whole_bank:
-            bank = np.flatnonzero(labels >= 0)
         datasets["bank"] = stream(ReadPlan(with_rows(train_index, bank)), plain)
     stats = imbalance.summary(counts)
     print(
@@ -210,6 +208,12 @@ def training_rows(
     positions = np.arange(len(labels))
     counts = imbalance.class_counts(labels[labels >= 0], num_classes)
     rule = spec.get("rule") or "none"
+    unlabelled = int((labels < 0).sum())
+    if unlabelled and (rule != "none" or spec.get("balanced")):
+        raise ValueError(
+            f"dataset.imbalance needs a labelled split, and this one holds {unlabelled:,} unlabelled "
+            "images: set dataset.train_split to a labelled split (e.g. train) or drop dataset.imbalance"
+        )
     if rule != "none":
         target = imbalance.target_counts(rule, counts, ratio=spec.get("ratio"), mu=spec.get("mu", 0.5))
         default_order, default_seed = imbalance.default_order(rule)

@@ -36,18 +36,21 @@ def decode_and_view(
     max_pixels: int,
     draft: tuple[int, int] | None,
     epoch: int = 0,
+    unlabeled: bool = False,
 ) -> dict[str, np.ndarray]:
     """Decode each row (dropping bad ones, reported to the run's monitor), then crop all views at once.
 
     Crops are seeded by (seed, epoch, the batch's first key and size). Rows leave with ``views``,
     ``label`` and ``row`` (a stable 63-bit id of the row's key, for checks of what an epoch read).
+    With ``unlabeled`` (the pretraining stream), rows labelled :data:`~pipelines.data.decode.UNLABELED`
+    are kept; elsewhere (banks, evaluation) such a label counts as bad.
     """
     crop_views = load_crop_views()
     keys = batch["key"]
     good, labels, ids, bad = [], [], [], []
     for key, data, label in zip(keys, batch["image"], batch["label"], strict=True):
-        pixels, why = decode_image(data, max_pixels=max_pixels, draft=draft)
-        why = why or check_label(label, num_classes)
+        why = check_label(label, num_classes, allow_unlabeled=unlabeled)
+        pixels, why = (None, why) if why else decode_image(data, max_pixels=max_pixels, draft=draft)
         if why is None:
             good.append(pixels)
             labels.append(int(label))

@@ -25,14 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.data.decode import DEFAULT_MAX_PIXELS, BadImageLog, check_label, decode_image
+from pipelines.data.decode import DEFAULT_MAX_PIXELS, UNLABELED, BadImageLog, check_label, decode_image
 from pipelines.data.imbalance import summary
 from pipelines.data.sources.base import Chunk, Source
 from pipelines.data.storage import Store
 
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("key", pa.string())])
 MANIFEST = "manifest.json"
-UNLABELED = -1
 ROW_GROUP_ROWS = 1000  # rows per Parquet row group: the unit a training task reads
 
 
@@ -51,13 +50,6 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(pixels).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()
-
-
-def label_problem(label: Any, num_classes: int, allow_unlabeled: bool) -> str | None:
-    """Why a label cannot be used, or ``None``."""
-    if allow_unlabeled and label == UNLABELED:
-        return None
-    return check_label(label, num_classes)
 
 
 @dataclass
@@ -106,7 +98,7 @@ def read_chunk(
     allow_unlabeled = chunk.split in ("unlabeled", "train+unlabeled")
     try:
         for rec in source.read(chunk):
-            reason = label_problem(rec["label"], num_classes, allow_unlabeled)
+            reason = check_label(rec["label"], num_classes, allow_unlabeled)
             data = rec["image"]
             if reason is None:
                 if rec["pixels"] is not None:

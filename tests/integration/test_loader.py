@@ -158,3 +158,22 @@ def test_a_row_group_of_photos_is_decoded_and_cropped_in_pieces_bounded_in_bytes
     assert [len(b["label"]) for b in blocks] == [89, 11]
     assert all(b["views"].nbytes <= BLOCK_BYTES and b["views"].shape[1:] == (5, 3, 224, 224) for b in blocks)
     assert np.concatenate([b["label"] for b in blocks]).tolist() == [i % 3 for i in range(100)]
+
+
+def test_stl10_unlabeled_rows_pretrain_but_stay_out_of_banks_and_counts(ray_cluster, tmp_path):
+    from pipelines.data.prepare import prepare_dataset
+
+    rep = replicas.stl10(tmp_path / "raw")  # 7 labelled train images, 6 unlabelled, 4 test
+    prepare_dataset("stl10", str(tmp_path / "raw"), str(tmp_path / "out"), splits=["train+unlabeled", "test"])
+    cfg = {"name": "shards", "root": str(tmp_path / "out"), "train_split": "train+unlabeled",
+           "eval_split": "test", "imbalance": {"rule": "none"}, "max_bad_fraction": 0.01}
+    labelled = np.bincount(rep["train"][1], minlength=10).tolist()
+    data = training_datasets(cfg, view_recipes("stl10", 2), eval_size=16, bank_size=5)
+    assert data.train_counts == labelled and data.train_size == 13  # every image pretrains
+    rows = [b["label"] for b in data.datasets["train"].iter_batches(batch_size=64, batch_format="numpy")]
+    assert sorted(np.concatenate(rows).tolist()) == sorted(rep["train"][1] + [-1] * 6)
+    bank = np.concatenate([b["label"] for b in data.datasets["bank"].iter_batches(batch_format="numpy")])
+    assert len(bank) == 5 and (bank >= 0).all()
+    whole = training_datasets(cfg, view_recipes("stl10", 2), eval_size=16, whole_bank=True)
+    bank = np.concatenate([b["label"] for b in whole.datasets["bank"].iter_batches(batch_format="numpy")])
+    assert sorted(bank.tolist()) == sorted(rep["train"][1])  # the probe trains on labelled images only

@@ -67,6 +67,11 @@ def test_check_label(label, num, ok):
     assert (check_label(label, num) is None) == ok
 
 
+@pytest.mark.parametrize("label,ok", [(-1, True), (-2, False), (10, False), (9, True)])
+def test_check_label_lets_unlabelled_images_through_only_when_asked(label, ok):
+    assert (check_label(label, 10, allow_unlabeled=True) is None) == ok
+
+
 def test_bad_image_log_enforces_the_fraction_with_a_readable_report():
     log = BadImageLog(max_bad_fraction=0.1, min_seen=10)
     log.add_good(9)

@@ -120,3 +120,14 @@ def test_balanced_resampling_equalises_classes():
 def test_ratio_text_rounds_for_people_and_names_the_empty_case() -> None:
     assert imbalance.ratio_text(imbalance.summary([10, 9])["imbalance_ratio"]) == "1.11"
     assert imbalance.ratio_text(None) == "n/a"
+
+
+def test_unlabelled_images_pretrain_but_refuse_an_imbalance_rule() -> None:
+    from pipelines.data.loader import training_rows
+
+    labels = np.array([0, -1, 1, 1, -1, 0, 2])
+    positions, counts = training_rows(labels, 3, {"rule": "none"}, seed=0)
+    assert positions.tolist() == list(range(7)) and counts == [2, 2, 1]  # counts: labelled images only
+    for spec in ({"rule": "exponential", "ratio": 2}, {"rule": "none", "balanced": True}):
+        with pytest.raises(ValueError, match=r"2 unlabelled images: set dataset\.train_split"):
+            training_rows(labels, 3, spec, seed=0)
