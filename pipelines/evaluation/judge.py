@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from pipelines.evaluation.breakdown import breakdown
 from pipelines.evaluation.crops import random_resized_crop_flip
 from pipelines.evaluation.features import extract_features, normalise
-from pipelines.evaluation.knn import knn_predict
+from pipelines.evaluation.knn import knn_predict_at
 from pipelines.evaluation.linear import fit_probe, split_validation, train_linear_probe
 from pipelines.evaluation.protocols import Protocol
 
@@ -65,8 +65,8 @@ class Judge:
         mean: per-channel mean on ``device``; std: per-channel std on ``device``.
         device: where to run the encoder.
         train_counts: the pretraining set's images per class (for the many/medium/few groups).
-        eval_cfg: the ``eval`` config (``knn_k``, ``knn_temperature``, ``many_shot_above``,
-            ``few_shot_below``).
+        eval_cfg: the ``eval`` config (``knn_k``, ``knn_temperature``, ``knn_report_k``,
+            ``many_shot_above``, ``few_shot_below``).
         seed: seeds the probe.
     """
 
@@ -93,11 +93,18 @@ class Judge:
         return bx, by, tx, ty
 
     def knn(self, feats: tuple[Tensor, ...]) -> tuple[float, Tensor]:
-        """KNN top-1 (percent) on the eval split and its predictions."""
+        """KNN top-1 (percent) at ``eval.knn_k`` on the eval split and its predictions."""
+        k = int(self.ev["knn_k"])
+        top1, preds = self.knn_at(feats, [k])
+        return top1[k], preds[k]
+
+    def knn_at(self, feats: tuple[Tensor, ...], ks: list[int]) -> tuple[dict[int, float], dict[int, Tensor]]:
+        """KNN top-1 (percent) on the eval split at every ``k`` of ``ks``, and the predictions."""
         bx, by, tx, ty = feats
-        k, t = int(self.ev.get("knn_k", 200)), float(self.ev.get("knn_temperature", 0.07))
-        preds = knn_predict(tx, bx, by, self.num_classes, k=k, temperature=t).cpu()
-        return (100.0 * float((preds == ty).float().mean()) if len(ty) else 0.0), preds
+        preds = knn_predict_at(tx, bx, by, self.num_classes, ks, float(self.ev["knn_temperature"]))
+        preds = {k: p.cpu() for k, p in preds.items()}
+        top1 = {k: 100.0 * float((p == ty).float().mean()) if len(ty) else 0.0 for k, p in preds.items()}
+        return top1, preds
 
     def _augmented_probe(
         self, backbone: nn.Module, feats: tuple[Tensor, ...], protocol: Protocol, progress: Any = None
@@ -159,8 +166,12 @@ class Judge:
         ``progress`` is called after each probe epoch (see :func:`~pipelines.evaluation.linear.fit_probe`).
         """
         feats = self.features(backbone)
-        knn_top1, preds = self.knn(feats)
-        out: dict[str, Any] = {"knn_top1": knn_top1}
+        k = int(self.ev["knn_k"])
+        ks = sorted({k, *(int(x) for x in self.ev.get("knn_report_k") or [])})
+        top1, by_k = self.knn_at(feats, ks)
+        preds = by_k[k]
+        out: dict[str, Any] = {"knn_top1": top1[k], "knn_k": k}
+        out["knn_top1_at_k"] = {str(x): top1[x] for x in ks}
         source = "knn"
         if protocol is not None:
             if protocol.augment:

@@ -22,35 +22,53 @@ def knn_predict(
     temperature: float = 0.07,
     chunk: int = 1024,
 ) -> Tensor:
-    """Predict a label for each row of ``test``.
+    """Predict a label for each row of ``test`` (:func:`knn_predict_at` with one ``k``)."""
+    return knn_predict_at(test, bank, bank_labels, num_classes, [k], temperature, chunk)[k]
+
+
+@torch.no_grad()
+def knn_predict_at(
+    test: Tensor,
+    bank: Tensor,
+    bank_labels: Tensor,
+    num_classes: int,
+    ks: list[int],
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> dict[int, Tensor]:
+    """Predict a label for each row of ``test`` at every ``k`` of ``ks``, from one similarity pass.
 
     Args:
         test: ``[N, F]`` features (normalised here).
         bank: ``[M, F]`` training features (normalised here).
         bank_labels: ``[M]`` their labels.
         num_classes: number of classes.
-        k: neighbours (capped at ``M``).
+        ks: neighbour counts, each >= 1 (capped at ``M``).
         temperature: ``T`` of the vote weights, > 0.
         chunk: test rows per similarity block (bounds memory at ``chunk x M``).
 
     Returns:
-        ``[N]`` predicted labels.
+        ``{k: [N] predicted labels}``.
     """
     if temperature <= 0:
         raise ValueError(f"eval.knn_temperature must be > 0; got {temperature}")
-    if k < 1:
-        raise ValueError(f"eval.knn_k must be >= 1; got {k}")
+    if not ks or min(ks) < 1:
+        raise ValueError(f"eval.knn_k must be >= 1; got {ks}")
     test = F.normalize(test.float(), dim=1)
     bank = F.normalize(bank.float(), dim=1)
-    k = min(k, bank.shape[0])
-    preds = []
+    most = min(max(ks), bank.shape[0])
+    preds: dict[int, list[Tensor]] = {k: [] for k in ks}
     for start in range(0, test.shape[0], chunk):
         sim = test[start : start + chunk] @ bank.T
-        top, idx = sim.topk(k, dim=1)
-        votes = torch.zeros(sim.shape[0], num_classes, dtype=sim.dtype, device=sim.device)
-        votes.scatter_add_(1, bank_labels[idx].long(), torch.exp(top / temperature))
-        preds.append(votes.argmax(dim=1))
-    return torch.cat(preds) if preds else torch.zeros(0, dtype=torch.long)
+        top, idx = sim.topk(most, dim=1)  # sorted: the first k columns are the k nearest
+        weights, labels = torch.exp(top / temperature), bank_labels[idx].long()
+        for k in ks:
+            n = min(k, most)
+            votes = torch.zeros(sim.shape[0], num_classes, dtype=sim.dtype, device=sim.device)
+            votes.scatter_add_(1, labels[:, :n], weights[:, :n])
+            preds[k].append(votes.argmax(dim=1))
+    empty = torch.zeros(0, dtype=torch.long)
+    return {k: torch.cat(p) if p else empty for k, p in preds.items()}
 
 
 def knn_top1(

@@ -53,6 +53,13 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
         lines.append(
             f"| {label} | {_num(judged.get('knn_top1'))} | " + " | ".join(_linear_cells(judged)) + " |"
         )
+    at_k = [(label, j["knn_top1_at_k"]) for label, j in rows if j.get("knn_top1_at_k")]
+    if at_k:
+        ks = list(at_k[0][1])
+        lines += ["", "kNN top-1 by number of neighbours k (the table's kNN column: k = "
+                  f"{rows[0][1].get('knn_k', '?')}):", "",
+                  "| encoder | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(_num(v.get(k)) for k in ks) + " |" for label, v in at_k]
     probes = {(j.get("linear") or {}).get("protocol"): j.get("linear") for _, j in rows if j.get("linear")}
     for name, lin in probes.items():
         how = "random-resized crops + flips" if lin.get("augment") else "cached centre-crop features"

@@ -187,6 +187,8 @@ def test_cifar100_blocks_of_ten_and_classes_without_test_images() -> None:
 def _results(counts: list[int]) -> dict:
     judged = {
         "knn_top1": 41.5,
+        "knn_k": 200,
+        "knn_top1_at_k": {"10": 44.25, "20": 43.0, "100": 42.0, "200": 41.5},
         "linear": {
             "protocol": "small_scale",
             "augment": False,
@@ -215,6 +217,8 @@ def test_results_markdown_tables_hold_the_numbers() -> None:
     assert "| random init (BatchNorm recomputed) | 34.15 | 34.90 | 36.55 | – |" in md
     assert "| pretrained | 100.00 | 100.00 | 50.00 |" in md  # many / medium / few: one class each
     assert "| eel | 5 | 50.00 |" in md
+    assert "| encoder | k = 10 | k = 20 | k = 100 | k = 200 |" in md
+    assert "| pretrained | 44.25 | 43.00 | 42.00 | 41.50 |" in md
     balanced = results_markdown(_results([50, 50, 50]), "run y")
     assert "Many / medium / few" not in balanced and "| dog | 50 | 100.00 |" in balanced
 
@@ -347,7 +351,7 @@ def test_judge_runs_knn_probe_and_breakdown_on_batches() -> None:
         torch.ones(3),
         torch.device("cpu"),
         [100, 10, 1],
-        {"knn_k": 5, "knn_temperature": 0.1},
+        {"knn_k": 5, "knn_temperature": 0.1, "knn_report_k": [500, 1]},
     )
     proto = Protocol(
         name="t", optimizer="adam", lr=1e-2, batch_size=32, epochs=20, augment=True, crop_scale=(0.5, 1.0)
@@ -355,6 +359,8 @@ def test_judge_runs_knn_probe_and_breakdown_on_batches() -> None:
     seen: list[int] = []
     out = judge.judge(backbone, proto, progress=lambda e, accs: seen.append(e))
     assert out["knn_top1"] == 100.0 and out["linear"]["final_top1"] == 100.0
+    at_k = out["knn_top1_at_k"]  # each k against a float64 reference: test_training_parts
+    assert out["knn_k"] == 5 and list(at_k) == ["1", "5", "500"] and at_k["1"] == at_k["5"] == 100.0
     assert out["breakdown"]["per_class"] == [100.0, 100.0, 100.0] and out["breakdown_source"] == "linear"
     assert seen == list(range(1, 21))
 

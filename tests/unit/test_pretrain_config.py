@@ -127,6 +127,7 @@ def errors_of(cfg: dict) -> str:
         (["eval.protocol.epochs=0"], "eval.protocol.epochs"),
         (["eval.protocol.milestones=[60,200]"], "eval.protocol.milestones"),
         (["eval.knn_k=0"], "eval.knn_k=0"),
+        (["eval.knn_report_k=[10,0]"], "eval.knn_report_k=[10, 0]: must be a list of positive integers"),
         (["eval.few_shot_below=200"], "eval.few_shot_below=200"),
     ],
 )

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from pipelines.evaluation.features import recompute_batchnorm
-from pipelines.evaluation.knn import knn_predict, knn_top1
+from pipelines.evaluation.knn import knn_predict, knn_predict_at, knn_top1
 from pipelines.training import checkpoints as ckpt
 from pipelines.training.optim import LARS, build_optimizer
 from pipelines.training.schedules import learning_rate
@@ -114,6 +114,18 @@ def test_knn_equals_a_brute_force_float64_reference(k: int, t: float) -> None:
     assert got.tolist() == _knn_reference(test, bank, labels, 4, min(k, 60), t)
     acc = knn_top1(test, got, bank, labels, 4, k=k, temperature=t)
     assert acc == 100.0
+
+
+def test_knn_at_several_k_from_one_pass_equals_the_reference_at_each() -> None:
+    gen = torch.Generator().manual_seed(3)
+    bank, test = torch.randn(150, 8, generator=gen), torch.randn(40, 8, generator=gen)
+    labels = torch.randint(0, 5, (150,), generator=gen)
+    ks = [10, 20, 100, 200]
+    got = knn_predict_at(test, bank, labels, 5, ks, temperature=0.07, chunk=16)
+    assert sorted(got) == ks
+    for k in ks:
+        assert got[k].tolist() == _knn_reference(test, bank, labels, 5, min(k, 150), 0.07), k
+    assert len({tuple(p.tolist()) for p in got.values()}) > 1  # the k's really differ here
 
 
 def test_recompute_batchnorm_gives_the_exact_mean_and_unbiased_variance() -> None:
