@@ -54,6 +54,7 @@ def test_every_preset_composes_and_passes_the_checks(preset: str, tmp_path) -> N
     cfg = composed(f"experiment={preset}", f"dataset.root={tmp_path}", f"trainer.storage_path={tmp_path}")
     if cfg["model"].get("sync_bn"):
         assert cfg["trainer"]["use_gpu"]
+    assert cfg["trainer"]["max_failures"] == (3 if cfg["trainer"]["use_gpu"] else 0)  # clusters lose workers
     plan = check_config(cfg)
     assert cfg["trainer"]["name"] == preset
     assert plan.per_worker_batch * cfg["trainer"]["num_workers"] == cfg["trainer"]["batch_size"]
