@@ -16,30 +16,42 @@ from omegaconf import DictConfig, OmegaConf
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="prepare")
 def main(cfg: DictConfig) -> None:
-    """Check the config, then hand off to :func:`pipelines.data.prepare.prepare_dataset`."""
+    """Run :func:`prepare` as a command: bad input prints one line and exits 2."""
+    from pipelines.training.config import run_command
+
+    input_errors = {ValueError: ("error: ", 2), FileNotFoundError: ("error: ", 2)}
+    sys.exit(run_command(lambda: prepare(cfg), input_errors))
+
+
+def prepare(cfg: DictConfig) -> str:
+    """Check the config, then hand off to :func:`pipelines.data.prepare.prepare_dataset`.
+
+    Raises:
+        ConfigError: for a missing key.
+        ValueError, FileNotFoundError: for input that is not the dataset named (the message says
+            which file and what to do).
+    """
     from pipelines.data.prepare import prepare_dataset
     from pipelines.data.shuffle_writer import ShuffleSettings
     from pipelines.data.sources import open_source
     from pipelines.ray_session import connect
+    from pipelines.training.config import ConfigError
 
     if not cfg.dataset.root:
-        sys.exit(f"dataset.root is not set: add dataset.root=<path or URI of the {cfg.dataset.name} files>")
+        raise ConfigError(
+            f"dataset.root is not set: add dataset.root=<path or URI of the {cfg.dataset.name} files>"
+        )
     if not cfg.out:
-        sys.exit("out is not set: add out=<folder or URI for the shards>")
+        raise ConfigError("out is not set: add out=<folder or URI for the shards>")
     options = OmegaConf.to_container(cfg.dataset.options, resolve=True) or {}
     options = {k: v for k, v in options.items() if v is not None}
-    try:
-        open_source(cfg.dataset.name, str(cfg.dataset.root), **options)
-    except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
-    try:
-        shuffle = ShuffleSettings.from_config(OmegaConf.to_container(cfg.shuffle, resolve=True))
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    open_source(cfg.dataset.name, str(cfg.dataset.root), **options)  # the layout, before Ray starts
+    shuffle = ShuffleSettings.from_config(OmegaConf.to_container(cfg.shuffle, resolve=True))
     connect(cfg.ray.address)
     splits = list(cfg.splits) if cfg.splits else None
     prepare_dataset(cfg.dataset.name, str(cfg.dataset.root), str(cfg.out), splits=splits,
                     options=options, max_pixels=int(cfg.dataset.max_pixels), shuffle=shuffle)
+    return f"manifest: {str(cfg.out).rstrip('/')}/manifest.json"
 
 
 if __name__ == "__main__":

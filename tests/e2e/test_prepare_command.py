@@ -41,3 +41,21 @@ def test_prepare_command_names_the_missing_key(tmp_path):
     assert proc.returncode != 0 and "set dataset.root to the extracted cifar-10-batches-py" in proc.stderr
     proc = run("dataset=nope", cwd=tmp_path)
     assert proc.returncode != 0 and "nope" in proc.stderr
+
+
+def test_input_errors_are_one_line_with_exit_code_2(tmp_path):
+    raw = tmp_path / "webvision"
+    replicas.webvision(raw)
+    (raw / "info" / "synsets.txt").unlink()
+    proc = run("dataset=webvision", f"dataset.root={raw}", f"out={tmp_path / 'out'}", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr  # above the message, at most Ray's line saying it started
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "synsets.txt is missing: set dataset.root to the WebVision" in last
+    proc = run("dataset=cifar10", f"dataset.root={tmp_path}", f"out={tmp_path / 'x'}", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "set dataset.root to the extracted cifar-10-batches-py" in proc.stderr
+    replicas.stl10(tmp_path / "stl")
+    proc = run("dataset=stl10", f"dataset.root={tmp_path / 'stl'}", f"out={tmp_path / 'y'}",
+               "shuffle.rows_per_shard=0", cwd=tmp_path)
+    assert proc.returncode == 2 and "shuffle.rows_per_shard=0 must be at least 1" in proc.stderr

@@ -30,6 +30,11 @@ class WebVision(Source):
     splits = ("train", "val")
 
     def classes(self) -> list[str]:
+        if not self.store.exists("info", "synsets.txt"):
+            raise FileNotFoundError(
+                f"{self.store.path('info', 'synsets.txt')} is missing: set dataset.root to the WebVision 1.0 "
+                "root, the folder that holds info/ (synsets.txt, train_filelist_*.txt, val_filelist.txt)"
+            )
         lines = self.store.read_text("info", "synsets.txt").splitlines()
         return [line.split(maxsplit=1)[0] for line in lines if line.strip()]
 
