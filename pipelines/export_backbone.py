@@ -34,12 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--to", choices=("torchvision", "detectron2"), required=True)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--model", help="model.name when the source is a bare backbone.pt")
-    parser.add_argument("--image-size", type=int, default=224, help="ViT input size (position embeddings)")
+    parser.add_argument(
+        "--image-size", type=int, help="ViT input size (position embeddings); default: the run's, else 224"
+    )
     args = parser.parse_args(argv)
     src = Path(args.source).expanduser()
     try:
         if src.is_file():
-            weights, name = src, args.model
+            weights, name, image_size = src, args.model, args.image_size or 224
             if not name:
                 raise ConfigError(
                     f"{src} is a bare weights file: add --model resnet18|resnet50|vit_s16|vit_b16"
@@ -49,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             weights = checkpoint / "backbone.pt"
             model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
             name = args.model or model["name"]
+            image_size = args.image_size or int(model.get("image_size") or 224)
+            if float(model.get("width", 1.0)) != 1.0:
+                raise ConfigError(
+                    f"{run_dir} used model.width={model['width']}: a scaled network has no torchvision "
+                    "or detectron2 counterpart"
+                )
             if model.get("stem") == "cifar":
                 raise ConfigError(
                     f"{run_dir} used model.stem=cifar (a 3x3 conv1, no max-pool): its conv1 does not fit "
@@ -61,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             out = write_detectron2(state, args.out)
             print(f"wrote {out}: {len(state)} tensors renamed to detectron2's ResNet names", flush=True)
             return 0
-        target = torchvision_model(name, args.image_size)
+        target = torchvision_model(name, image_size)
         target.load_state_dict(state, strict=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         torch.save(state, args.out)

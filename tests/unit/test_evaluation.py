@@ -387,3 +387,28 @@ def test_export_command_writes_both_formats_and_refuses_bad_input(tmp_path, caps
     assert "--model" in capsys.readouterr().err
     assert export("torchvision", "x", model="resnet18") == 2  # resnet50 weights do not fit resnet18
     assert "export error" in capsys.readouterr().err
+
+
+def test_export_from_a_run_uses_its_image_size_and_refuses_a_scaled_width(tmp_path, capsys) -> None:
+    import yaml
+
+    from pipelines.export_backbone import main
+    from pipelines.training.checkpoints import write_checkpoint
+
+    run = tmp_path / "vit-run"
+    run.mkdir()
+    model = {"name": "vit_s16", "image_size": 64, "width": 1.0, "stem": "imagenet"}
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": model}))
+    state = build_backbone("vit_s16", image_size=64).state_dict()
+    write_checkpoint(run / "checkpoint_e0001_s00000010", {"epoch": 1, "step": 10}, state)
+    out = main([str(run), "--to", "torchvision", "--out", str(tmp_path / "vit.pth")])
+    assert out == 0, capsys.readouterr().err
+    reference = torchvision.models.vision_transformer.VisionTransformer(
+        image_size=64, patch_size=16, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536
+    )
+    reference.heads = nn.Identity()
+    reference.load_state_dict(torch.load(tmp_path / "vit.pth", weights_only=True), strict=True)
+    assert reference.encoder.pos_embedding.shape == (1, 17, 384)  # 4 x 4 patches + the class token
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": {**model, "width": 0.5}}))
+    assert main([str(run), "--to", "torchvision", "--out", str(tmp_path / "x.pth")]) == 2
+    assert "model.width=0.5" in capsys.readouterr().err
