@@ -3,6 +3,11 @@
     python pipelines/linear_probe.py run=~/cacr-runs/demo                       # small_scale protocol
     python pipelines/linear_probe.py run=<run>/checkpoint_e0200_s00078000 eval/protocol=mocov2
     python pipelines/linear_probe.py run=<run> eval.protocol.val_fraction=0.1   # select the epoch on val
+    python pipelines/linear_probe.py run=<webvision run> eval/protocol=mocov2 eval_dataset.root=<in1k shards>
+
+The probe starts from the run's own ``eval`` settings; what the command line sets replaces them.
+With ``eval_dataset.root`` it judges on another dataset's shards, with that dataset's classes
+(the paper's protocol for WebVision and ImageNet-22K runs: a linear probe on ImageNet-1K).
 
 Adds ``linear_probes.<protocol>`` to the run's ``results.json`` and rewrites ``results.md`` and
 ``report.png``; prints a short table at the end.
@@ -22,9 +27,13 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 @hydra.main(version_base="1.3", config_path="../configs", config_name="linear_probe")
 def main(cfg: DictConfig) -> None:
     """Resolve the config to a plain dict and hand off to the probe driver."""
+    from hydra.core.hydra_config import HydraConfig
+
     from pipelines.evaluation.probe_run import main_with_errors
 
-    sys.exit(main_with_errors(OmegaConf.to_container(cfg, resolve=True)))
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain["overrides"] = list(HydraConfig.get().overrides.task)  # which eval keys replace the run's own
+    sys.exit(main_with_errors(plain))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pipelines.evaluation.probe_setup import check_backbone, judged_dataset, probe_eval, probe_key
 from pipelines.evaluation.report import encoder_table
 from pipelines.training import checkpoints as ckpt
 from pipelines.training.config import ConfigError, check_eval, run_command
@@ -90,12 +91,16 @@ def probe_loop_per_worker(config: dict[str, Any]) -> None:
 
     judged = judge.judge(backbone, protocol, progress)
     judged.update(checkpoint=info["checkpoint"], seconds=time.perf_counter() - t0)
+    judged["judged_on"] = info["judged_on"]
     run_dir = Path(info["run_dir"])
     path = run_dir / RESULTS_JSON
     results = json.loads(path.read_text()) if path.exists() else {}
-    results.setdefault("classes", info["classes"])
-    results.setdefault("train_counts", info["train_counts"])
-    results.setdefault("linear_probes", {})[protocol.name] = judged
+    if info["judged_on"]["other_dataset"]:  # its own classes: kept with it, out of the run's per-class tables
+        judged.update(classes=info["classes"], train_counts=info["train_counts"])
+    else:
+        results.setdefault("classes", info["classes"])
+        results.setdefault("train_counts", info["train_counts"])
+    results.setdefault("linear_probes", {})[info["key"]] = judged
     obj = cfg["objective"]
     write_results(
         run_dir, results, f"run {cfg['trainer']['name']}: {obj['name']} (K={obj['K']})", info["spe"]
@@ -114,17 +119,20 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("run is not set: add run=<run folder or checkpoint folder>")
     run_dir, checkpoint = find_checkpoint(cfg["run"])
     errors: list[str] = []
-    check_eval(errors, cfg["eval"])
+    run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    ev = probe_eval(run_cfg.get("eval"), cfg["eval"], list(cfg.get("overrides") or []))
+    check_eval(errors, ev)
     if errors:
         raise ConfigError("\n".join(errors))
-    run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    if cfg.get("dataset_root"):
-        run_cfg["dataset"]["root"] = str(Path(cfg["dataset_root"]).expanduser().resolve())
-    root = str(run_cfg["dataset"].get("root") or "")
+    dataset, other = judged_dataset(run_cfg["dataset"], cfg.get("eval_dataset"))
+    if cfg.get("dataset_root") and not other:
+        dataset["root"] = str(Path(cfg["dataset_root"]).expanduser().resolve())
+    root = str(dataset.get("root") or "")
     if "://" not in root and not Path(root).exists():
         raise ConfigError(
             f"the run's dataset.root={root} does not exist: pass dataset_root=<where it is now>"
         )
+    check_backbone(run_cfg, checkpoint)
 
     from ray.data import ExecutionOptions
     from ray.train import DataConfig, RunConfig, ScalingConfig
@@ -140,7 +148,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     aug = run_cfg["augment"]
     recipes = recipes_for(aug, 2)
     data = training_datasets(
-        run_cfg["dataset"],
+        dataset,
         recipes,
         eval_size=recipes[0].size,
         seed=int(run_cfg["trainer"].get("seed", 0)),
@@ -150,8 +158,11 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     mean, std = MEAN_STD[aug.get("mean_std") or "imagenet"]
     counts_file = run_dir / "class_counts.json"
     counts = (
-        json.loads(counts_file.read_text())["counts"] if counts_file.exists() else list(data.train_counts)
+        json.loads(counts_file.read_text())["counts"]
+        if counts_file.exists() and not other
+        else list(data.train_counts)
     )
+    protocol = from_config(ev["protocol"])
     info = {
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint),
@@ -160,15 +171,27 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         "mean": list(mean),
         "std": list(std),
         "spe": max(1, int(marker["step"]) // max(1, int(marker["epoch"]))),
+        "key": probe_key(protocol.name, dataset, other),
+        "judged_on": {
+            "root": str(dataset["root"]),
+            "train_split": dataset["train_split"],
+            "eval_split": dataset["eval_split"],
+            "classes": len(data.classes),
+            "other_dataset": other,
+        },
     }
-    protocol = from_config(cfg["eval"]["protocol"])
     how = "random-resized crops" if protocol.augment else "cached centre-crop features"
-    print(f"linear probe {protocol.name} ({protocol.epochs} epochs, {how}) of {checkpoint}", flush=True)
-    gpu = bool(cfg["eval"].get("use_gpu"))
+    print(
+        f"linear probe {protocol.name} ({protocol.epochs} epochs, {how}) of {checkpoint}\n  on "
+        f"{dataset['root']} ({dataset['train_split']} -> {dataset['eval_split']}, "
+        f"{len(data.classes)} classes)",
+        flush=True,
+    )
+    gpu = bool(ev.get("use_gpu"))
     datasets = {k: v for k, v in data.datasets.items() if k in ("bank", "eval")}
     TorchTrainer(
         probe_loop_per_worker,
-        train_loop_config={"cfg": run_cfg, "eval": cfg["eval"], "info": info},
+        train_loop_config={"cfg": run_cfg, "eval": ev, "info": info},
         scaling_config=ScalingConfig(num_workers=1, use_gpu=gpu),
         run_config=RunConfig(name=f"linear_probe_{protocol.name}", storage_path=str(run_dir / "probe-runs")),
         datasets=datasets,
@@ -177,7 +200,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
             execution_options={k: ExecutionOptions(preserve_order=True) for k in datasets},
         ),
     ).fit()
-    return json.loads((run_dir / "results.json").read_text())
+    return {**json.loads((run_dir / "results.json").read_text()), "probe_key": info["key"]}
 
 
 def probe_table(results: dict[str, Any], protocol: str, run_dir: str) -> str:
@@ -203,12 +226,11 @@ def probe_table(results: dict[str, Any], protocol: str, run_dir: str) -> str:
 
 
 def main_with_errors(cfg: dict[str, Any]) -> int:
-    """Run :func:`linear_probe` and print its table; a config problem exits 2 with one message."""
-    from pipelines.evaluation.protocols import from_config
-
+    """Run :func:`linear_probe` and print its table; a config or input problem exits 2 with one message."""
     def probe_and_table() -> str:
         results = linear_probe(cfg)
         run_dir, _ = find_checkpoint(cfg["run"])
-        return probe_table(results, from_config(cfg["eval"]["protocol"]).name, str(run_dir))
+        return probe_table(results, results.pop("probe_key"), str(run_dir))
 
-    return run_command(probe_and_table)
+    input_errors = {ValueError: ("error: ", 2), FileNotFoundError: ("error: ", 2)}  # from the data layer
+    return run_command(probe_and_table, input_errors)

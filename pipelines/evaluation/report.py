@@ -29,6 +29,11 @@ def judged_encoders(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]
     return rows
 
 
+def own_classes(rows: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The rows judged on the run's own classes (a probe on another dataset has its own)."""
+    return [(label, j) for label, j in rows if not (j.get("judged_on") or {}).get("other_dataset")]
+
+
 def _num(value: Any) -> str:
     return "–" if value is None else f"{value:.2f}"
 
@@ -53,6 +58,10 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
         lines.append(
             f"| {label} | {_num(judged.get('knn_top1'))} | " + " | ".join(_linear_cells(judged)) + " |"
         )
+    where = [(label, j["judged_on"]) for label, j in rows if j.get("judged_on")]
+    if where:
+        lines += [""] + [f"- {label}: judged on `{w['root']}` ({w['train_split']} -> {w['eval_split']}, "
+                         f"{w['classes']} classes)" for label, w in where]
     at_k = [(label, j["knn_top1_at_k"]) for label, j in rows if j.get("knn_top1_at_k")]
     if at_k:
         ks = list(at_k[0][1])
@@ -70,7 +79,7 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
         )
     counts = results.get("train_counts") or []
     classes = results.get("classes") or [str(i) for i in range(len(counts))]
-    with_breakdown = [(label, j["breakdown"]) for label, j in rows if j.get("breakdown")]
+    with_breakdown = [(label, j["breakdown"]) for label, j in own_classes(rows) if j.get("breakdown")]
     if with_breakdown and counts and is_imbalanced(counts):
         shots = with_breakdown[0][1]["shots"]
         head = " | ".join(
@@ -141,7 +150,7 @@ def report_figure(
     import matplotlib.pyplot as plt
 
     counts = results.get("train_counts") or []
-    judged = [(label, j) for label, j in judged_encoders(results) if j.get("breakdown")]
+    judged = [(label, j) for label, j in own_classes(judged_encoders(results)) if j.get("breakdown")]
     show_classes = bool(counts and judged and is_imbalanced(counts))
     fig, axes = plt.subplots(1, 3 if show_classes else 2, figsize=(16 if show_classes else 11, 4.2))
     spe = max(1, int(steps_per_epoch))

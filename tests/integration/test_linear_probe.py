@@ -26,7 +26,7 @@ pytestmark = pytest.mark.timeout(900)
 def probe_config(run: str, *overrides: str) -> dict:
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose("linear_probe", overrides=[f"run={run}", *overrides])
-    return OmegaConf.to_container(cfg, resolve=True)
+    return {**OmegaConf.to_container(cfg, resolve=True), "overrides": list(overrides)}  # as the command does
 
 
 def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(ray_cluster, tmp_path) -> None:
@@ -54,17 +54,22 @@ def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(ra
     width, _ = struct.unpack(">II", (run_dir / "report.png").read_bytes()[16:24])
     assert width > 1500  # three panels: the per-class one is there for an imbalanced run
 
-    # the standalone probe, in this process on the test cluster: the small_scale protocol with
-    # its augmentation (random-resized crops every epoch), 3 epochs, a validation hold-out
+    # the standalone probe, in this process on the test cluster: the run's own eval settings
+    # (few_shot_below=50, a probe without augmentation) with what the command line changes: the
+    # small_scale protocol's augmentation (random-resized crops every epoch), 3 epochs, a
+    # validation hold-out, k=20
     probe = probe_config(
         str(run_dir),
         "eval.protocol.epochs=3",
         "eval.protocol.milestones=[2]",
         "eval.protocol.val_fraction=0.1",
+        "eval.protocol.augment=true",
         "eval.knn_k=20",
     )
     results = linear_probe(probe)
+    assert results.pop("probe_key") == "small_scale"
     judged = results["linear_probes"]["small_scale"]
+    assert judged["knn_k"] == 20 and judged["breakdown"]["shots"]["few"]["rule"] == "< 50 images"  # run's
     lin = judged["linear"]
     assert lin["augment"] is True and len(lin["history"]["test"]) == 3 and len(lin["history"]["val"]) == 3
     assert lin["final_top1"] == lin["history"]["test"][-1]
@@ -100,3 +105,39 @@ def test_probe_command_refuses_bad_paths_before_ray(tmp_path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_the_probe_judges_on_another_dataset_and_refuses_a_backbone_that_does_not_fit(ray_cluster, tmp_path):
+    import shutil
+
+    import yaml
+
+    from pipelines.data.prepare import prepare_dataset
+    from tests import replicas
+
+    out = pretrain(smoke(tmp_path, "trainer.name=cross", "trainer.epochs=1", "eval.random_init_baseline=no"))
+    run_dir = Path(out.run_dir)
+    replicas.imagenet(tmp_path / "in1k-raw")  # 3 classes: 2, 3 and 4 training images, 4 val images
+    prepare_dataset("imagenet1k", str(tmp_path / "in1k-raw"), str(tmp_path / "in1k"))
+    other = f"eval_dataset.root={tmp_path / 'in1k'}"
+    short = ("eval.protocol.epochs=2", "eval.protocol.milestones=[1]")
+    results = linear_probe(probe_config(str(run_dir), *short, other))
+    key = results.pop("probe_key")
+    judged = results["linear_probes"][key]
+    assert key == "small_scale on in1k"
+    where = {"root": str(tmp_path / "in1k"), "train_split": "train", "eval_split": "val", "classes": 3}
+    assert judged["judged_on"] == {**where, "other_dataset": True}
+    assert judged["classes"] == sorted(replicas.WNIDS) and judged["train_counts"] == [2, 3, 4]
+    assert len(judged["breakdown"]["per_class"]) == 3 and len(judged["linear"]["history"]["test"]) == 2
+    assert results["classes"] == out.results["classes"]  # the run's own classes and counts stay
+    md = (run_dir / "results.md").read_text()
+    assert f"linear_probe.py {key}: judged on `{tmp_path / 'in1k'}` (train -> val, 3 classes)" in md
+    assert "- pretrained: judged on `" in md and "(train -> test, 10 classes)" in md
+
+    edited = tmp_path / "edited"
+    shutil.copytree(run_dir, edited)
+    cfg = yaml.safe_load((edited / "config.yaml").read_text())
+    cfg["model"]["width"] = 0.25
+    (edited / "config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"backbone.pt does not fit the run's model \(model.name=small"):
+        linear_probe(probe_config(str(edited)))

@@ -412,3 +412,17 @@ def test_export_from_a_run_uses_its_image_size_and_refuses_a_scaled_width(tmp_pa
     (run / "config.yaml").write_text(yaml.safe_dump({"model": {**model, "width": 0.5}}))
     assert main([str(run), "--to", "torchvision", "--out", str(tmp_path / "x.pth")]) == 2
     assert "model.width=0.5" in capsys.readouterr().err
+
+
+def test_probe_eval_starts_from_the_runs_settings_and_takes_only_what_the_command_line_set() -> None:
+    from pipelines.evaluation.probe_setup import probe_eval
+
+    saved = {"knn_k": 50, "few_shot_below": 40, "protocol": {"name": "small_scale", "epochs": 5, "lr": 1.0}}
+    composed = {"knn_k": 200, "few_shot_below": 20, "knn_report_k": [10, 20],
+                "protocol": {"name": "mocov2", "epochs": 100, "lr": 30.0}}
+    assert probe_eval(saved, composed, []) == {**saved, "knn_report_k": [10, 20]}  # new keys from defaults
+    changed = probe_eval(saved, composed, ["eval.knn_k=200", "++eval.protocol.epochs=100"])
+    assert changed["knn_k"] == 200 and changed["few_shot_below"] == 40
+    assert changed["protocol"] == {"name": "small_scale", "epochs": 100, "lr": 1.0}
+    assert probe_eval(saved, composed, ["eval/protocol=mocov2"])["protocol"] == composed["protocol"]
+    assert probe_eval(None, composed, ["run=x"]) == composed

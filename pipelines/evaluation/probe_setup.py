@@ -1,0 +1,110 @@
+"""What a probe of ``pipelines/linear_probe.py`` runs with, settled on the driver before any Ray work.
+
+Its ``eval`` settings (the run's own, changed by the command line), the dataset it judges on (the
+run's, or another one's shards with their own classes), its name in ``results.json``, and a check
+that the checkpoint's backbone fits the run's model.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from pipelines.training import checkpoints as ckpt
+from pipelines.training.config import ConfigError
+
+
+def probe_eval(
+    saved: dict[str, Any] | None, composed: dict[str, Any], overrides: list[str]
+) -> dict[str, Any]:
+    """The ``eval`` group a probe runs with: the run's saved one, then the command line's changes.
+
+    Keys the run's config lacks (added to the platform later) come from ``composed`` (the
+    command's defaults); of ``composed``'s values only those the command line set (``overrides``:
+    ``eval.<key>=...`` or ``eval/protocol=<name>``) replace the run's.
+    """
+    merged = _defaults_under(composed, saved or {})
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0]
+        if key.startswith("eval/protocol"):
+            merged["protocol"] = copy.deepcopy(composed["protocol"])
+        elif key.startswith("eval."):
+            *path, last = key.split(".")[1:]
+            src, dst = composed, merged
+            for part in path:
+                src, dst = src[part], dst.setdefault(part, {})
+            dst[last] = copy.deepcopy(src.get(last))
+    return merged
+
+
+def _defaults_under(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(defaults)
+    for key, value in values.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _defaults_under(out[key], value) if both else copy.deepcopy(value)
+    return out
+
+
+def judged_dataset(run_dataset: dict[str, Any], other: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
+    """The ``dataset`` group a probe reads, and whether it is another dataset than the run's.
+
+    Args:
+        run_dataset: the run's saved ``dataset`` group.
+        other: the command's ``eval_dataset`` group; its ``root`` set means: judge on that
+            dataset (its own classes, ``train_split`` for the probe and the kNN bank,
+            ``eval_split`` held out), e.g. ImageNet-1K shards for a WebVision or ImageNet-22K run.
+
+    Raises:
+        ConfigError: naming ``eval_dataset.root`` when it does not exist.
+    """
+    if not other or not other.get("root"):
+        return run_dataset, False
+    root = str(other["root"])
+    if "://" not in root:
+        root = str(Path(root).expanduser().resolve())
+        if not Path(root).exists():
+            raise ConfigError(f"eval_dataset.root={other['root']}: no such folder; pass prepared shards")
+    dataset = {
+        **run_dataset,
+        "name": other.get("name") or "shards",
+        "root": root,
+        "train_split": other.get("train_split") or "train",
+        "eval_split": other.get("eval_split") or "val",
+        "num_classes": None,
+        "imbalance": {"rule": "none"},
+        "max_train_images": None,
+    }
+    return dataset, True
+
+
+def check_backbone(run_cfg: dict[str, Any], checkpoint: Path) -> None:
+    """Refuse, before any Ray work, a ``backbone.pt`` that does not fit the run's ``model``.
+
+    Raises:
+        ConfigError: naming the checkpoint, the model and the first keys or shapes that differ.
+    """
+    from pipelines.evaluation.export import load_state
+    from pipelines.models.build import build_framework
+
+    state = load_state(checkpoint / ckpt.BACKBONE)
+    expected = build_framework(run_cfg, seed=0).backbone.state_dict()
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or extra or shapes:
+        model = run_cfg["model"]
+        what = "; ".join(x for x in (
+            f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else "",
+            f"shapes {shapes[:2]}" if shapes else "") if x)
+        raise ConfigError(
+            f"{checkpoint / ckpt.BACKBONE} does not fit the run's model (model.name={model.get('name')}, "
+            f"image_size={model.get('image_size')}): {what}; was config.yaml edited? Probe the run that "
+            "wrote it"
+        )
+
+
+def probe_key(protocol: str, dataset: dict[str, Any], other: bool) -> str:
+    """The name of a probe's entry in ``results.json``: the protocol, and the dataset when another."""
+    return f"{protocol} on {Path(str(dataset['root']).rstrip('/')).name}" if other else protocol
