@@ -131,3 +131,16 @@ def test_unlabelled_images_pretrain_but_refuse_an_imbalance_rule() -> None:
     for spec in ({"rule": "exponential", "ratio": 2}, {"rule": "none", "balanced": True}):
         with pytest.raises(ValueError, match=r"2 unlabelled images: set dataset\.train_split"):
             training_rows(labels, 3, spec, seed=0)
+
+
+def test_the_data_monitor_counts_a_retried_report_once_and_remembers_a_bounded_number() -> None:
+    from pipelines.data import monitor as mon
+
+    m = mon.DataMonitor(max_bad_fraction=1.0, min_seen=1)
+    m.report("batch-a", 10, [])
+    m.report("batch-a", 10, [])  # a retried call
+    assert m.snapshot()["good"] == 10
+    for i in range(mon.MAX_TOKENS + 5):
+        m.report(f"t{i}", 1, [])
+    assert len(m.seen_tokens) == mon.MAX_TOKENS and "batch-a" not in m.seen_tokens  # the oldest forgotten
+    assert m.snapshot()["good"] == 10 + mon.MAX_TOKENS + 5

@@ -193,3 +193,13 @@ def test_trial_names_that_look_like_numbers_stay_strings(tmp_path) -> None:
     for name in ("982e1_00000", "12345_00001", "1e5"):  # Tune ids are <hex>_<number>
         _, cfg = trial_config(spec, config, name)
         assert cfg["trainer"]["name"] == name and cfg["trainer"]["storage_path"] == str(tmp_path)
+
+
+def test_ashas_max_t_is_the_longest_arm_not_the_first() -> None:
+    from pipelines.search.run import _check_trials
+
+    search = shipped("baselines")
+    search["arms"]["hn_cl"]["overrides"] = ["trainer.epochs=9"]  # a later arm runs longest
+    search["arms"]["au_cl"]["overrides"] = ["trainer.epochs=4"]
+    first, _, max_t = _check_trials(search, str(ROOT / "configs"))
+    assert first["trainer"]["epochs"] == 6 and max_t == 9
