@@ -62,7 +62,7 @@ RECIPES = ("cifar", "stl10", "imagenet_mocov2", "imagenet_mocov3")
 
 
 def view_recipes(
-    name: str, num_views: int, local_crops: int = 0, crop_min: float | None = None
+    name: str, num_views: int, local_crops: int = 0, crop_min: float | None = None, size: int | None = None
 ) -> list[ViewRecipe]:
     """The per-view recipes of augmentation ``name`` for ``num_views`` (= K + 1) views.
 
@@ -72,6 +72,8 @@ def view_recipes(
         local_crops: extra 96-px local crops (``imagenet_mocov3`` only).
         crop_min: the smallest crop area of the global views (``augment.crop_min``; default: the
             recipe's own, e.g. MoCo-v3 ResNet-50 uses 0.2, ViT 0.08).
+        size: the global views' side (``augment.size``; default: the recipe's own, e.g. 224);
+            local crops keep their share of it (96/224).
 
     Raises:
         ValueError: for an unknown name or an impossible combination.
@@ -84,14 +86,18 @@ def view_recipes(
         raise ValueError("augment.local_crops is only defined for imagenet_mocov3")
     if crop_min is not None and not 0 < crop_min <= 1:
         raise ValueError(f"augment.crop_min must be in (0, 1]; got {crop_min}")
+    if size is not None and not (isinstance(size, int) and size >= 8):
+        raise ValueError(f"augment.size must be an integer >= 8 (pixels), or null; got {size!r}")
 
     def sized(r: ViewRecipe) -> ViewRecipe:
-        return r if crop_min is None else replace(r, scale=(float(crop_min), r.scale[1]))
+        r = r if crop_min is None else replace(r, scale=(float(crop_min), r.scale[1]))
+        return r if size is None else replace(r, size=int(size))
 
     if name == "imagenet_mocov3":
         if num_views != 2:
             raise ValueError("imagenet_mocov3 has exactly 2 global views (add local crops instead)")
-        return [sized(MOCOV3_1), sized(MOCOV3_2)] + [MOCOV3_LOCAL] * local_crops
+        local = MOCOV3_LOCAL if size is None else replace(MOCOV3_LOCAL, size=max(8, round(size * 96 / 224)))
+        return [sized(MOCOV3_1), sized(MOCOV3_2)] + [local] * local_crops
     base = {"cifar": CIFAR, "stl10": STL10, "imagenet_mocov2": MOCOV2}[name]
     return [sized(base)] * num_views
 

@@ -90,6 +90,7 @@ def recipes_for(augment: dict[str, Any], num_views: int) -> list[Any]:
         num_views,
         int(augment.get("local_crops") or 0),
         None if crop_min is None else float(crop_min),
+        augment.get("size"),
     )
 
 

@@ -43,8 +43,16 @@ def fit_two_steps(cfg: dict, workers: int, global_batch: int) -> dict:
             "framework.queue_size=32",
             "framework.momentum=0.9",
         ],
+        [
+            "framework=moco_v3",
+            "objective=cacr_moco_v3",
+            "objective.K=1",
+            "framework.momentum=0.9",
+            "model.projector={layers: 2, hidden: 32, out: 16, batch_norm: false, last_batch_norm: false}",
+            "model.predictor={layers: 2, hidden: 32, out: 16, batch_norm: false, last_batch_norm: false}",
+        ],
     ],
-    ids=["inbatch_cross_rank_negatives", "moco_v2_queue"],
+    ids=["inbatch_cross_rank_negatives", "moco_v2_queue", "moco_v3_global_batch"],
 )
 def test_two_workers_equal_one_worker_with_the_double_batch(ray_cluster, tmp_path, setting) -> None:
     overrides = ["model.norm=none", "trainer.batch_size=16", "trainer.num_workers=1", *setting]

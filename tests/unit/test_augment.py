@@ -218,3 +218,14 @@ def test_solarize_inverts_bright_pixels_only():
     views = torch.tensor([0, 100, 128, 255], dtype=torch.uint8).view(1, 1, 1, 2, 2).expand(1, 1, 3, 2, 2)
     out, _ = A.Photometric([recipe], (0, 0, 0), (1, 1, 1))(views.contiguous(), torch.Generator())
     torch.testing.assert_close(out[0, 0, 0].flatten(), torch.tensor([0, 100 / 255, 1 - 128 / 255, 0.0]))
+
+
+def test_augment_size_sets_the_global_views_and_scales_the_local_crops():
+    r = R.view_recipes("imagenet_mocov3", 2, local_crops=2, size=64)
+    assert [x.size for x in r] == [64, 64, 27, 27]  # 96/224 of 64 is 27.4
+    assert r[0].scale == R.MOCOV3_1.scale and r[1].solarize_p == R.MOCOV3_2.solarize_p  # only the size
+    out = A.crop_views(images(3, 80, 100), r, RNG(0))
+    assert out["views"].shape == (3, 2, 3, 64, 64) and out["local_views"].shape == (3, 2, 3, 27, 27)
+    assert [x.size for x in R.view_recipes("imagenet_mocov2", 3)] == [224] * 3  # null: the recipe's own
+    with pytest.raises(ValueError, match=r"augment\.size must be an integer >= 8"):
+        R.view_recipes("cifar", 2, size=4)
