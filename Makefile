@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: setup test lint demo bench clean ray-head ray-stop
+.PHONY: setup test test-chains lint demo bench clean ray-head ray-stop
 
 setup: $(STAMP)
 
@@ -29,7 +29,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PY) -m pytest -q -p no:cacheprovider -m "not chain" tests
+
+test-chains: setup
+	$(PY) -m pytest -q -p no:cacheprovider -m chain tests/integration/test_preset_chains.py
 
 demo: setup
 	$(PY) pipelines/pretrain.py

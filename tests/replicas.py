@@ -57,7 +57,9 @@ def cifar10(root: pathlib.Path) -> dict:
     return {"test": (images, labels), "train": train, "classes": names}
 
 
-def cifar100(root: pathlib.Path) -> dict:
+def cifar100(root: pathlib.Path, train_per_class: int | None = None) -> dict:
+    """``cifar-100-python``: test = the 20 exact images; train = the same, or ``train_per_class``
+    random images of every class (enough for the imbalance rules to keep some)."""
     images, labels, names = exact_samples("cifar100")
     d = root / "cifar-100-python"
     d.mkdir(parents=True)
@@ -65,7 +67,13 @@ def cifar100(root: pathlib.Path) -> dict:
     rows = {"filenames": [f"x{i}.png" for i in range(20)], "batch_label": "testing batch 1 of 1",
             "fine_labels": labels, "coarse_labels": [lab // 5 for lab in labels], "data": hwc_to_rows(images)}
     write_pickle(d / "test", rows)
-    write_pickle(d / "train", {**rows, "batch_label": "training batch 1 of 1"})
+    train = {**rows, "batch_label": "training batch 1 of 1"}
+    if train_per_class:
+        fine = [c for c in range(100) for _ in range(train_per_class)]
+        pixels = np.random.default_rng(0).integers(0, 256, (len(fine), 32, 32, 3), dtype=np.uint8)
+        train = {**train, "fine_labels": fine, "coarse_labels": [c // 5 for c in fine],
+                 "data": hwc_to_rows(pixels), "filenames": [f"t{i}.png" for i in range(len(fine))]}
+    write_pickle(d / "train", train)
     return {"test": (images, labels), "classes": names}
 
 
@@ -96,8 +104,6 @@ WNIDS = ["n01440764", "n01443537", "n02869837"]  # n02869837 is in ImageNet-100
 
 def imagenet(root: pathlib.Path, val_layout: str = "flat") -> dict:
     """ILSVRC2012 layout: train/<wnid>/ (a PNG named .JPEG, a CMYK, a greyscale), val flat + devkit."""
-    from scipy.io import savemat
-
     expected = {}
     for c, wnid in enumerate(WNIDS):
         folder = root / "train" / wnid
@@ -122,15 +128,43 @@ def imagenet(root: pathlib.Path, val_layout: str = "flat") -> dict:
         for n, wnid in enumerate(val_truth):
             (root / "val" / f"ILSVRC2012_val_{n + 1:08d}.JPEG").write_bytes(encode(pattern(8, 8, n), "JPEG"))
             expected[f"val/ILSVRC2012_val_{n + 1:08d}.JPEG"] = WNIDS.index(wnid)
-        dk = root / "ILSVRC2012_devkit_t12" / "data"
-        dk.mkdir(parents=True)
-        (dk / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{ids[w]}\n" for w in val_truth))
-        synsets = np.zeros(3 + 1, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O")])
-        for w, i in ids.items():
-            synsets[i - 1] = (i, w, "x")
-        synsets[3] = (1001, "n00001740", "entity")  # a non-leaf synset, never a label
-        savemat(dk / "meta.mat", {"synsets": synsets})
+        devkit(root, ids, val_truth)
     return expected
+
+
+def devkit(root: pathlib.Path, ids: dict[str, int], val_truth: list[str]) -> None:
+    """``ILSVRC2012_devkit_t12``: ``meta.mat`` (the IDs of ``ids`` and a non-leaf synset) and the
+    validation ground truth (one ID per flat val image, in file-name order)."""
+    from scipy.io import savemat
+
+    dk = root / "ILSVRC2012_devkit_t12" / "data"
+    dk.mkdir(parents=True)
+    (dk / "ILSVRC2012_validation_ground_truth.txt").write_text("".join(f"{ids[w]}\n" for w in val_truth))
+    synsets = np.zeros(len(ids) + 1, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("words", "O")])
+    for w, i in ids.items():
+        synsets[i - 1] = (i, w, "x")
+    synsets[len(ids)] = (1001, "n00001740", "entity")  # a non-leaf synset, never a label
+    savemat(dk / "meta.mat", {"synsets": synsets})
+
+
+def imagenet100(root: pathlib.Path) -> dict:
+    """ILSVRC2012 layout holding CMC's 100 ImageNet-100 classes and one class outside them: train/<wnid>/
+    (1 or 2 tiny JPEGs each), a flat val/ (one image per class) labelled by the devkit."""
+    from pipelines.data.sources.folders import IMAGENET100
+
+    wnids = [*sorted(IMAGENET100), "n01440764"]  # the last is not an ImageNet-100 class
+    for c, wnid in enumerate(wnids):
+        folder = root / "train" / wnid
+        folder.mkdir(parents=True)
+        for i in range(1 + c % 2):
+            (folder / f"{wnid}_{i}.JPEG").write_bytes(encode(pattern(12, 16, seed=c * 2 + i), "JPEG"))
+    (root / "val").mkdir()
+    ids = {w: i + 1 for i, w in enumerate(reversed(wnids))}  # devkit IDs not in sorted-WNID order
+    for n in range(len(wnids)):
+        image = encode(pattern(12, 16, 500 + n), "JPEG")
+        (root / "val" / f"ILSVRC2012_val_{n + 1:08d}.JPEG").write_bytes(image)
+    devkit(root, ids, wnids)
+    return {"classes": sorted(IMAGENET100), "train": {w: 1 + c % 2 for c, w in enumerate(wnids[:-1])}}
 
 
 def webvision(root: pathlib.Path) -> dict:
