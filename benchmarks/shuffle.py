@@ -135,7 +135,8 @@ def median_ratio(records: dict[str, list[dict]], mode: str, base: str, key: str 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the prepare comparison")
+    parser.add_argument("--feed-rounds", type=int, default=5, help="rounds of the feed comparison (quick)")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
@@ -162,8 +163,9 @@ def main() -> None:
                      run=None, num_classes=CLASSES, max_pixels=64_000_000, draft=(448, 448))
     datasets = {k: stream(p, fn_kwargs) for k, p in feed_plans(tmp / "out-1x_shuffled").items()}
     feed: dict[str, list[dict]] = {k: [] for k in datasets}
-    for r in range(rounds + 1):  # round 0 warms the workers up and is not counted
-        for k, ds in datasets.items():
+    feed_rounds = 1 if args.quick else args.feed_rounds
+    for r in range(feed_rounds + 1):  # round 0 warms the workers up and is not counted
+        for k, ds in (datasets.items() if r % 2 else reversed(datasets.items())):  # modes take turns first
             rec = timed_epoch(ds.iter_batches(batch_size=64, batch_format="numpy", prefetch_batches=2))
             if r:
                 feed[k].append(rec)
@@ -171,8 +173,11 @@ def main() -> None:
     ray.shutdown()
     result = {
         "when": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python benchmarks/shuffle.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/shuffle.py", *sys.argv[1:]]),
         "rounds": rounds,
+        "feed_rounds": feed_rounds,
+        "memory": "peak_mem_mb: the largest PSS of the benchmark's whole process tree (its Ray cluster, "
+                  "workers and object store included) during each prepare run",
         "images_per_class": {"1x": per_class, "10x": 10 * per_class},
         "rows_per_shard": ROWS_PER_SHARD,
         "prepare": {k: {"median_img_per_s": statistics.median(x["img_per_s"] for x in v),

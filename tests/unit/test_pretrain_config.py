@@ -182,3 +182,15 @@ def test_the_command_fails_before_ray_starts(tmp_path) -> None:
     assert "dataset.root is not set" in proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_the_presets_page_has_a_row_for_every_paper_preset_with_its_header_command() -> None:
+    page = (ROOT / "docs" / "presets.md").read_text()
+    for preset in PRESETS:
+        if preset in ("demo", "smoke"):
+            continue
+        header = (CONFIGS / "experiment" / f"{preset}.yaml").read_text()
+        command = next(x for x in header.splitlines() if x.startswith("#") and "pipelines/prepare.py" in x)
+        row = next((x for x in page.splitlines() if x.startswith(f"| `{preset}` |")), None)
+        assert row is not None, preset
+        assert "python " + command.split("python ", 1)[1].strip() in row, preset
