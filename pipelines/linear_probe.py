@@ -1,6 +1,7 @@
 """Linear probe and kNN of a pretrained run's encoder, on Ray (one worker; a GPU with eval.use_gpu=true).
 
-    python pipelines/linear_probe.py run=~/cacr-runs/demo                       # small_scale protocol
+    python pipelines/linear_probe.py run=~/cacr-runs/demo                       # the run's eval.protocol
+    python pipelines/linear_probe.py run=~/cacr-runs/demo eval/protocol=small_scale   # the full protocol
     python pipelines/linear_probe.py run=<run>/checkpoint_e0200_s00078000 eval/protocol=mocov2
     python pipelines/linear_probe.py run=<run> eval.protocol.val_fraction=0.1   # select the epoch on val
     python pipelines/linear_probe.py run=<webvision run> eval/protocol=mocov2 eval_dataset.root=<in1k shards>

@@ -157,7 +157,7 @@ def training_datasets(
     limit = dataset.get("max_train_images")
     if limit and int(limit) < len(positions):  # a fixed, class-stratified subset for every epoch
         groups = order.group_counts(positions, train_index.sizes)  # positions are sorted
-        kept = order.stratified_sample(labels[positions], int(limit), seed, num_classes, groups)
+        kept = order.training_sample(labels[positions], int(limit), seed, num_classes, groups)
         positions = positions[kept]
     max_pixels = int(dataset.get("max_pixels") or DEFAULT_MAX_PIXELS)
     common = dict(seed=seed, num_classes=num_classes, max_pixels=max_pixels)
@@ -179,8 +179,11 @@ def training_datasets(
             bank = order.stratified_sample(labels, int(bank_size), seed, num_classes, train_index.sizes)
         datasets["bank"] = stream(ReadPlan(with_rows(train_index, bank)), plain)
     stats = imbalance.summary(counts)
+    unlabelled = int((labels[positions] < 0).sum())
     print(
-        f"training set: {stats['total']:,} images, {stats['classes_present']} classes, imbalance ratio "
+        f"training set: {len(positions):,} images"
+        + (f" ({unlabelled:,} unlabelled)" if unlabelled else "")
+        + f", {stats['classes_present']} classes, imbalance ratio "
         f"{imbalance.ratio_text(stats['imbalance_ratio'])}, per class {stats['per_class']}",
         flush=True,
     )

@@ -125,6 +125,25 @@ def stratified_sample(
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 
+def training_sample(
+    labels: np.ndarray, size: int, seed: int, num_classes: int, group_sizes: list[int] | None = None
+) -> np.ndarray:
+    """Sorted positions of a seeded sample of ``size`` training rows, unlabelled ones included.
+
+    The labelled rows are sampled by :func:`stratified_sample`; unlabelled rows (negative labels,
+    e.g. STL-10's ``unlabeled`` split) keep their share of ``size``, drawn uniformly.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    unlabelled = np.flatnonzero(labels < 0)
+    size = min(int(size), len(labels))
+    n_unlabelled = round(size * len(unlabelled) / len(labels)) if len(labels) else 0
+    kept = stratified_sample(labels, size - n_unlabelled, seed, num_classes, group_sizes)
+    if n_unlabelled:
+        extra = rng_for(seed, "unlabelled").choice(unlabelled, size=n_unlabelled, replace=False)
+        kept = np.sort(np.concatenate([kept, extra]))
+    return kept
+
+
 def rows_per_item(positions: np.ndarray, item_sizes: list[int]) -> list[np.ndarray]:
     """Split sorted global row positions (repeats allowed) into positions within each item."""
     bounds = np.r_[0, np.cumsum(item_sizes)]

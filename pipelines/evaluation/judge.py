@@ -170,7 +170,7 @@ class Judge:
         ks = sorted({k, *(int(x) for x in self.ev.get("knn_report_k") or [])})
         top1, by_k = self.knn_at(feats, ks)
         preds = by_k[k]
-        out: dict[str, Any] = {"knn_top1": top1[k], "knn_k": k}
+        out: dict[str, Any] = {"knn_top1": top1[k], "knn_k": k, "knn_bank": len(feats[1])}
         out["knn_top1_at_k"] = {str(x): top1[x] for x in ks}
         source = "knn"
         if protocol is not None:

@@ -171,7 +171,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         "mean": list(mean),
         "std": list(std),
         "spe": max(1, int(marker["step"]) // max(1, int(marker["epoch"]))),
-        "key": probe_key(protocol.name, dataset, other),
+        "key": probe_key(protocol.name, dataset, other, _existing_probes(run_dir)),
         "judged_on": {
             "root": str(dataset["root"]),
             "train_split": dataset["train_split"],
@@ -203,17 +203,23 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     return {**json.loads((run_dir / "results.json").read_text()), "probe_key": info["key"]}
 
 
+def _existing_probes(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "results.json"
+    return json.loads(path.read_text()).get("linear_probes") or {} if path.exists() else {}
+
+
 def probe_table(results: dict[str, Any], protocol: str, run_dir: str) -> str:
     """The short table printed at the end of ``linear_probe.py``."""
     judged = results["linear_probes"][protocol]
+    other = (judged.get("judged_on") or {}).get("other_dataset")
     rows = [(f"pretrained, {protocol} probe", judged)]
-    if "random_init" in results:
+    if "random_init" in results and not other:  # the run's baseline was judged on the run's own data
         rows.append(("random init (from the run's own evaluation)", results["random_init"]))
     lines = encoder_table(rows)
     shots = (judged.get("breakdown") or {}).get("shots")
     from pipelines.evaluation.breakdown import is_imbalanced
 
-    if shots and is_imbalanced(results.get("train_counts") or []):
+    if shots and is_imbalanced(judged.get("train_counts") or results.get("train_counts") or []):
         lines.append(
             "many / medium / few-shot top-1: "
             + " / ".join("-" if v["top1"] is None else f"{v['top1']:.2f}" for v in shots.values())

@@ -8,6 +8,7 @@ that the checkpoint's backbone fits the run's model.
 from __future__ import annotations
 
 import copy
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,13 @@ def probe_eval(
 ) -> dict[str, Any]:
     """The ``eval`` group a probe runs with: the run's saved one, then the command line's changes.
 
-    Keys the run's config lacks (added to the platform later) come from ``composed`` (the
-    command's defaults); of ``composed``'s values only those the command line set (``overrides``:
-    ``eval.<key>=...`` or ``eval/protocol=<name>``) replace the run's.
+    Top-level keys the run's config lacks (added to the platform later) come from ``composed``
+    (the command's defaults); the run's probe ``protocol`` is kept whole (a protocol is never
+    mixed with another one's keys). Of ``composed``'s values only those the command line set
+    (``overrides``: ``eval.<key>=...``, ``~eval.<key>`` or ``eval/protocol=<name>``) replace the
+    run's.
     """
-    merged = _defaults_under(composed, saved or {})
+    merged = {**copy.deepcopy(composed), **copy.deepcopy(saved or {})}
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0]
         if key.startswith("eval/protocol"):
@@ -33,17 +36,12 @@ def probe_eval(
             *path, last = key.split(".")[1:]
             src, dst = composed, merged
             for part in path:
-                src, dst = src[part], dst.setdefault(part, {})
-            dst[last] = copy.deepcopy(src.get(last))
+                src, dst = src.get(part) or {}, dst.setdefault(part, {})
+            if override.startswith("~"):
+                dst.pop(last, None)
+            else:
+                dst[last] = copy.deepcopy(src.get(last))
     return merged
-
-
-def _defaults_under(defaults: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(defaults)
-    for key, value in values.items():
-        both = isinstance(value, dict) and isinstance(out.get(key), dict)
-        out[key] = _defaults_under(out[key], value) if both else copy.deepcopy(value)
-    return out
 
 
 def judged_dataset(run_dataset: dict[str, Any], other: dict[str, Any] | None) -> tuple[dict[str, Any], bool]:
@@ -85,10 +83,10 @@ def check_backbone(run_cfg: dict[str, Any], checkpoint: Path) -> None:
         ConfigError: naming the checkpoint, the model and the first keys or shapes that differ.
     """
     from pipelines.evaluation.export import load_state
-    from pipelines.models.build import build_framework
+    from pipelines.models.build import backbone_of
 
     state = load_state(checkpoint / ckpt.BACKBONE)
-    expected = build_framework(run_cfg, seed=0).backbone.state_dict()
+    expected = backbone_of(run_cfg["model"]).state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
     shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
@@ -105,6 +103,19 @@ def check_backbone(run_cfg: dict[str, Any], checkpoint: Path) -> None:
         )
 
 
-def probe_key(protocol: str, dataset: dict[str, Any], other: bool) -> str:
-    """The name of a probe's entry in ``results.json``: the protocol, and the dataset when another."""
-    return f"{protocol} on {Path(str(dataset['root']).rstrip('/')).name}" if other else protocol
+def probe_key(
+    protocol: str, dataset: dict[str, Any], other: bool, probes: dict[str, Any] | None = None
+) -> str:
+    """The name of a probe's entry in ``results.json``: the protocol, and the dataset when another.
+
+    The dataset is named by its folder; when ``probes`` (the entries already there) hold that
+    name for another folder, a short hash of the root tells the two apart.
+    """
+    if not other:
+        return protocol
+    root = str(dataset["root"]).rstrip("/")
+    key = f"{protocol} on {Path(root).name}"
+    there = ((probes or {}).get(key) or {}).get("judged_on") or {}
+    if there and there.get("root", "").rstrip("/") != root:
+        key += f" ({hashlib.blake2b(root.encode(), digest_size=3).hexdigest()})"
+    return key

@@ -65,8 +65,12 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
     at_k = [(label, j["knn_top1_at_k"]) for label, j in rows if j.get("knn_top1_at_k")]
     if at_k:
         ks = list(at_k[0][1])
-        lines += ["", "kNN top-1 by number of neighbours k (the table's kNN column: k = "
-                  f"{rows[0][1].get('knn_k', '?')}):", "",
+        used = sorted({str(j.get("knn_k", "?")) for _, j in rows if j.get("knn_top1_at_k")})
+        banks = sorted({str(j["knn_bank"]) for _, j in rows if j.get("knn_bank")})
+        note = f"the table's kNN column: k = {' or '.join(used)}"
+        if banks:
+            note += f"; a k above the bank ({' or '.join(banks)} images) votes with all of it"
+        lines += ["", f"kNN top-1 by number of neighbours k ({note}):", "",
                   "| encoder | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
         lines += [f"| {label} | " + " | ".join(_num(v.get(k)) for k in ks) + " |" for label, v in at_k]
     probes = {(j.get("linear") or {}).get("protocol"): j.get("linear") for _, j in rows if j.get("linear")}

@@ -52,6 +52,18 @@ def _head(spec: dict[str, Any] | None, in_dim: int) -> nn.Module:
     )
 
 
+def backbone_of(model: dict[str, Any]) -> nn.Module:
+    """The backbone the ``model`` config group describes (freshly initialised)."""
+    return build_backbone(
+        model["name"],
+        image_size=int(model["image_size"]),
+        stem=model.get("stem", "imagenet"),
+        width=float(model.get("width", 1.0)),
+        norm=model.get("norm", "batch"),
+        zero_init_residual=bool(model.get("zero_init_residual", False)),
+    )
+
+
 def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 0) -> Framework:
     """Build the framework of a resolved config (plain dict with ``model``, ``framework``, ``objective``).
 
@@ -65,14 +77,7 @@ def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 
     """
     m, fw, obj = cfg["model"], cfg["framework"], cfg["objective"]
     check_combination(fw["name"], obj["name"], int(obj["K"]) + 1)
-    backbone = build_backbone(
-        m["name"],
-        image_size=int(m["image_size"]),
-        stem=m.get("stem", "imagenet"),
-        width=float(m.get("width", 1.0)),
-        norm=m.get("norm", "batch"),
-        zero_init_residual=bool(m.get("zero_init_residual", False)),
-    )
+    backbone = backbone_of(m)
     hparams = dict(obj.get("hparams") or {})
     if distributed and "gather" in objectives.hyperparameters(obj["name"]):
         hparams["gather"] = True

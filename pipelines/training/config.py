@@ -53,11 +53,14 @@ def run_command(
 
     Returns:
         0, 2 for a :class:`ConfigError` (``config error:`` and the problems) or a ``stops`` code.
+        An error raised inside a Ray task is never one of these: it propagates with its traceback.
     """
     handled: dict[type[Exception], tuple[str, int]] = {ConfigError: ("config error:\n", 2), **(stops or {})}
     try:
         text = action()
     except tuple(handled) as err:
+        if any(c.__name__ == "RayTaskError" for c in type(err).__mro__):
+            raise  # raised inside a Ray task: a fault to see whole (with its traceback), not bad input
         prefix, code = next(v for k, v in handled.items() if isinstance(err, k))
         print(f"{prefix}{err}", file=sys.stderr, flush=True)
         return code

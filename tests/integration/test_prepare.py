@@ -128,3 +128,20 @@ def test_unknown_split_fails_before_any_work(ray_cluster, tmp_path):
     with pytest.raises(ValueError, match="no split 'val'"):
         prepare_dataset("cifar10", str(tmp_path / "raw"), str(tmp_path / "out"), splits=["val"])
     assert not (tmp_path / "out").exists()
+
+
+def test_an_error_raised_inside_a_ray_task_is_not_taken_for_bad_input(ray_cluster, capsys):
+    from pipelines.training.config import run_command
+
+    @ray_cluster.remote
+    def broken() -> None:
+        raise ValueError("a bug in a task")
+
+    def bad_input() -> str:
+        raise ValueError("dataset.root holds no such files")
+
+    stops = {ValueError: ("error: ", 2)}
+    assert run_command(bad_input, stops) == 2
+    assert capsys.readouterr().err == "error: dataset.root holds no such files\n"
+    with pytest.raises(ValueError, match="a bug in a task"):  # with its traceback, not one line
+        run_command(lambda: ray_cluster.get(broken.remote()), stops)

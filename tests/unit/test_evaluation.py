@@ -188,6 +188,7 @@ def _results(counts: list[int]) -> dict:
     judged = {
         "knn_top1": 41.5,
         "knn_k": 200,
+        "knn_bank": 150,
         "knn_top1_at_k": {"10": 44.25, "20": 43.0, "100": 42.0, "200": 41.5},
         "linear": {
             "protocol": "small_scale",
@@ -218,6 +219,7 @@ def test_results_markdown_tables_hold_the_numbers() -> None:
     assert "| pretrained | 100.00 | 100.00 | 50.00 |" in md  # many / medium / few: one class each
     assert "| eel | 5 | 50.00 |" in md
     assert "| encoder | k = 10 | k = 20 | k = 100 | k = 200 |" in md
+    assert "k = 200; a k above the bank (150 images) votes with all of it" in md
     assert "| pretrained | 44.25 | 43.00 | 42.00 | 41.50 |" in md
     balanced = results_markdown(_results([50, 50, 50]), "run y")
     assert "Many / medium / few" not in balanced and "| dog | 50 | 100.00 |" in balanced
@@ -361,6 +363,7 @@ def test_judge_runs_knn_probe_and_breakdown_on_batches() -> None:
     assert out["knn_top1"] == 100.0 and out["linear"]["final_top1"] == 100.0
     at_k = out["knn_top1_at_k"]  # each k against a float64 reference: test_training_parts
     assert out["knn_k"] == 5 and list(at_k) == ["1", "5", "500"] and at_k["1"] == at_k["5"] == 100.0
+    assert out["knn_bank"] == 120
     assert out["breakdown"]["per_class"] == [100.0, 100.0, 100.0] and out["breakdown_source"] == "linear"
     assert seen == list(range(1, 21))
 
@@ -426,3 +429,51 @@ def test_probe_eval_starts_from_the_runs_settings_and_takes_only_what_the_comman
     assert changed["protocol"] == {"name": "small_scale", "epochs": 100, "lr": 1.0}
     assert probe_eval(saved, composed, ["eval/protocol=mocov2"])["protocol"] == composed["protocol"]
     assert probe_eval(None, composed, ["run=x"]) == composed
+    assert "few_shot_below" not in probe_eval(saved, composed, ["~eval.few_shot_below"])
+
+
+def test_probe_eval_keeps_the_runs_protocol_whole_with_the_shipped_protocols() -> None:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from pipelines.evaluation.probe_setup import probe_eval
+    from pipelines.evaluation.protocols import from_config
+
+    configs = pathlib.Path(__file__).resolve().parents[2] / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        command = ["eval.protocol.epochs=3"]  # on top of the default protocol, small_scale
+        default = OmegaConf.to_container(compose("linear_probe", command).eval, resolve=True)
+        run = OmegaConf.to_container(compose("linear_probe", ["eval/protocol=mocov3"]).eval, resolve=True)
+    assert "lr" not in run["protocol"] and "lr" in default["protocol"]  # what a key-wise merge mixed in
+    ev = probe_eval(run, default, command)
+    assert ev["protocol"] == {**run["protocol"], "epochs": 3}
+    assert from_config(ev["protocol"]).lr == pytest.approx(0.1 * run["protocol"]["batch_size"] / 256)
+
+
+def test_the_probe_table_of_another_dataset_leaves_out_the_runs_own_baseline() -> None:
+    from pipelines.evaluation.probe_run import probe_table
+
+    judged = {"knn_top1": 50.0, "linear": {"final_top1": 60.0, "best_top1": 61.0},
+              "breakdown": bd.breakdown(np.array([0, 1, 2]), np.array([0, 1, 1]), [500, 50, 5]),
+              "train_counts": [500, 50, 5], "judged_on": {"other_dataset": True}}
+    results = {"random_init": {"knn_top1": 30.0}, "train_counts": [10, 10, 10],
+               "linear_probes": {"small_scale on in1k": judged}}
+    table = probe_table(results, "small_scale on in1k", "/runs/x")
+    assert "random init" not in table and "60.00" in table
+    assert "many / medium / few-shot top-1" in table  # from the other dataset's counts, not the run's
+    own = probe_table({**results, "linear_probes": {"s": {**judged, "judged_on": {}}}}, "s", "/runs/x")
+    assert "random init" in own
+
+
+def test_probes_on_two_folders_of_the_same_name_get_their_own_entries() -> None:
+    from pipelines.evaluation.probe_setup import probe_key
+
+    a, b = {"root": "/data/a/shards"}, {"root": "/data/b/shards/"}
+    assert probe_key("mocov2", a, other=False) == "mocov2"
+    assert probe_key("mocov2", a, other=True) == "mocov2 on shards"
+    probes = {"mocov2 on shards": {"judged_on": {"root": "/data/a/shards"}}}
+    assert probe_key("mocov2", a, other=True, probes=probes) == "mocov2 on shards"  # the same: replaced
+    other = probe_key("mocov2", b, other=True, probes=probes)
+    third = probe_key("mocov2", {"root": "/x/shards"}, True, probes)
+    assert other.startswith("mocov2 on shards (") and third.startswith("mocov2 on shards (")
+    assert other != third

@@ -110,3 +110,15 @@ def test_a_small_sample_of_shuffled_row_groups_reads_few_of_them():
     sorted_labels = np.sort(labels)  # class-sorted row groups: every class's groups are needed
     picked = order.stratified_sample(sorted_labels, 256, seed=3, num_classes=10, group_sizes=[500] * 20)
     assert (np.bincount(sorted_labels[picked], minlength=10) >= 1).all()
+
+
+def test_a_limited_training_set_keeps_the_unlabelled_share_and_every_class() -> None:
+    labels = np.array([-1] * 600 + [c for c in range(4) for _ in range(100)])  # 60 % unlabelled
+    kept = order.training_sample(labels, 100, seed=3, num_classes=4)
+    assert len(kept) == len(set(kept.tolist())) == 100 and (np.diff(kept) > 0).all()
+    assert (labels[kept] < 0).sum() == 60
+    assert np.bincount(labels[kept][labels[kept] >= 0], minlength=4).tolist() == [10, 10, 10, 10]
+    assert np.array_equal(kept, order.training_sample(labels, 100, seed=3, num_classes=4))
+    assert not np.array_equal(kept, order.training_sample(labels, 100, seed=4, num_classes=4))
+    plain = np.repeat(np.arange(4), 100)
+    assert np.array_equal(order.training_sample(plain, 40, 3, 4), order.stratified_sample(plain, 40, 3, 4))
