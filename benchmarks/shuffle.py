@@ -15,7 +15,7 @@ and the training feed with a new order every epoch against a fixed file order.
 Modes take turns within each round on one Ray cluster and a ratio is the median of the per-round
 ratios (the machine's speed drifts over minutes).
 
-    python benchmarks/shuffle.py              # writes benchmarks/results/shuffle.json (about 15 min)
+    python benchmarks/shuffle.py              # writes benchmarks/results/shuffle.json (5-15 min on 2 cores)
     python benchmarks/shuffle.py --quick      # 1 round, smaller; prints only
 """
 
