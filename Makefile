@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: setup test test-chains lint demo bench clean ray-head ray-stop
+.PHONY: setup test test-fast test-chains lint demo bench clean ray-head ray-stop
 
 setup: $(STAMP)
 
@@ -29,10 +29,13 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider -m "not chain" tests
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-fast: setup lint
+	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 test-chains: setup
-	$(PY) -m pytest -q -p no:cacheprovider -m chain tests/integration/test_preset_chains.py
+	$(PY) -m pytest -q -p no:cacheprovider tests/integration/test_preset_chains.py
 
 demo: setup
 	$(PY) pipelines/pretrain.py
