@@ -52,10 +52,11 @@ def run_command(
         stops: more expected exception types, each with its message prefix and exit code.
 
     Returns:
-        0, 2 for a :class:`ConfigError` (``config error:`` and the problems) or a ``stops`` code.
+        0, 2 for a :class:`ConfigError` (``config error:`` and the problem, one line each when
+        there are several) or a ``stops`` code.
         An error raised inside a Ray task is never one of these: it propagates with its traceback.
     """
-    handled: dict[type[Exception], tuple[str, int]] = {ConfigError: ("config error:\n", 2), **(stops or {})}
+    handled: dict[type[Exception], tuple[str, int]] = {ConfigError: ("config error: ", 2), **(stops or {})}
     try:
         text = action()
     except tuple(handled) as err:

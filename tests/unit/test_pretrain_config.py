@@ -179,7 +179,8 @@ def test_the_command_fails_before_ray_starts(tmp_path) -> None:
         timeout=120,
     )
     assert proc.returncode == 2
-    assert "dataset.root is not set" in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]  # one line
+    assert proc.stderr.startswith("config error: ") and "dataset.root is not set" in proc.stderr
     assert "Started a local Ray instance" not in proc.stdout + proc.stderr
     assert not any(tmp_path.iterdir())
 
