@@ -8,8 +8,8 @@ Split in two so each part runs where it is cheapest:
 * :class:`Photometric` (the training device): colour jitter in a random order per image,
   grayscale, Gaussian blur, solarisation and normalisation, with per-image random parameters.
 
-Recipes (``augment=<name>``, defined in :mod:`pipelines.data.recipes`; ``../shared/docs/cacr-spec.md``
-section 4):
+Recipes (``augment=<name>``, defined in :mod:`pipelines.data.recipes`; the paper's and the official
+code's augmentations):
 
 * ``cifar``: RRC 32 px, scale (0.2, 1), flip, ColorJitter(0.4, 0.4, 0.4, 0.4) always,
   grayscale 0.2 (the official small-scale code; K + 1 identical draws).

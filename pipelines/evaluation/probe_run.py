@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.evaluation.probe_setup import check_backbone, judged_dataset, probe_eval, probe_key
-from pipelines.evaluation.report import encoder_table
+from pipelines.evaluation.report import RESULTS_JSON, encoder_table
 from pipelines.training import checkpoints as ckpt
 from pipelines.training.config import ConfigError, check_eval, run_command
 
@@ -54,7 +54,7 @@ def probe_loop_per_worker(config: dict[str, Any]) -> None:
     from pipelines.evaluation.export import load_state
     from pipelines.evaluation.judge import BatchCache, Judge
     from pipelines.evaluation.protocols import from_config
-    from pipelines.evaluation.report import RESULTS_JSON, write_results
+    from pipelines.evaluation.report import write_results
     from pipelines.models.build import build_framework
 
     cfg, ev, info = config["cfg"], config["eval"], config["info"]
@@ -200,11 +200,11 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
             execution_options={k: ExecutionOptions(preserve_order=True) for k in datasets},
         ),
     ).fit()
-    return {**json.loads((run_dir / "results.json").read_text()), "probe_key": info["key"]}
+    return {**json.loads((run_dir / RESULTS_JSON).read_text()), "probe_key": info["key"]}
 
 
 def _existing_probes(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "results.json"
+    path = run_dir / RESULTS_JSON
     return json.loads(path.read_text()).get("linear_probes") or {} if path.exists() else {}
 
 

@@ -25,6 +25,7 @@ from pipelines.search.trial import compose_pretrain
 from pipelines.training.config import check_config
 from pipelines.training.run import pretrain
 from tests import replicas
+from tests.runs import jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)  # 15-30 s each here alone, up to 185 s under heavy load
@@ -123,16 +124,10 @@ def test_the_preset_runs_from_raw_files_to_its_results(ray_cluster, tmp_path, pr
         assert all(0.0 <= v <= 100.0 for v in judged["knn_top1_at_k"].values())
         linear = judged["linear"]
         assert linear["protocol"] == cfg["eval"]["protocol"]["name"] and 0.0 <= linear["final_top1"] <= 100.0
-    losses = [r["loss/total"] for r in _metrics(Path(out.run_dir)) if "loss/total" in r]
+    losses = [r["loss/total"] for r in jsonl(Path(out.run_dir) / "metrics.jsonl") if "loss/total" in r]
     assert losses and all(math.isfinite(x) for x in losses)
 
 
 def replicas_root(raw: Path, dataset: str) -> Path:
     """Where ``dataset=`` is pointed: the ImageNet-22K replica is one outer tar file."""
     return next(raw.glob("*.tar")) if dataset == "imagenet22k" else raw
-
-
-def _metrics(run_dir: Path) -> list[dict[str, Any]]:
-    from tests.runs import jsonl
-
-    return jsonl(run_dir / "metrics.jsonl")

@@ -1,8 +1,8 @@
 """Shards of encoded images: Parquet (``image``/``label``/``key`` columns) or WebDataset tars.
 
 ``shards`` reads what ``prepare`` writes: ``manifest.json`` plus the shard files, from a local
-folder or a filesystem URI. ``cifar10_jpeg`` reads the CIFAR-10 Parquet shards of
-``../shared/datasets/cifar10-jpeg`` (``train-*.parquet``, ``test-*.parquet``, ``classes.txt``).
+folder or a filesystem URI. ``cifar10_jpeg`` reads a folder of CIFAR-10 JPEG Parquet shards
+(``train-*.parquet``, ``test-*.parquet``, ``classes.txt``; ``data/cifar10-sample`` is one).
 Without a manifest, ``<split>-*.parquet`` or ``<split>-*.tar`` files and ``classes.txt`` are used.
 """
 
