@@ -12,7 +12,7 @@ export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 export HYDRA_FULL_ERROR ?= 1
 
-.PHONY: setup test test-fast test-chains lint demo bench clean ray-head ray-stop
+.PHONY: setup test test-fast test-chains lint format demo bench clean ray-head ray-stop
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ $(STAMP):
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider tests

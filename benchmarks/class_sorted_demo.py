@@ -71,17 +71,31 @@ def gains(run_dir: pathlib.Path) -> dict[str, float]:
     res = json.loads((run_dir / "results.json").read_text())
     pre, rnd = res["pretrained"], res["random_init"]
     lin = lambda r: (r.get("linear") or {}).get("final_top1")  # noqa: E731
-    out = {"knn_pretrained": pre["knn_top1"], "knn_random_init": rnd["knn_top1"],
-           "knn_gain": pre["knn_top1"] - rnd["knn_top1"]}
+    out = {
+        "knn_pretrained": pre["knn_top1"],
+        "knn_random_init": rnd["knn_top1"],
+        "knn_gain": pre["knn_top1"] - rnd["knn_top1"],
+    }
     if lin(pre) is not None and lin(rnd) is not None:
         out.update(linear_pretrained=lin(pre), linear_random_init=lin(rnd), linear_gain=lin(pre) - lin(rnd))
     return out
 
 
-def pretrain_and_read(code: pathlib.Path, python: str, name: str, storage: pathlib.Path, logs: pathlib.Path,
-                      *overrides: str) -> dict:
-    seconds = run([python, "pipelines/pretrain.py", "experiment=demo", f"trainer.storage_path={storage}",
-                   f"trainer.name={name}", *overrides], code, logs / f"{name}.log")
+def pretrain_and_read(
+    code: pathlib.Path, python: str, name: str, storage: pathlib.Path, logs: pathlib.Path, *overrides: str
+) -> dict:
+    seconds = run(
+        [
+            python,
+            "pipelines/pretrain.py",
+            "experiment=demo",
+            f"trainer.storage_path={storage}",
+            f"trainer.name={name}",
+            *overrides,
+        ],
+        code,
+        logs / f"{name}.log",
+    )
     return {**gains(storage / name), "seconds": round(seconds)}
 
 
@@ -99,16 +113,37 @@ def main() -> None:
     print(f"class-sorted tree: {counts} images under {work / 'tree'}", flush=True)
     old = work / "before"
     if not old.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(old), args.before], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(old), args.before],
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+        )
     shards = {"class_sorted": work / "shards-now", "class_sorted_before": work / "shards-before"}
     results: dict[str, dict] = {}
     for key, code in (("class_sorted", ROOT), ("class_sorted_before", old)):
         shutil.rmtree(shards[key], ignore_errors=True)
-        run([python, "pipelines/prepare.py", "dataset=imagefolder", f"dataset.root={work / 'tree'}",
-             f"out={shards[key]}"], code, logs / f"prepare-{key}.log")
-        results[key] = pretrain_and_read(code, python, key, work / "runs", logs, "dataset=shards",
-                                         f"dataset.root={shards[key]}", "dataset.eval_split=val")
+        run(
+            [
+                python,
+                "pipelines/prepare.py",
+                "dataset=imagefolder",
+                f"dataset.root={work / 'tree'}",
+                f"out={shards[key]}",
+            ],
+            code,
+            logs / f"prepare-{key}.log",
+        )
+        results[key] = pretrain_and_read(
+            code,
+            python,
+            key,
+            work / "runs",
+            logs,
+            "dataset=shards",
+            f"dataset.root={shards[key]}",
+            "dataset.eval_split=val",
+        )
         print(f"{key}: {results[key]}", flush=True)
     results["demo"] = pretrain_and_read(ROOT, python, "demo", work / "runs", logs)
     print(f"demo: {results['demo']}", flush=True)

@@ -224,8 +224,15 @@ class RayPipeline:
         self.start_s = time.perf_counter() - t0
         self.ds = stream(
             ReadPlan(row_group_items(files), mix=MIX, shuffle=True),
-            dict(store=Store.open("/"), recipes=recipes, seed=0, run=None, num_classes=10,
-                 max_pixels=64_000_000, draft=draft),
+            dict(
+                store=Store.open("/"),
+                recipes=recipes,
+                seed=0,
+                run=None,
+                num_classes=10,
+                max_pixels=64_000_000,
+                draft=draft,
+            ),
         )
 
     def epoch(self, batch: int, timings: dict[str, float]):

@@ -62,10 +62,20 @@ def cases(B_in: int, B_q: int, Q: int, D: int, device):
     for K in (1, 4):
         V = K + 1
         views = unit(V, B_in, D, device=device)
-        out.append(("inbatch", f"cacr_inbatch K={K}", "cacr_inbatch", dict(t_pos=1.0, t_neg=0.9),
-                    [views], V, K))
-        out.append(("inbatch", f"cacr_moco_v3 rbf V={V}", "cacr_moco_v3", dict(temperature=1.0),
-                    [views, unit(V, B_in, D, device=device, grad=False)], V, K))
+        out.append(
+            ("inbatch", f"cacr_inbatch K={K}", "cacr_inbatch", dict(t_pos=1.0, t_neg=0.9), [views], V, K)
+        )
+        out.append(
+            (
+                "inbatch",
+                f"cacr_moco_v3 rbf V={V}",
+                "cacr_moco_v3",
+                dict(temperature=1.0),
+                [views, unit(V, B_in, D, device=device, grad=False)],
+                V,
+                K,
+            )
+        )
     two = unit(2, B_in, D, device=device)
     out.append(("inbatch", "infonce_inbatch", "infonce_inbatch", dict(tau=0.19), [two], 2, None))
     out.append(("inbatch", "align_uniform_inbatch", "align_uniform_inbatch", dict(), [two], 2, None))
@@ -76,8 +86,17 @@ def cases(B_in: int, B_q: int, Q: int, D: int, device):
         q, k = unit(V, B_q, D, device=device), unit(V, B_q, D, device=device, grad=False)
         for cache in (False, True):
             label = f"cacr_moco_v2 K={K}" + (" official cache" if cache else "")
-            out.append(("queue", label, "cacr_moco_v2",
-                        dict(t_pos=1.0, t_neg=2.0, official_queue_cache=cache), [q, k, queue], V, K))
+            out.append(
+                (
+                    "queue",
+                    label,
+                    "cacr_moco_v2",
+                    dict(t_pos=1.0, t_neg=2.0, official_queue_cache=cache),
+                    [q, k, queue],
+                    V,
+                    K,
+                )
+            )
     q1, k1 = unit(B_q, D, device=device), unit(B_q, D, device=device, grad=False)
     out.append(("queue", "infonce_queue", "infonce_queue", dict(tau=0.2), [q1, k1, queue], 1, None))
     out.append(("queue", "align_uniform_queue", "align_uniform_queue", dict(), [q1, k1, queue], 1, None))
@@ -100,8 +119,17 @@ def main() -> None:
     rows = []
     for group, label, name, hp, inputs, views, K in cases(128, 256, Q, 128, device):
         seconds = median_time(objectives.build(name, **hp), inputs, device, reps)
-        rows.append(dict(group=group, label=label, objective=name, hparams=hp, K=K,
-                         query_views=views, median_ms=seconds * 1e3))
+        rows.append(
+            dict(
+                group=group,
+                label=label,
+                objective=name,
+                hparams=hp,
+                K=K,
+                query_views=views,
+                median_ms=seconds * 1e3,
+            )
+        )
         print(f"  timed {label:<36} {seconds * 1e3:9.2f} ms", flush=True)
     base = {r["group"]: r for r in rows if r["objective"] in ("infonce_inbatch", "infonce_queue")}
     for r in rows:
@@ -116,8 +144,10 @@ def main() -> None:
         device_name = torch.cuda.get_device_name(device)
     else:
         device_name = platform.processor() or platform.machine()
-    print(f"\nforward+backward, median of {reps}, device {device.type} ({device_name}), "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"\nforward+backward, median of {reps}, device {device.type} ({device_name}), "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"in-batch: B=128 D=128 vs infonce_inbatch; queue: B=256 Q={Q} D=128 vs infonce_queue")
     if args.quick:
         print("(quick: a small queue; the targets are judged at the paper's Q = 65536 without --quick)")
@@ -126,13 +156,24 @@ def main() -> None:
     print(f"|{'-' * 38}|{'-' * 11}|{'-' * 11}|{'-' * 12}|--------|")
     for r in rows:
         verdict = {True: "met", False: "MISSED"}.get(r.get("meets_target"), "")
-        print(f"| {r['label']:<36} | {r['median_ms']:9.2f} | {r['ratio']:9.2f} | "
-              f"{r['ratio_per_view']:10.2f} | {verdict:<6} |")
+        print(
+            f"| {r['label']:<36} | {r['median_ms']:9.2f} | {r['ratio']:9.2f} | "
+            f"{r['ratio_per_view']:10.2f} | {verdict:<6} |"
+        )
     result = dict(
-        benchmark="objectives", date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        device=device.type, device_name=device_name, torch=torch.__version__,
-        threads=torch.get_num_threads(), reps=reps, B_inbatch=128, B_queue=256, Q=Q, D=128,
-        target=TARGET, rows=rows,
+        benchmark="objectives",
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        device=device.type,
+        device_name=device_name,
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        reps=reps,
+        B_inbatch=128,
+        B_queue=256,
+        Q=Q,
+        D=128,
+        target=TARGET,
+        rows=rows,
     )
     if out_path is not None:
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -143,29 +143,44 @@ def main() -> None:
     per_class = 20 if args.quick else 100  # 1x; 10x holds ten times as many per class
     import ray
 
-    ray.init(address="local", num_cpus=2, object_store_memory=2500 * 2**20, include_dashboard=False,
-             log_to_driver=False)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        object_store_memory=2500 * 2**20,
+        include_dashboard=False,
+        log_to_driver=False,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="cacr-shuffle-bench-"))
     trees = {"1x": class_tree(tmp, per_class), "10x": class_tree(tmp, 10 * per_class)}
     prep: dict[str, list[dict]] = {}
     for r in range(rounds + 1):  # round 0 starts the cluster's workers and is not counted
         for scale, tree in trees.items():
-            for shuffled in ((True, False) if r % 2 else (False, True)):  # modes take turns going first
+            for shuffled in (True, False) if r % 2 else (False, True):  # modes take turns going first
                 name = f"{scale}_{'shuffled' if shuffled else 'source_order'}"
                 rec = prepare_once(tree, tmp / f"out-{name}", shuffled)
                 if r:
                     prep.setdefault(name, []).append(rec)
-                print(f"  round {r}: prepare {name:<20} {rec['img_per_s']:6.0f} img/s  "
-                      f"{rec['seconds']:6.1f} s  peak +{rec['peak_mem_mb']:5.0f} MB", flush=True)
+                print(
+                    f"  round {r}: prepare {name:<20} {rec['img_per_s']:6.0f} img/s  "
+                    f"{rec['seconds']:6.1f} s  peak +{rec['peak_mem_mb']:5.0f} MB",
+                    flush=True,
+                )
     recipes = view_recipes("imagenet_mocov2", 5)
-    fn_kwargs = dict(store=open_source("shards", str(tmp / "out-1x_shuffled")).store, recipes=recipes, seed=0,
-                     run=None, num_classes=CLASSES, max_pixels=64_000_000, draft=(448, 448))
+    fn_kwargs = dict(
+        store=open_source("shards", str(tmp / "out-1x_shuffled")).store,
+        recipes=recipes,
+        seed=0,
+        run=None,
+        num_classes=CLASSES,
+        max_pixels=64_000_000,
+        draft=(448, 448),
+    )
     datasets = {k: stream(p, fn_kwargs) for k, p in feed_plans(tmp / "out-1x_shuffled").items()}
     feed: dict[str, list[dict]] = {k: [] for k in datasets}
     feed_rounds = 1 if args.quick else args.feed_rounds
     for r in range(feed_rounds + 1):  # round 0 warms the workers up and is not counted
-        for k, ds in (datasets.items() if r % 2 else reversed(datasets.items())):  # modes take turns first
+        for k, ds in datasets.items() if r % 2 else reversed(datasets.items()):  # modes take turns first
             rec = timed_epoch(ds.iter_batches(batch_size=64, batch_format="numpy", prefetch_batches=2))
             if r:
                 feed[k].append(rec)
@@ -177,27 +192,43 @@ def main() -> None:
         "rounds": rounds,
         "feed_rounds": feed_rounds,
         "memory": "peak_mem_mb: the largest PSS of the benchmark's whole process tree (its Ray cluster, "
-                  "workers and object store included) during each prepare run",
+        "workers and object store included) during each prepare run",
         "images_per_class": {"1x": per_class, "10x": 10 * per_class},
         "rows_per_shard": ROWS_PER_SHARD,
-        "prepare": {k: {"median_img_per_s": statistics.median(x["img_per_s"] for x in v),
-                        "median_peak_mem_mb": statistics.median(x["peak_mem_mb"] for x in v), "runs": v}
-                    for k, v in prep.items()},
-        "prepare_shuffled_vs_source_order": {s: median_ratio(prep, f"{s}_shuffled", f"{s}_source_order")
-                                             for s in trees},
+        "prepare": {
+            k: {
+                "median_img_per_s": statistics.median(x["img_per_s"] for x in v),
+                "median_peak_mem_mb": statistics.median(x["peak_mem_mb"] for x in v),
+                "runs": v,
+            }
+            for k, v in prep.items()
+        },
+        "prepare_shuffled_vs_source_order": {
+            s: median_ratio(prep, f"{s}_shuffled", f"{s}_source_order") for s in trees
+        },
         "prepare_shuffled_peak_mem_10x_over_1x": statistics.median(
-            a["peak_mem_mb"] / b["peak_mem_mb"] for a, b in zip(prep["10x_shuffled"], prep["1x_shuffled"],
-                                                                strict=True)),
-        "feed": {k: {"median_img_per_s": statistics.median(x["img_per_s"] for x in v), "runs": v}
-                 for k, v in feed.items()},
+            a["peak_mem_mb"] / b["peak_mem_mb"]
+            for a, b in zip(prep["10x_shuffled"], prep["1x_shuffled"], strict=True)
+        ),
+        "feed": {
+            k: {"median_img_per_s": statistics.median(x["img_per_s"] for x in v), "runs": v}
+            for k, v in feed.items()
+        },
         "feed_per_epoch_order_vs_fixed": median_ratio(feed, "per_epoch_order", "fixed_order"),
     }
-    print("\nprepare, shuffled / source order (images/s):",
-          {k: round(v, 2) for k, v in result["prepare_shuffled_vs_source_order"].items()}, "(target >= 0.7)")
-    print(f"prepare with shuffle, peak memory 10x / 1x: {result['prepare_shuffled_peak_mem_10x_over_1x']:.2f}"
-          " (target <= 1.2)")
-    print(f"feed, per-epoch order / fixed order (images/s): {result['feed_per_epoch_order_vs_fixed']:.2f}"
-          " (target >= 0.9)")
+    print(
+        "\nprepare, shuffled / source order (images/s):",
+        {k: round(v, 2) for k, v in result["prepare_shuffled_vs_source_order"].items()},
+        "(target >= 0.7)",
+    )
+    print(
+        f"prepare with shuffle, peak memory 10x / 1x: {result['prepare_shuffled_peak_mem_10x_over_1x']:.2f}"
+        " (target <= 1.2)"
+    )
+    print(
+        f"feed, per-epoch order / fixed order (images/s): {result['feed_per_epoch_order_vs_fixed']:.2f}"
+        " (target >= 0.9)"
+    )
     if not args.quick:
         out = ROOT / "benchmarks" / "results" / "shuffle.json"
         out.write_text(json.dumps(result, indent=1) + "\n")

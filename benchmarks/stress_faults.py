@@ -56,10 +56,23 @@ def one_round(keep: Path, index: int) -> dict:
     report = keep / f"round{index:02d}.xml"
     start = time.perf_counter()
     proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}",
-         "tests/integration/test_faults.py", "-k", " or ".join(TESTS.values()),
-         f"--basetemp={keep / f'round{index:02d}'}"],
-        cwd=ROOT, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"--junitxml={report}",
+            "tests/integration/test_faults.py",
+            "-k",
+            " or ".join(TESTS.values()),
+            f"--basetemp={keep / f'round{index:02d}'}",
+        ],
+        cwd=ROOT,
+        env={**os.environ, "RAY_AUTH_MODE": "disabled"},
+        capture_output=True,
+        text=True,
     )
     seconds = time.perf_counter() - start
     outcome = passed_tests(report)

@@ -22,8 +22,9 @@ def main(src: Path, dst: Path) -> None:
     dst.mkdir(parents=True, exist_ok=True)
     for split, n in (("train", TRAIN), ("test", TEST)):
         table = pq.read_table(sorted(src.glob(f"{split}-*.parquet"))[0]).slice(0, n)
-        pq.write_table(table, dst / f"{split}-00000-of-00001.parquet", row_group_size=ROW_GROUP,
-                       compression="zstd")
+        pq.write_table(
+            table, dst / f"{split}-00000-of-00001.parquet", row_group_size=ROW_GROUP, compression="zstd"
+        )
     (dst / "classes.txt").write_bytes((src / "classes.txt").read_bytes())
     names = sorted(p.name for p in dst.iterdir() if p.suffix in (".parquet", ".txt"))
     sums = "".join(f"{hashlib.sha256((dst / n).read_bytes()).hexdigest()}  {n}\n" for n in names)

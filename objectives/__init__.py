@@ -88,9 +88,7 @@ def _lookup(name: str) -> type[nn.Module]:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"unknown objective {name!r}; choose one of {', '.join(available())}"
-        ) from None
+        raise ValueError(f"unknown objective {name!r}; choose one of {', '.join(available())}") from None
 
 
 __all__ = [

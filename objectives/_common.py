@@ -70,9 +70,7 @@ def check_tau_plus(value: float | None) -> float | None:
 # ---------------------------------------------------------------- tensor checks
 
 
-def check_views(
-    name: str, views: Tensor, *, exact_views: int | None = None, min_batch: int = 2
-) -> None:
+def check_views(name: str, views: Tensor, *, exact_views: int | None = None, min_batch: int = 2) -> None:
     """Check a ``[V, B, D]`` tensor of views.
 
     Args:
@@ -139,8 +137,7 @@ def check_same_dim(name_a: str, a: Tensor, name_b: str, b: Tensor) -> None:
     """Raise ``ValueError`` unless the last (embedding) dimensions of ``a`` and ``b`` agree."""
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(
-            f"{name_a} and {name_b} must share the embedding dimension D; "
-            f"got {a.shape[-1]} and {b.shape[-1]}"
+            f"{name_a} and {name_b} must share the embedding dimension D; got {a.shape[-1]} and {b.shape[-1]}"
         )
 
 
@@ -235,9 +232,7 @@ def two_view_logits(z: Tensor, gather: bool) -> tuple[Tensor, Tensor, Tensor]:
     return dots, own, (1 - view) * N + offset + local
 
 
-def weight_stats(
-    a_entropy: Tensor, a_max: Tensor, r_entropy: Tensor, r_max: Tensor
-) -> dict[str, Tensor]:
+def weight_stats(a_entropy: Tensor, a_max: Tensor, r_entropy: Tensor, r_max: Tensor) -> dict[str, Tensor]:
     """The diagnostics dict every CACR variant returns."""
     return {
         "attraction_entropy": a_entropy,

@@ -96,8 +96,6 @@ class HardNegativeInBatch(nn.Module):
             return torch.maximum(log_reweight, torch.full_like(log_reweight, log_floor))
         log_sub = math.log(self.tau_plus * n_neg) + log_pos
         shift = torch.maximum(log_reweight, log_sub).detach()
-        debiased = (torch.exp(log_reweight - shift) - torch.exp(log_sub - shift)) / (
-            1.0 - self.tau_plus
-        )
+        debiased = (torch.exp(log_reweight - shift) - torch.exp(log_sub - shift)) / (1.0 - self.tau_plus)
         floor = torch.exp(log_floor - shift)
         return torch.log(torch.maximum(debiased, floor)) + shift

@@ -49,8 +49,15 @@ def prepare(cfg: DictConfig) -> str:
     shuffle = ShuffleSettings.from_config(OmegaConf.to_container(cfg.shuffle, resolve=True))
     connect(cfg.ray.address)
     splits = list(cfg.splits) if cfg.splits else None
-    prepare_dataset(cfg.dataset.name, str(cfg.dataset.root), str(cfg.out), splits=splits,
-                    options=options, max_pixels=int(cfg.dataset.max_pixels), shuffle=shuffle)
+    prepare_dataset(
+        cfg.dataset.name,
+        str(cfg.dataset.root),
+        str(cfg.out),
+        splits=splits,
+        options=options,
+        max_pixels=int(cfg.dataset.max_pixels),
+        shuffle=shuffle,
+    )
     return f"manifest: {str(cfg.out).rstrip('/')}/manifest.json"
 
 

@@ -11,8 +11,11 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
 # credentials for the local S3 server, set before Ray starts so its workers inherit them (a
 # worker without them signs nothing and the SDK streams an aws-chunked body moto stores raw)
-for _key, _value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                     ("AWS_DEFAULT_REGION", "us-east-1")):
+for _key, _value in (
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_DEFAULT_REGION", "us-east-1"),
+):
     os.environ.setdefault(_key, _value)
 
 
@@ -24,8 +27,15 @@ def ray_cluster():
 
     from pipelines.ray_session import RUNTIME_ENV
 
-    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=500_000_000,
-             log_to_driver=False, configure_logging=False, runtime_env=RUNTIME_ENV)
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        object_store_memory=500_000_000,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env=RUNTIME_ENV,
+    )
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
     ray.shutdown()

@@ -28,7 +28,7 @@ def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     chunk = b"IHDR" + ihdr
     patched = raw[:8] + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
-    return patched + raw[8 + 4 + 4 + 13 + 4:]
+    return patched + raw[8 + 4 + 4 + 13 + 4 :]
 
 
 def corrupt_cases() -> dict[str, tuple[bytes | None, str | None]]:

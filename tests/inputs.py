@@ -10,8 +10,17 @@ QUEUE_INPUT = {"infonce_queue", "align_uniform_queue"}
 TWO_VIEW = {"infonce_inbatch", "align_uniform_inbatch", "hard_negative_inbatch"}
 
 
-def make_inputs(name: str, *, V: int = 3, B: int = 5, D: int = 6, Q: int = 7, seed: int = 0,
-                dtype: torch.dtype = torch.float64, grad: bool = True) -> list[Tensor]:
+def make_inputs(
+    name: str,
+    *,
+    V: int = 3,
+    B: int = 5,
+    D: int = 6,
+    Q: int = 7,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float64,
+    grad: bool = True,
+) -> list[Tensor]:
     """Un-normalised ``q``/``views``/``k`` (the objectives normalise) and a unit-row queue."""
     g = torch.Generator().manual_seed(seed)
 

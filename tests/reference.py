@@ -69,8 +69,9 @@ def cacr_inbatch(views, t_pos, t_neg, alpha=1.0, beta=1.0, weighting="full", tau
     return attraction + repulsion, {"attraction": attraction, "repulsion": repulsion}
 
 
-def cacr_moco_v2(q, k, queue, t_pos, t_neg, alpha=1.0, beta=1.0, intra_batch=True,
-                 official_queue_cache=False):
+def cacr_moco_v2(
+    q, k, queue, t_pos, t_neg, alpha=1.0, beta=1.0, intra_batch=True, official_queue_cache=False
+):
     V, B, _ = q.shape
     qn = [[unit(q[v, b]) for b in range(B)] for v in range(V)]
     kn = [[unit(k[v, b]) for b in range(B)] for v in range(V)]
@@ -112,8 +113,11 @@ def cacr_moco_v3(q, k, temperature, cost="rbf", full_mode=False):
                     logits = [dot(qn[j][n], kn[i][m]) / T for m in range(B)]
                     ce = torch.log(sum(torch.exp(lg) for lg in logits)) - logits[n]
                     a = sqd(qn[j][n], kn[i][n])
-                    r = 2 * T * torch.log(sum(torch.exp(-sqd(qn[j][n], kn[i][m]) / (2 * T))
-                                              for m in range(B)))
+                    r = (
+                        2
+                        * T
+                        * torch.log(sum(torch.exp(-sqd(qn[j][n], kn[i][m]) / (2 * T)) for m in range(B)))
+                    )
                     assert abs(float((a + r - 2 * T * ce).detach())) < 1e-9  # the spec's identity
                 else:
                     costs = [1 - dot(qn[j][n], kn[i][m]) for m in range(B)]
@@ -171,18 +175,15 @@ def align_uniform_inbatch(views, align_alpha=2.0, unif_t=2.0, align_w=1.0, unif_
     return align_w * align + unif_w * uniform, {"align": align, "uniform": uniform}
 
 
-def align_uniform_queue(q, k, queue, align_w=3.0, align_alpha=2.0, unif_w=1.0, unif_t=3.0,
-                        intra_batch=True):
+def align_uniform_queue(q, k, queue, align_w=3.0, align_alpha=2.0, unif_w=1.0, unif_t=3.0, intra_batch=True):
     B, Q = q.shape[0], queue.shape[0]
     qn = [unit(q[b]) for b in range(B)]
     kn = [unit(k[b]) for b in range(B)]
     align = mean([(2 - 2 * dot(qn[b], kn[b])) ** (align_alpha / 2) for b in range(B)])
-    total = sum(torch.exp(-unif_t * (2 - 2 * dot(qn[b], queue[m])))
-                for b in range(B) for m in range(Q))
+    total = sum(torch.exp(-unif_t * (2 - 2 * dot(qn[b], queue[m]))) for b in range(B) for m in range(Q))
     count = B * Q
     if intra_batch:
-        total = total + sum(torch.exp(-unif_t * sqd(qn[i], qn[j]))
-                            for i in range(B) for j in range(i + 1, B))
+        total = total + sum(torch.exp(-unif_t * sqd(qn[i], qn[j])) for i in range(B) for j in range(i + 1, B))
         count += B * (B - 1) // 2
     uniform = torch.log(total / count)
     return align_w * align + unif_w * uniform, {"align": align, "uniform": uniform}

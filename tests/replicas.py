@@ -41,18 +41,30 @@ def cifar10(root: pathlib.Path) -> dict:
     d = root / "cifar-10-batches-py"
     d.mkdir(parents=True)
     write_pickle(d / "batches.meta", {"label_names": names, "num_cases_per_batch": 10000, "num_vis": 3072})
-    write_pickle(d / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": labels,
-                                    "data": hwc_to_rows(images),
-                                    "filenames": [f"img_{i:02d}.png" for i in range(20)]})
+    write_pickle(
+        d / "test_batch",
+        {
+            "batch_label": "testing batch 1 of 1",
+            "labels": labels,
+            "data": hwc_to_rows(images),
+            "filenames": [f"img_{i:02d}.png" for i in range(20)],
+        },
+    )
     train = {}
     rng = np.random.default_rng(0)
     for b in range(1, 6):
         n = 3 + b  # unequal batch sizes and class counts
         lab = rng.integers(0, 10, n).tolist()
         imgs = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-        write_pickle(d / f"data_batch_{b}", {"batch_label": f"training batch {b} of 5", "labels": lab,
-                                             "data": hwc_to_rows(imgs),
-                                             "filenames": [f"t{b}_{i}.png" for i in range(n)]})
+        write_pickle(
+            d / f"data_batch_{b}",
+            {
+                "batch_label": f"training batch {b} of 5",
+                "labels": lab,
+                "data": hwc_to_rows(imgs),
+                "filenames": [f"t{b}_{i}.png" for i in range(n)],
+            },
+        )
         train[b] = (imgs, lab)
     return {"test": (images, labels), "train": train, "classes": names}
 
@@ -64,15 +76,25 @@ def cifar100(root: pathlib.Path, train_per_class: int | None = None) -> dict:
     d = root / "cifar-100-python"
     d.mkdir(parents=True)
     write_pickle(d / "meta", {"fine_label_names": names, "coarse_label_names": [f"c{i}" for i in range(20)]})
-    rows = {"filenames": [f"x{i}.png" for i in range(20)], "batch_label": "testing batch 1 of 1",
-            "fine_labels": labels, "coarse_labels": [lab // 5 for lab in labels], "data": hwc_to_rows(images)}
+    rows = {
+        "filenames": [f"x{i}.png" for i in range(20)],
+        "batch_label": "testing batch 1 of 1",
+        "fine_labels": labels,
+        "coarse_labels": [lab // 5 for lab in labels],
+        "data": hwc_to_rows(images),
+    }
     write_pickle(d / "test", rows)
     train = {**rows, "batch_label": "training batch 1 of 1"}
     if train_per_class:
         fine = [c for c in range(100) for _ in range(train_per_class)]
         pixels = np.random.default_rng(0).integers(0, 256, (len(fine), 32, 32, 3), dtype=np.uint8)
-        train = {**train, "fine_labels": fine, "coarse_labels": [c // 5 for c in fine],
-                 "data": hwc_to_rows(pixels), "filenames": [f"t{i}.png" for i in range(len(fine))]}
+        train = {
+            **train,
+            "fine_labels": fine,
+            "coarse_labels": [c // 5 for c in fine],
+            "data": hwc_to_rows(pixels),
+            "filenames": [f"t{i}.png" for i in range(len(fine))],
+        }
     write_pickle(d / "train", train)
     return {"test": (images, labels), "classes": names}
 
@@ -93,8 +115,10 @@ def stl10(root: pathlib.Path) -> dict:
         if split != "unlabeled":
             (d / f"{split}_y.bin").write_bytes(labels.tobytes())
         out[split] = (imgs, (labels.astype(int) - 1).tolist() if split != "unlabeled" else [-1] * n)
-    (d / "class_names.txt").write_text("\n".join(
-        ["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"]) + "\n")
+    (d / "class_names.txt").write_text(
+        "\n".join(["airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey", "ship", "truck"])
+        + "\n"
+    )
     (d / "fold_indices.txt").write_text("\n".join(" ".join(str(i) for i in range(f, 7, 3)) for f in range(3)))
     return out
 

@@ -18,8 +18,12 @@ def count_rows(config: dict) -> dict:
     for batch in shard.iter_batches(batch_size=64, batch_format="numpy"):
         hist += np.bincount(batch["label"], minlength=config["num_classes"])
         shapes.add(batch["views"].shape[1:])
-    return {"rank": ray.train.get_context().get_world_rank(), "hist": hist.tolist(), "shapes": sorted(shapes),
-            "scheduling": scheduling.current()}
+    return {
+        "rank": ray.train.get_context().get_world_rank(),
+        "hist": hist.tolist(),
+        "shapes": sorted(shapes),
+        "scheduling": scheduling.current(),
+    }
 
 
 def two_steps(config: dict) -> dict:
@@ -43,7 +47,13 @@ def two_steps(config: dict) -> dict:
         loss, terms, finite = t.forward_backward(mine)
         grads = torch.cat([p.grad.flatten() for p in t.framework.online.parameters()])
         t.optimizer_step()
-        steps.append({"loss": float(loss), "finite": finite, "grads": grads.tolist(),
-                      "terms": {k: float(v) for k, v in terms.items()}})
+        steps.append(
+            {
+                "loss": float(loss),
+                "finite": finite,
+                "grads": grads.tolist(),
+                "terms": {k: float(v) for k, v in terms.items()},
+            }
+        )
     queue = getattr(t.framework, "queue", None)
     return {"steps": steps, "queue": None if queue is None else queue.tolist(), "world": t.world}

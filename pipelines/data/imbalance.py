@@ -94,9 +94,7 @@ def target_counts(
     return [min(k, n) for k, n in zip(counts, sizes, strict=True)]
 
 
-def select(
-    labels: np.ndarray, counts: Sequence[int], order: str = "cacr", seed: int = 2021
-) -> np.ndarray:
+def select(labels: np.ndarray, counts: Sequence[int], order: str = "cacr", seed: int = 2021) -> np.ndarray:
     """Positions of the images kept so that class ``c`` keeps ``counts[c]`` of its images.
 
     Args:

@@ -120,8 +120,11 @@ def stratified_sample(
     rng = rng_for(seed, "stratified")
     by_class = labelled[np.argsort(labels[labelled], kind="stable")]
     starts = np.r_[0, np.cumsum(counts)]
-    picked = [rng.choice(by_class[starts[c] : starts[c + 1]], size=int(k), replace=False)
-              for c, k in enumerate(take) if k]
+    picked = [
+        rng.choice(by_class[starts[c] : starts[c + 1]], size=int(k), replace=False)
+        for c, k in enumerate(take)
+        if k
+    ]
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, np.int64)
 
 

@@ -62,8 +62,14 @@ def _read_records(store: Store, paths: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _write_shuffled(
-    source: Any, split: str, store: Store, num_classes: int, max_pixels: int, settings: ShuffleSettings,
-    max_in_flight: int | None, label: str,
+    source: Any,
+    split: str,
+    store: Store,
+    num_classes: int,
+    max_pixels: int,
+    settings: ShuffleSettings,
+    max_in_flight: int | None,
+    label: str,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Both shuffle stages for one split; (scatter records, the split's shuffle info for the manifest)."""
     import ray
@@ -74,14 +80,20 @@ def _write_shuffled(
     cpus = int(ray.cluster_resources().get("CPU", 1))
     plan, kept = sw.load_or_save_plan(store, split, sw.plan_split(chunks, settings, min_tasks=2 * cpus))
     if kept and plan.seed != int(settings.seed):
-        print(f"  {split}: resuming with the shuffle seed {plan.seed} an earlier run fixed "
-              f"(shuffle.seed={settings.seed} applies to a new out folder)", flush=True)
+        print(
+            f"  {split}: resuming with the shuffle seed {plan.seed} an earlier run fixed "
+            f"(shuffle.seed={settings.seed} applies to a new out folder)",
+            flush=True,
+        )
     groups = sw.task_groups(chunks, plan.chunks_per_task)
     paths = [sw.scatter_done_path(split, g) for g in groups]
     done = _read_records(store, paths)
     todo = [g for g, p in zip(groups, paths, strict=True) if p not in done]
-    print(f"  {split}: shuffle seed {plan.seed}, {plan.buckets} bucket(s); read stage: {len(groups)} "
-          f"task(s) of {plan.chunks_per_task} chunk(s), {len(groups) - len(todo)} already done", flush=True)
+    print(
+        f"  {split}: shuffle seed {plan.seed}, {plan.buckets} bucket(s); read stage: {len(groups)} "
+        f"task(s) of {plan.chunks_per_task} chunk(s), {len(groups) - len(todo)} already done",
+        flush=True,
+    )
     remote = ray.remote(num_cpus=1)(sw.scatter)
     calls = [(remote, (source, g, store, num_classes, max_pixels, plan)) for g in todo]
     for g, record in zip(todo, run_tasks(f"{label} {split} read+scatter", calls, max_in_flight), strict=True):
@@ -157,8 +169,11 @@ def prepare_dataset(
             )
             records += records_split
     if plain:
-        print(f"  {', '.join(s for s in splits if not shuffle.applies_to(s))}: {len(plain)} chunk(s) in "
-              f"source order, {len(plain) - len(todo)} already written", flush=True)
+        print(
+            f"  {', '.join(s for s in splits if not shuffle.applies_to(s))}: {len(plain)} chunk(s) in "
+            f"source order, {len(plain) - len(todo)} already written",
+            flush=True,
+        )
         remote = ray.remote(num_cpus=1)(write_chunk)
         calls = [(remote, (source, c, store, len(classes), max_pixels)) for c in todo]
         for chunk, record in zip(todo, run_tasks(f"prepare {dataset}", calls, max_in_flight), strict=True):
@@ -168,9 +183,12 @@ def prepare_dataset(
     store.write_atomic(json.dumps(manifest, indent=1).encode(), MANIFEST)
     for split, info in manifest["splits"].items():
         ratio = imbalance.ratio_text(info["imbalance_ratio"])
-        print(f"  {split}: {info['rows']:,} images in {len(info['shards'])} shards ({info['order']} order), "
-              f"{info['classes_present']} classes, imbalance ratio {ratio}, "
-              f"{info['bad_count']} bad", flush=True)
+        print(
+            f"  {split}: {info['rows']:,} images in {len(info['shards'])} shards ({info['order']} order), "
+            f"{info['classes_present']} classes, imbalance ratio {ratio}, "
+            f"{info['bad_count']} bad",
+            flush=True,
+        )
     for entry in manifest["bad_files"][:10]:
         print(f"  bad: {entry['path']}: {entry['reason']}", flush=True)
     if len(manifest["bad_files"]) > 10:

@@ -24,8 +24,9 @@ class Progress:
     most every ``every`` seconds, and always at the end.
     """
 
-    def __init__(self, label: str, total: int, unit: str = "chunks", stream: TextIO | None = None,
-                 every: float = 5.0) -> None:
+    def __init__(
+        self, label: str, total: int, unit: str = "chunks", stream: TextIO | None = None, every: float = 5.0
+    ) -> None:
         """Start timing.
 
         Args:

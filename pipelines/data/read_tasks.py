@@ -27,6 +27,7 @@ from pipelines.data.storage import Store
 
 scheduling.apply_on_import()  # in every process that unpickles this pipeline and so may run its executor
 
+
 def decode_and_view(
     batch: dict[str, np.ndarray],
     recipes: list[ViewRecipe],

@@ -233,6 +233,7 @@ def probe_table(results: dict[str, Any], protocol: str, run_dir: str) -> str:
 
 def main_with_errors(cfg: dict[str, Any]) -> int:
     """Run :func:`linear_probe` and print its table; a config or input problem exits 2 with one message."""
+
     def probe_and_table() -> str:
         results = linear_probe(cfg)
         run_dir, _ = find_checkpoint(cfg["run"])

@@ -89,13 +89,22 @@ def check_backbone(run_cfg: dict[str, Any], checkpoint: Path) -> None:
     expected = backbone_of(run_cfg["model"]).state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
     if missing or extra or shapes:
         model = run_cfg["model"]
-        what = "; ".join(x for x in (
-            f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else "",
-            f"shapes {shapes[:2]}" if shapes else "") if x)
+        what = "; ".join(
+            x
+            for x in (
+                f"missing {missing[:3]}" if missing else "",
+                f"unexpected {extra[:3]}" if extra else "",
+                f"shapes {shapes[:2]}" if shapes else "",
+            )
+            if x
+        )
         raise ConfigError(
             f"{checkpoint / ckpt.BACKBONE} does not fit the run's model (model.name={model.get('name')}, "
             f"image_size={model.get('image_size')}): {what}; was config.yaml edited? Probe the run that "

@@ -60,8 +60,11 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
         )
     where = [(label, j["judged_on"]) for label, j in rows if j.get("judged_on")]
     if where:
-        lines += [""] + [f"- {label}: judged on `{w['root']}` ({w['train_split']} -> {w['eval_split']}, "
-                         f"{w['classes']} classes)" for label, w in where]
+        lines += [""] + [
+            f"- {label}: judged on `{w['root']}` ({w['train_split']} -> {w['eval_split']}, "
+            f"{w['classes']} classes)"
+            for label, w in where
+        ]
     at_k = [(label, j["knn_top1_at_k"]) for label, j in rows if j.get("knn_top1_at_k")]
     if at_k:
         ks = list(at_k[0][1])
@@ -70,8 +73,13 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
         note = f"the table's kNN column: k = {' or '.join(used)}"
         if banks:
             note += f"; a k above the bank ({' or '.join(banks)} images) votes with all of it"
-        lines += ["", f"kNN top-1 by number of neighbours k ({note}):", "",
-                  "| encoder | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---" * (len(ks) + 1) + "|"]
+        lines += [
+            "",
+            f"kNN top-1 by number of neighbours k ({note}):",
+            "",
+            "| encoder | " + " | ".join(f"k = {k}" for k in ks) + " |",
+            "|---" * (len(ks) + 1) + "|",
+        ]
         lines += [f"| {label} | " + " | ".join(_num(v.get(k)) for k in ks) + " |" for label, v in at_k]
     probes = {(j.get("linear") or {}).get("protocol"): j.get("linear") for _, j in rows if j.get("linear")}
     for name, lin in probes.items():

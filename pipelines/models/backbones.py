@@ -55,13 +55,17 @@ class SmallAlexNet(nn.Module):
             return [layer(dim)] if batch_norm else []
 
         def conv(cin: int, cout: int, pool: bool) -> nn.Sequential:
-            layers = [nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm),
-                      *norm(nn.BatchNorm2d, cout), nn.ReLU(inplace=True)]
+            layers = [
+                nn.Conv2d(cin, cout, 3, padding=1, bias=not batch_norm),
+                *norm(nn.BatchNorm2d, cout),
+                nn.ReLU(inplace=True),
+            ]
             return nn.Sequential(*layers, *([nn.MaxPool2d(3, 2)] if pool else []))
 
         def linear(din: int, dout: int) -> nn.Sequential:
-            return nn.Sequential(nn.Linear(din, dout, bias=not batch_norm), *norm(nn.BatchNorm1d, dout),
-                                 nn.ReLU(inplace=True))
+            return nn.Sequential(
+                nn.Linear(din, dout, bias=not batch_norm), *norm(nn.BatchNorm1d, dout), nn.ReLU(inplace=True)
+            )
 
         self.conv1 = conv(3, c1, pool=True)
         self.conv2 = conv(c1, c2, pool=True)
@@ -109,15 +113,28 @@ def _vit(name: str, image_size: int) -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
     num_heads, hidden_dim, mlp_dim = _VITS[name]
-    model = VisionTransformer(image_size=image_size, patch_size=16, num_layers=12, num_heads=num_heads,
-                              hidden_dim=hidden_dim, mlp_dim=mlp_dim)
+    model = VisionTransformer(
+        image_size=image_size,
+        patch_size=16,
+        num_layers=12,
+        num_heads=num_heads,
+        hidden_dim=hidden_dim,
+        mlp_dim=mlp_dim,
+    )
     model.heads = nn.Identity()
     model.feature_dim = hidden_dim
     return model
 
 
-def build_backbone(name: str, *, image_size: int, stem: str = "imagenet", width: float = 1.0,
-                   norm: str = "batch", zero_init_residual: bool = False) -> nn.Module:
+def build_backbone(
+    name: str,
+    *,
+    image_size: int,
+    stem: str = "imagenet",
+    width: float = 1.0,
+    norm: str = "batch",
+    zero_init_residual: bool = False,
+) -> nn.Module:
     """Build a backbone without classifier; the result has an int attribute ``feature_dim``.
 
     Args:
@@ -141,8 +158,9 @@ def build_backbone(name: str, *, image_size: int, stem: str = "imagenet", width:
     _require(norm in NORMS, "model.norm", f"one of {NORMS}", norm)
     _require(isinstance(image_size, int) and image_size > 0, "model.image_size", "a positive int", image_size)
     if name == "small_alexnet":
-        _require(image_size in _ALEXNET_POOLED_SIDE, "model.image_size", "32 or 64 for small_alexnet",
-                 image_size)
+        _require(
+            image_size in _ALEXNET_POOLED_SIDE, "model.image_size", "32 or 64 for small_alexnet", image_size
+        )
         _require(width > 0, "model.width", "positive for small_alexnet", width)
         return SmallAlexNet(image_size=image_size, width=width, batch_norm=norm == "batch")
     _require(width == 1.0, "model.width", f"1.0 for {name} (width scaling is small_alexnet only)", width)
@@ -150,6 +168,7 @@ def build_backbone(name: str, *, image_size: int, stem: str = "imagenet", width:
     if name in _RESNETS:
         return _resnet(name, stem, zero_init_residual)
     _require(stem == "imagenet", "model.stem", f"'imagenet' for {name} (no CIFAR stem for ViTs)", stem)
-    _require(image_size % 16 == 0, "model.image_size", f"a multiple of 16 (the patch size) for {name}",
-             image_size)
+    _require(
+        image_size % 16 == 0, "model.image_size", f"a multiple of 16 (the patch size) for {name}", image_size
+    )
     return _vit(name, image_size)

@@ -14,8 +14,15 @@ from __future__ import annotations
 from torch import nn
 
 
-def build_mlp(in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, *,
-              batch_norm: bool = True, last_batch_norm: bool = False) -> nn.Sequential:
+def build_mlp(
+    in_dim: int,
+    hidden_dim: int,
+    out_dim: int,
+    num_layers: int,
+    *,
+    batch_norm: bool = True,
+    last_batch_norm: bool = False,
+) -> nn.Sequential:
     """Build ``num_layers`` Linear layers: hidden ones with BatchNorm and ReLU, then the output layer.
 
     Each hidden layer is ``Linear(prev, hidden_dim, bias=not batch_norm)``, then

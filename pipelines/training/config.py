@@ -286,8 +286,9 @@ def check_eval(errors: list[str], ev: dict[str, Any]) -> None:
         if not (isinstance(ev.get(key), int | float) and ev[key] > 0):
             errors.append(f"eval.{key}={ev.get(key)!r}: must be > 0")
     ks = ev.get("knn_report_k")
-    if ks is not None and not (isinstance(ks, list | tuple)
-                               and all(isinstance(k, int) and k > 0 for k in ks)):
+    if ks is not None and not (
+        isinstance(ks, list | tuple) and all(isinstance(k, int) and k > 0 for k in ks)
+    ):
         errors.append(f"eval.knn_report_k={ks!r}: must be a list of positive integers, e.g. [10,20,100,200]")
     many, few = ev.get("many_shot_above", 100), ev.get("few_shot_below", 20)
     if not (isinstance(many, int) and isinstance(few, int) and 0 <= few <= many):

@@ -203,8 +203,13 @@ class Session:
             used = recompute_batchnorm(fresh, judge.batches("bank"), self.t.mean, self.t.std, self.t.device)
             results["random_init"] = {**judge.judge(fresh, protocol), "batchnorm_images": used}
         data = self.cfg["dataset"]
-        where = {"root": str(data["root"]), "train_split": data["train_split"], "other_dataset": False,
-                 "eval_split": data["eval_split"], "classes": len(self.run.get("classes") or [])}
+        where = {
+            "root": str(data["root"]),
+            "train_split": data["train_split"],
+            "other_dataset": False,
+            "eval_split": data["eval_split"],
+            "classes": len(self.run.get("classes") or []),
+        }
         for judged in results.values():
             judged["judged_on"] = where
         obj = self.cfg["objective"]

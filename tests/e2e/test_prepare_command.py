@@ -16,15 +16,26 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 def run(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, str(ROOT / "pipelines" / "prepare.py"), *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=240)
+    return subprocess.run(
+        [sys.executable, str(ROOT / "pipelines" / "prepare.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
 
 def test_prepare_command_writes_shards_and_manifest(tmp_path):
     replicas.stl10(tmp_path / "raw")
     out = tmp_path / "shards"
-    proc = run("dataset=stl10", f"dataset.root={tmp_path / 'raw'}", f"out={out}",
-               "splits=[train+unlabeled,test]", cwd=tmp_path)
+    proc = run(
+        "dataset=stl10",
+        f"dataset.root={tmp_path / 'raw'}",
+        f"out={out}",
+        "splits=[train+unlabeled,test]",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["splits"]["train+unlabeled"]["rows"] == 13
@@ -56,6 +67,11 @@ def test_input_errors_are_one_line_with_exit_code_2(tmp_path):
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "set dataset.root to the extracted cifar-10-batches-py" in proc.stderr
     replicas.stl10(tmp_path / "stl")
-    proc = run("dataset=stl10", f"dataset.root={tmp_path / 'stl'}", f"out={tmp_path / 'y'}",
-               "shuffle.rows_per_shard=0", cwd=tmp_path)
+    proc = run(
+        "dataset=stl10",
+        f"dataset.root={tmp_path / 'stl'}",
+        f"out={tmp_path / 'y'}",
+        "shuffle.rows_per_shard=0",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2 and "shuffle.rows_per_shard=0 must be at least 1" in proc.stderr

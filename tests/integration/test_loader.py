@@ -20,8 +20,15 @@ CIFAR = str(replicas.SHARED / "cifar10-jpeg")
 
 
 def cifar_cfg(**imbalance):
-    return {"name": "cifar10_jpeg", "root": CIFAR, "train_split": "test", "eval_split": "test",
-            "imbalance": {"rule": "none", **imbalance}, "max_bad_fraction": 0.01, "max_pixels": 64_000_000}
+    return {
+        "name": "cifar10_jpeg",
+        "root": CIFAR,
+        "train_split": "test",
+        "eval_split": "test",
+        "imbalance": {"rule": "none", **imbalance},
+        "max_bad_fraction": 0.01,
+        "max_pixels": 64_000_000,
+    }
 
 
 def histogram(ds, num_classes=10):
@@ -73,8 +80,14 @@ def _bad_shards(tmp_path):
 
 def test_bad_rows_are_dropped_counted_and_reported(ray_cluster, tmp_path):
     root, cases = _bad_shards(tmp_path)
-    cfg = {"name": "shards", "root": str(root), "train_split": "train", "eval_split": "test",
-           "imbalance": {"rule": "none"}, "max_bad_fraction": 0.5}
+    cfg = {
+        "name": "shards",
+        "root": str(root),
+        "train_split": "train",
+        "eval_split": "test",
+        "imbalance": {"rule": "none"},
+        "max_bad_fraction": 0.5,
+    }
     mon = monitor("bad-rows-test", max_bad_fraction=0.6, min_seen=1)
     data = training_datasets(cfg, view_recipes("cifar", 2), eval_size=16, run="bad-rows-test")
     assert len(data.unreadable) == 1 and "train-00001.parquet" in data.unreadable[0]["path"]
@@ -103,9 +116,11 @@ def test_each_train_worker_streams_its_own_part(ray_cluster, tmp_path):
 
     data = training_datasets(cifar_cfg(rule="exponential", ratio=10), view_recipes("cifar", 3), eval_size=32)
     trainer = TorchTrainer(
-        count_rows, train_loop_config={"num_classes": 10},
+        count_rows,
+        train_loop_config={"num_classes": 10},
         scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 0.5}),
-        datasets=data.datasets, dataset_config=data.data_config,
+        datasets=data.datasets,
+        dataset_config=data.data_config,
         run_config=RunConfig(name="split-test", storage_path=str(tmp_path)),
     )
     result = trainer.fit()
@@ -149,12 +164,28 @@ def test_a_row_group_of_photos_is_decoded_and_cropped_in_pieces_bounded_in_bytes
     recipes = view_recipes("imagenet_mocov2", 5)
     assert rows_per_block(recipes) == (64 * 2**20) // (5 * 3 * 224 * 224) == 89
     keys = [f"photo{i}" for i in range(100)]
-    table = pa.table({"image": [encode(pattern(40, 30, seed=i), "JPEG") for i in range(100)],
-                      "label": [i % 3 for i in range(100)], "key": keys})
+    table = pa.table(
+        {
+            "image": [encode(pattern(40, 30, seed=i), "JPEG") for i in range(100)],
+            "label": [i % 3 for i in range(100)],
+            "key": keys,
+        }
+    )
     pq.write_table(table, tmp_path / "one.parquet", row_group_size=100)
     plan = ReadPlan([{"file": str(tmp_path / "one.parquet"), "row_group": 0}])
-    blocks = list(read_decode_view({"slot": np.array([0])}, store=Store.open("/"), plan=plan, recipes=recipes,
-                                   seed=0, run=None, num_classes=3, max_pixels=64_000_000, draft=(448, 448)))
+    blocks = list(
+        read_decode_view(
+            {"slot": np.array([0])},
+            store=Store.open("/"),
+            plan=plan,
+            recipes=recipes,
+            seed=0,
+            run=None,
+            num_classes=3,
+            max_pixels=64_000_000,
+            draft=(448, 448),
+        )
+    )
     assert [len(b["label"]) for b in blocks] == [89, 11]
     assert all(b["views"].nbytes <= BLOCK_BYTES and b["views"].shape[1:] == (5, 3, 224, 224) for b in blocks)
     assert np.concatenate([b["label"] for b in blocks]).tolist() == [i % 3 for i in range(100)]
@@ -165,8 +196,14 @@ def test_stl10_unlabeled_rows_pretrain_but_stay_out_of_banks_and_counts(ray_clus
 
     rep = replicas.stl10(tmp_path / "raw")  # 7 labelled train images, 6 unlabelled, 4 test
     prepare_dataset("stl10", str(tmp_path / "raw"), str(tmp_path / "out"), splits=["train+unlabeled", "test"])
-    cfg = {"name": "shards", "root": str(tmp_path / "out"), "train_split": "train+unlabeled",
-           "eval_split": "test", "imbalance": {"rule": "none"}, "max_bad_fraction": 0.01}
+    cfg = {
+        "name": "shards",
+        "root": str(tmp_path / "out"),
+        "train_split": "train+unlabeled",
+        "eval_split": "test",
+        "imbalance": {"rule": "none"},
+        "max_bad_fraction": 0.01,
+    }
     labelled = np.bincount(rep["train"][1], minlength=10).tolist()
     data = training_datasets(cfg, view_recipes("stl10", 2), eval_size=16, bank_size=5)
     assert data.train_counts == labelled and data.train_size == 13  # every image pretrains

@@ -72,8 +72,12 @@ def test_webvision_missing_truncated_and_out_of_range_labels(ray_cluster, tmp_pa
 
 def test_unreadable_shard_is_reported_not_fatal(ray_cluster, tmp_path):
     src_dir = tmp_path / "shards_in"
-    prepare_dataset("cifar10", str(replicas.cifar10(tmp_path / "raw") and tmp_path / "raw"), str(src_dir),
-                    shuffle=ShuffleSettings(enabled=False))  # one shard per batch file
+    prepare_dataset(
+        "cifar10",
+        str(replicas.cifar10(tmp_path / "raw") and tmp_path / "raw"),
+        str(src_dir),
+        shuffle=ShuffleSettings(enabled=False),
+    )  # one shard per batch file
     broken = src_dir / "train" / "data_batch_3.parquet"
     broken.write_bytes(b"PAR1 this is not parquet")
     manifest = prepare_dataset("shards", str(src_dir), str(tmp_path / "again"), splits=["train"])

@@ -63,13 +63,15 @@ def header_prepare(preset: str) -> tuple[str, dict[str, str]]:
 CHAINS: dict[str, tuple[Callable[[Path], Any], list[str], list[str] | None]] = {
     "cifar10_cacr_k4": (replicas.cifar10, ["trainer.batch_size=8", "trainer.num_workers=2", *ALEXNET], None),
     "cifar100_imbalanced_cacr_k4": (  # 5 per class: the exponential rule keeps 5 or 1 in the top 20 classes
-        partial(replicas.cifar100, train_per_class=5), ["trainer.batch_size=8", *ALEXNET], None
+        partial(replicas.cifar100, train_per_class=5),
+        ["trainer.batch_size=8", *ALEXNET],
+        None,
     ),
-    "stl10_cacr_k4": (
-        replicas.stl10, ["trainer.batch_size=8", *ALEXNET], ["train+unlabeled", "test"]
-    ),
+    "stl10_cacr_k4": (replicas.stl10, ["trainer.batch_size=8", *ALEXNET], ["train+unlabeled", "test"]),
     "imagenet100_mocov2_cacr": (
-        replicas.imagenet100, ["trainer.batch_size=8", *SMALL_IMAGES, *MOCO_V2], None
+        replicas.imagenet100,
+        ["trainer.batch_size=8", *SMALL_IMAGES, *MOCO_V2],
+        None,
     ),
     "webvision_mocov2_cacr": (replicas.webvision, ["trainer.batch_size=4", *SMALL_IMAGES, *MOCO_V2], None),
     "imagenet22k_mocov2_cacr": (
@@ -78,7 +80,9 @@ CHAINS: dict[str, tuple[Callable[[Path], Any], list[str], list[str] | None]] = {
         None,
     ),
     "imagenet1k_mocov3_cacr_r50": (  # with two local crops (96/224 of 32 px)
-        replicas.imagenet, ["trainer.batch_size=4", *SMALL_IMAGES, "augment.local_crops=2"], None
+        replicas.imagenet,
+        ["trainer.batch_size=4", *SMALL_IMAGES, "augment.local_crops=2"],
+        None,
     ),
     "imagenet1k_mocov3_cacr_vitb": (replicas.imagenet, ["trainer.batch_size=4", *SMALL_IMAGES], None),
 }
@@ -95,8 +99,15 @@ def chain_config(preset: str, shards: Path, storage: Path) -> dict[str, Any]:
 
 def test_every_family_has_a_chain_and_every_header_names_a_prepare_command() -> None:
     families = {header_prepare(p)[0] for p in CHAINS}
-    assert families >= {"cifar10", "cifar100", "stl10", "imagenet100", "webvision", "imagenet22k",
-                        "imagenet1k"}
+    assert families >= {
+        "cifar10",
+        "cifar100",
+        "stl10",
+        "imagenet100",
+        "webvision",
+        "imagenet22k",
+        "imagenet1k",
+    }
     assert header_prepare("imagenet22k_mocov2_cacr") == ("imagenet22k", {"variant": "21k_p"})  # has val
 
 

@@ -51,8 +51,16 @@ def class_sorted_tree(root: Path, per_class: list[int], val_per_class: int = 3) 
 
 
 def feed_cfg(root: Path, **extra) -> dict:
-    return {"name": "shards", "root": str(root), "train_split": "train", "eval_split": "val",
-            "imbalance": {"rule": "none"}, "max_bad_fraction": 0.01, "mix_row_groups": 4, **extra}
+    return {
+        "name": "shards",
+        "root": str(root),
+        "train_split": "train",
+        "eval_split": "val",
+        "imbalance": {"rule": "none"},
+        "max_bad_fraction": 0.01,
+        "mix_row_groups": 4,
+        **extra,
+    }
 
 
 def read_epoch_like_train_workers(dataset, workers: int = 2) -> list[list[tuple[np.ndarray, np.ndarray]]]:
@@ -84,8 +92,9 @@ def prepared(request, ray_cluster, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     per_class = [100] * 20 if request.param == "balanced" else [int(100 * 0.1 ** (c / 19)) for c in range(20)]
     keys = class_sorted_tree(tmp / "raw", per_class)
-    manifest = prepare_dataset("imagefolder", str(tmp / "raw"), str(tmp / "out"),
-                               shuffle=ShuffleSettings(seed=7, rows_per_shard=500))
+    manifest = prepare_dataset(
+        "imagefolder", str(tmp / "raw"), str(tmp / "out"), shuffle=ShuffleSettings(seed=7, rows_per_shard=500)
+    )
     return {"out": tmp / "out", "keys": keys, "per_class": per_class, "manifest": manifest}
 
 
@@ -95,21 +104,24 @@ def test_prepare_writes_one_random_order_with_exact_counts(prepared):
     assert train["order"] == "shuffled" and train["shuffle"]["seed"] == 7 and manifest["shuffle"]["seed"] == 7
     assert train["per_class"] == per_class and train["rows"] == sum(per_class)
     assert manifest["splits"]["val"]["order"] == "source"  # evaluation splits keep the source order
-    labels = np.concatenate([pq.read_table(prepared["out"] / s["file"])["label"].to_numpy()
-                             for s in train["shards"]])
+    labels = np.concatenate(
+        [pq.read_table(prepared["out"] / s["file"])["label"].to_numpy() for s in train["shards"]]
+    )
     assert len(labels) == sum(per_class) and len(train["shards"]) > 1
     runs = 1 + int(np.count_nonzero(np.diff(labels)))  # class-sorted shards would give 20 runs
     assert runs > 0.8 * (len(labels) * (1 - np.sum((np.asarray(per_class) / len(labels)) ** 2)))
     keys = [k for s in train["shards"] for k in pq.read_table(prepared["out"] / s["file"])["key"].to_pylist()]
     assert sorted(keys) == sorted(prepared["keys"])  # every image once
     assert not (prepared["out"] / "train" / "_scatter").exists() or not any(
-        (prepared["out"] / "train" / "_scatter").rglob("*.parquet"))
+        (prepared["out"] / "train" / "_scatter").rglob("*.parquet")
+    )
 
 
 def test_one_epoch_read_by_two_workers_has_mixed_batches_and_every_image_once(prepared):
     mon = monitor("shuffle-feed", max_bad_fraction=0.5)
-    data = training_datasets(feed_cfg(prepared["out"]), view_recipes("cifar", 2), eval_size=32,
-                             seed=3, run="shuffle-feed")
+    data = training_datasets(
+        feed_cfg(prepared["out"]), view_recipes("cifar", 2), eval_size=32, seed=3, run="shuffle-feed"
+    )
     ids = {row_id(k): c for k, c in prepared["keys"].items()}
     sequences = []
     for epoch in (0, 1):
@@ -148,8 +160,9 @@ def test_each_epoch_has_its_own_order_and_the_same_seed_gives_the_same_one(prepa
 
 def test_the_bank_is_a_class_stratified_sample(prepared):
     per_class = prepared["per_class"]
-    data = training_datasets(feed_cfg(prepared["out"]), view_recipes("cifar", 2), eval_size=32,
-                             seed=0, bank_size=60)
+    data = training_datasets(
+        feed_cfg(prepared["out"]), view_recipes("cifar", 2), eval_size=32, seed=0, bank_size=60
+    )
     labels = np.concatenate([b["label"] for b in data.datasets["bank"].iter_batches(batch_format="numpy")])
     counts = np.bincount(labels, minlength=20)
     assert len(labels) == 60 and (counts >= 1).all()  # every class, however small
@@ -159,15 +172,16 @@ def test_the_bank_is_a_class_stratified_sample(prepared):
 
 def test_old_class_sorted_shards_warn_and_still_get_a_new_order_each_epoch(ray_cluster, tmp_path, capsys):
     keys = class_sorted_tree(tmp_path / "raw", [100] * 20)
-    prepare_dataset("imagefolder", str(tmp_path / "raw"), str(tmp_path / "out"),
-                    shuffle=ShuffleSettings(enabled=False))
+    prepare_dataset(
+        "imagefolder", str(tmp_path / "raw"), str(tmp_path / "out"), shuffle=ShuffleSettings(enabled=False)
+    )
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["splits"]["train"]["order"] == "source" and "shuffle" not in manifest
     training_datasets(feed_cfg(tmp_path / "out"), view_recipes("cifar", 2), eval_size=32)
     assert "prepared without a shuffle seed" in capsys.readouterr().out
     first, second = epoch_rows(tmp_path / "out", 0, seed=0), epoch_rows(tmp_path / "out", 1, seed=0)
     assert sorted(first) == sorted(second) == sorted(keys) and first != second
-    labels = [int(k.split("/")[1][1:]) for k in first[:BATCH * 10]]
+    labels = [int(k.split("/")[1][1:]) for k in first[: BATCH * 10]]
     assert len(set(labels)) > 1  # the rows of several class-sorted row groups are mixed
 
 

@@ -42,8 +42,16 @@ def test_seed_for_is_stable_across_processes():
     import sys
 
     code = "from pipelines.data.recipes import seed_for; print(seed_for(3, 7, 'train/a.jpg', 256))"
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env={**__import__("os").environ, "PYTHONHASHSEED": str(h)}).stdout for h in (1, 2)}
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**__import__("os").environ, "PYTHONHASHSEED": str(h)},
+        ).stdout
+        for h in (1, 2)
+    }
     assert outs == {f"{R.seed_for(3, 7, 'train/a.jpg', 256)}\n"}
     assert R.seed_for(3, 7, "x") != R.seed_for(3, 8, "x")
 
@@ -107,8 +115,15 @@ def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
     for v, r in enumerate(recipes):
         for i, p in enumerate(photos):
             x1, y1, x2, y2 = boxes[v][i].astype(int)
-            ref = TF.resized_crop(torch.from_numpy(p).permute(2, 0, 1).contiguous(), int(y1), int(x1),
-                                  int(y2 - y1), int(x2 - x1), [r.size, r.size], antialias=True)
+            ref = TF.resized_crop(
+                torch.from_numpy(p).permute(2, 0, 1).contiguous(),
+                int(y1),
+                int(x1),
+                int(y2 - y1),
+                int(x2 - x1),
+                [r.size, r.size],
+                antialias=True,
+            )
             if flips[v][i]:
                 ref, mirrored = ref.flip(-1), mirrored + 1
             assert torch.equal(got[v][i], ref), (v, i)

@@ -23,8 +23,13 @@ print(json.dumps({"before": before, "after": scheduling.current()}))
 def test_unpickling_the_pipeline_in_a_fresh_process_applies_the_settings():
     import json
 
-    out = subprocess.run([sys.executable, "-c", PROBE], input=cloudpickle.dumps(read_decode_view),
-                         capture_output=True, check=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE],
+        input=cloudpickle.dumps(read_decode_view),
+        capture_output=True,
+        check=True,
+        timeout=120,
+    )
     seen = json.loads(out.stdout.decode().strip().splitlines()[-1])
     assert seen["before"] == scheduling.RAY_DEFAULTS  # Ray's own values, as measured against
     assert seen["after"] == {"wait_s": 0.01, "limits_refresh_s": 0.1}

@@ -60,9 +60,17 @@ def test_draft_decodes_large_jpeg_smaller_but_not_below_the_request():
     assert decode_image(big)[0].shape == (400, 600, 3)
 
 
-@pytest.mark.parametrize("label,num,ok", [
-    (3, 10, True), (0, 1, True), (10, 10, False), (-1, 10, False), ("x", 10, False), (2.5, 10, False),
-])
+@pytest.mark.parametrize(
+    "label,num,ok",
+    [
+        (3, 10, True),
+        (0, 1, True),
+        (10, 10, False),
+        (-1, 10, False),
+        ("x", 10, False),
+        (2.5, 10, False),
+    ],
+)
 def test_check_label(label, num, ok):
     assert (check_label(label, num) is None) == ok
 

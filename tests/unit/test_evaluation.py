@@ -421,8 +421,12 @@ def test_probe_eval_starts_from_the_runs_settings_and_takes_only_what_the_comman
     from pipelines.evaluation.probe_setup import probe_eval
 
     saved = {"knn_k": 50, "few_shot_below": 40, "protocol": {"name": "small_scale", "epochs": 5, "lr": 1.0}}
-    composed = {"knn_k": 200, "few_shot_below": 20, "knn_report_k": [10, 20],
-                "protocol": {"name": "mocov2", "epochs": 100, "lr": 30.0}}
+    composed = {
+        "knn_k": 200,
+        "few_shot_below": 20,
+        "knn_report_k": [10, 20],
+        "protocol": {"name": "mocov2", "epochs": 100, "lr": 30.0},
+    }
     assert probe_eval(saved, composed, []) == {**saved, "knn_report_k": [10, 20]}  # new keys from defaults
     changed = probe_eval(saved, composed, ["eval.knn_k=200", "++eval.protocol.epochs=100"])
     assert changed["knn_k"] == 200 and changed["few_shot_below"] == 40
@@ -453,11 +457,18 @@ def test_probe_eval_keeps_the_runs_protocol_whole_with_the_shipped_protocols() -
 def test_the_probe_table_of_another_dataset_leaves_out_the_runs_own_baseline() -> None:
     from pipelines.evaluation.probe_run import probe_table
 
-    judged = {"knn_top1": 50.0, "linear": {"final_top1": 60.0, "best_top1": 61.0},
-              "breakdown": bd.breakdown(np.array([0, 1, 2]), np.array([0, 1, 1]), [500, 50, 5]),
-              "train_counts": [500, 50, 5], "judged_on": {"other_dataset": True}}
-    results = {"random_init": {"knn_top1": 30.0}, "train_counts": [10, 10, 10],
-               "linear_probes": {"small_scale on in1k": judged}}
+    judged = {
+        "knn_top1": 50.0,
+        "linear": {"final_top1": 60.0, "best_top1": 61.0},
+        "breakdown": bd.breakdown(np.array([0, 1, 2]), np.array([0, 1, 1]), [500, 50, 5]),
+        "train_counts": [500, 50, 5],
+        "judged_on": {"other_dataset": True},
+    }
+    results = {
+        "random_init": {"knn_top1": 30.0},
+        "train_counts": [10, 10, 10],
+        "linear_probes": {"small_scale on in1k": judged},
+    }
     table = probe_table(results, "small_scale on in1k", "/runs/x")
     assert "random init" not in table and "60.00" in table
     assert "many / medium / few-shot top-1" in table  # from the other dataset's counts, not the run's

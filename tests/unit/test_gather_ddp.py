@@ -20,8 +20,11 @@ from tests.inputs import make_inputs
 WORLD = 2
 CASES = [
     ("cacr_inbatch", dict(t_pos=1.0, t_neg=0.9), dict(V=3, B=6, D=5)),
-    ("cacr_inbatch", dict(t_pos=2.0, t_neg=2.0, weighting="uniform_repulsion", tau_plus=0.1),
-     dict(V=2, B=4, D=5)),
+    (
+        "cacr_inbatch",
+        dict(t_pos=2.0, t_neg=2.0, weighting="uniform_repulsion", tau_plus=0.1),
+        dict(V=2, B=4, D=5),
+    ),
     ("cacr_moco_v2", dict(t_pos=1.0, t_neg=2.0), dict(V=3, B=4, D=5, Q=6)),
     ("cacr_moco_v2", dict(t_pos=1.0, t_neg=2.0, official_queue_cache=True), dict(V=2, B=4, D=5, Q=6)),
     ("cacr_moco_v3", dict(temperature=0.5, full_mode=True), dict(V=3, B=4, D=5)),
@@ -49,8 +52,12 @@ def ddp_results(tmp_path_factory):
         inputs = [x.detach() for x in make_inputs(name, seed=100 + i, grad=False, **dims)]
         payload.append({"name": name, "hp": hp, "inputs": inputs, "batch_dims": batch_dims(name)})
     torch.save(payload, tmp / "cases.pt")
-    mp.spawn(run, args=(WORLD, str(tmp / "init"), str(tmp / "cases.pt"), str(tmp / "out{rank}.pt")),
-             nprocs=WORLD, join=True)
+    mp.spawn(
+        run,
+        args=(WORLD, str(tmp / "init"), str(tmp / "cases.pt"), str(tmp / "out{rank}.pt")),
+        nprocs=WORLD,
+        join=True,
+    )
     per_rank = [torch.load(tmp / f"out{r}.pt") for r in range(WORLD)]
     return payload, per_rank
 
@@ -60,8 +67,10 @@ def test_gathered_loss_and_gradients_equal_the_global_batch(ddp_results, index):
     payload, per_rank = ddp_results
     case = payload[index]
     summed = case["name"] == "cacr_moco_v3" and case["hp"].get("cost") == "euclidean"
-    inputs = [x.clone().requires_grad_(d is not None) for x, d in zip(case["inputs"], case["batch_dims"],
-                                                                       strict=True)]
+    inputs = [
+        x.clone().requires_grad_(d is not None)
+        for x, d in zip(case["inputs"], case["batch_dims"], strict=True)
+    ]
     ref_loss, _ = reference.REFERENCES[case["name"]](*inputs, **case["hp"])
     ref_loss.backward()
 

@@ -30,12 +30,15 @@ def test_commented_out_official_alternatives():
     assert sum(imbalance.target_counts("cacr_cifar100_linear", CIFAR100)) == 27_500
 
 
-@pytest.mark.parametrize("ratio,expected,c100_total", [
-    (10, [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500], 19_573),
-    (50, [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100], 12_608),
-    (100, [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], 10_847),
-    (200, [5000, 2775, 1540, 854, 474, 263, 146, 81, 45, 25], 9_502),
-])
+@pytest.mark.parametrize(
+    "ratio,expected,c100_total",
+    [
+        (10, [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500], 19_573),
+        (50, [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100], 12_608),
+        (100, [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50], 10_847),
+        (200, [5000, 2775, 1540, 854, 474, 263, 146, 81, 45, 25], 9_502),
+    ],
+)
 def test_exponential_profile_matches_the_literature_table(ratio, expected, c100_total):
     assert imbalance.target_counts("exponential", CIFAR10, ratio=ratio) == expected
     assert sum(imbalance.target_counts("exponential", CIFAR100, ratio=ratio)) == c100_total
@@ -51,12 +54,15 @@ def test_counts_never_exceed_what_a_class_has():
     assert imbalance.target_counts("exponential", [10, 3, 50], ratio=2) == [10, 3, 25]
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(rule="zipf"), "rule must be one of"),
-    (dict(rule="exponential"), "ratio must be a number >= 1"),
-    (dict(rule="step", ratio=10, mu=1.5), "mu must be in"),
-    (dict(rule="cacr_cifar100_exp", class_sizes=[5] * 12), "10 blocks"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(rule="zipf"), "rule must be one of"),
+        (dict(rule="exponential"), "ratio must be a number >= 1"),
+        (dict(rule="step", ratio=10, mu=1.5), "mu must be in"),
+        (dict(rule="cacr_cifar100_exp", class_sizes=[5] * 12), "10 blocks"),
+    ],
+)
 def test_bad_settings_name_the_key(kwargs, match):
     kwargs.setdefault("class_sizes", CIFAR10)
     with pytest.raises(ValueError, match=match):
@@ -105,8 +111,13 @@ def test_interleaved_labels_select_by_rank_within_class():
 
 def test_summary_reports_ratio_over_present_classes():
     s = imbalance.summary([0, 0, 10, 100])
-    assert s == {"per_class": [0, 0, 10, 100], "total": 110, "classes_present": 2,
-                 "classes_empty": 2, "imbalance_ratio": 10.0}
+    assert s == {
+        "per_class": [0, 0, 10, 100],
+        "total": 110,
+        "classes_present": 2,
+        "classes_empty": 2,
+        "imbalance_ratio": 10.0,
+    }
 
 
 def test_balanced_resampling_equalises_classes():

@@ -22,7 +22,10 @@ def _imported_after(module: str, heavy: tuple[str, ...]) -> set[str]:
 
 
 DATA_PLAN = [
-    "pipelines.data.read_tasks", "pipelines.data.loader", "pipelines.data.recipes", "pipelines.data.monitor"
+    "pipelines.data.read_tasks",
+    "pipelines.data.loader",
+    "pipelines.data.recipes",
+    "pipelines.data.monitor",
 ]
 TRAINING = ["pipelines.training.loop", "pipelines.training.worker"]  # what pretrain() and the workers load
 

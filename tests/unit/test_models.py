@@ -33,13 +33,20 @@ def imagenet_head(dim: int) -> int:
 # SmallAlexNet at 32 px, width 1, BatchNorm (conv/linear without bias, BN = 2 params per channel);
 # 32 -> pool 15 -> pool 7 -> pool 3, so fc6 reads 192 * 3 * 3
 SMALL_ALEXNET_32 = (
-    3 * 96 * 9 + 2 * 96            # conv1 + BN
-    + 96 * 192 * 9 + 2 * 192       # conv2 + BN
-    + 192 * 384 * 9 + 2 * 384      # conv3 + BN
-    + 384 * 384 * 9 + 2 * 384      # conv4 + BN
-    + 384 * 192 * 9 + 2 * 192      # conv5 + BN
-    + 192 * 3 * 3 * 4096 + 2 * 4096  # fc6 + BN1d
-    + 4096 * 4096 + 2 * 4096       # fc7 + BN1d
+    3 * 96 * 9
+    + 2 * 96  # conv1 + BN
+    + 96 * 192 * 9
+    + 2 * 192  # conv2 + BN
+    + 192 * 384 * 9
+    + 2 * 384  # conv3 + BN
+    + 384 * 384 * 9
+    + 2 * 384  # conv4 + BN
+    + 384 * 192 * 9
+    + 2 * 192  # conv5 + BN
+    + 192 * 3 * 3 * 4096
+    + 2 * 4096  # fc6 + BN1d
+    + 4096 * 4096
+    + 2 * 4096  # fc7 + BN1d
 )
 # = 2,784 + 166,272 + 664,320 + 1,327,872 + 663,936 + 7,086,080 + 16,785,408
 assert SMALL_ALEXNET_32 == 26_696_672
@@ -51,35 +58,46 @@ assert SMALL_ALEXNET_32 == 26_696_672
 #                mlp 384*1536 + 1536 + 1536*384 + 384 = 1,181,568) = 12 x 1,774,464 = 21,293,568
 #   final LN 2*384                         =        768
 #   total                                  = 21,665,664  (+ head 385,000 = 22,050,664)
-VIT_S16_224 = (3 * 16 * 16 * 384 + 384 + 384 + 197 * 384
-               + 12 * (2 * 2 * 384 + (384 * 1152 + 1152) + (384 * 384 + 384)
-                       + (384 * 1536 + 1536 + 1536 * 384 + 384))
-               + 2 * 384)
+VIT_S16_224 = (
+    3 * 16 * 16 * 384
+    + 384
+    + 384
+    + 197 * 384
+    + 12 * (2 * 2 * 384 + (384 * 1152 + 1152) + (384 * 384 + 384) + (384 * 1536 + 1536 + 1536 * 384 + 384))
+    + 2 * 384
+)
 assert VIT_S16_224 == 22_050_664 - imagenet_head(384) == 21_665_664
 
 
-@pytest.mark.parametrize("name,image_size,expected", [
-    ("small_alexnet", 32, SMALL_ALEXNET_32),
-    ("resnet18", 224, 11_689_512 - imagenet_head(512)),
-    ("resnet50", 224, 25_557_032 - imagenet_head(2048)),
-    ("vit_s16", 224, VIT_S16_224),
-    ("vit_b16", 224, 86_567_656 - imagenet_head(768)),
-])
+@pytest.mark.parametrize(
+    "name,image_size,expected",
+    [
+        ("small_alexnet", 32, SMALL_ALEXNET_32),
+        ("resnet18", 224, 11_689_512 - imagenet_head(512)),
+        ("resnet50", 224, 25_557_032 - imagenet_head(2048)),
+        ("vit_s16", 224, VIT_S16_224),
+        ("vit_b16", 224, 86_567_656 - imagenet_head(768)),
+    ],
+)
 def test_parameter_counts_match_published_numbers(name, image_size, expected):
     assert n_params(default(name, image_size)) == expected
 
 
 # ---------------------------------------------------------------- output shapes
 
-@pytest.mark.parametrize("name,kwargs,feature_dim", [
-    ("small_alexnet", dict(image_size=32), 4096),
-    ("small_alexnet", dict(image_size=32, width=0.5, norm="none"), 2048),
-    ("resnet18", dict(image_size=32, stem="cifar"), 512),
-    ("resnet18", dict(image_size=64), 512),
-    ("resnet50", dict(image_size=32, stem="cifar"), 2048),
-    ("vit_s16", dict(image_size=32), 384),
-    ("vit_b16", dict(image_size=224), 768),
-])
+
+@pytest.mark.parametrize(
+    "name,kwargs,feature_dim",
+    [
+        ("small_alexnet", dict(image_size=32), 4096),
+        ("small_alexnet", dict(image_size=32, width=0.5, norm="none"), 2048),
+        ("resnet18", dict(image_size=32, stem="cifar"), 512),
+        ("resnet18", dict(image_size=64), 512),
+        ("resnet50", dict(image_size=32, stem="cifar"), 2048),
+        ("vit_s16", dict(image_size=32), 384),
+        ("vit_b16", dict(image_size=224), 768),
+    ],
+)
 def test_output_is_n_by_feature_dim(name, kwargs, feature_dim):
     backbone = default(name, kwargs["image_size"]) if len(kwargs) == 1 else build_backbone(name, **kwargs)
     assert backbone.feature_dim == feature_dim and isinstance(backbone.feature_dim, int)
@@ -100,6 +118,7 @@ def test_backbone_names():
 
 
 # ---------------------------------------------------------------- ResNets
+
 
 def test_resnet50_state_dict_loads_into_torchvision_missing_only_fc():
     backbone = default("resnet50", 224)
@@ -135,9 +154,11 @@ def test_cifar_stem(name):
 @pytest.mark.parametrize("zero", [True, False])
 def test_zero_init_residual_zeros_the_last_bn_of_every_block(name, last_bn, blocks, zero):
     backbone = build_backbone(name, image_size=224, zero_init_residual=True) if zero else default(name, 224)
-    found = [getattr(block, last_bn).weight
-             for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
-             for block in layer]
+    found = [
+        getattr(block, last_bn).weight
+        for layer in (backbone.layer1, backbone.layer2, backbone.layer3, backbone.layer4)
+        for block in layer
+    ]
     assert len(found) == blocks
     for weight in found:
         assert bool((weight == 0).all()) is zero
@@ -147,6 +168,7 @@ def test_zero_init_residual_zeros_the_last_bn_of_every_block(name, last_bn, bloc
 
 # ---------------------------------------------------------------- ViTs
 
+
 def test_vit_b16_keys_are_torchvision_vit_b_16_minus_heads():
     ours = set(default("vit_b16", 224).state_dict())
     theirs = set(torchvision.models.vit_b_16().state_dict())
@@ -155,6 +177,7 @@ def test_vit_b16_keys_are_torchvision_vit_b_16_minus_heads():
 
 
 # ---------------------------------------------------------------- SmallAlexNet
+
 
 def _convs(module: nn.Module) -> list[nn.Conv2d]:
     return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
@@ -170,8 +193,10 @@ def test_small_alexnet_layer_names_and_widths():
     assert names == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7"]
     assert [c.out_channels for c in _convs(backbone)] == [96, 192, 384, 384, 192]
     assert all(c.kernel_size == (3, 3) and c.padding == (1, 1) and c.bias is None for c in _convs(backbone))
-    assert [(lin.in_features, lin.out_features) for lin in _linears(backbone)] == [(192 * 9, 4096),
-                                                                                     (4096, 4096)]
+    assert [(lin.in_features, lin.out_features) for lin in _linears(backbone)] == [
+        (192 * 9, 4096),
+        (4096, 4096),
+    ]
     assert all(lin.bias is None for lin in _linears(backbone))
     pools = [m for m in backbone.modules() if isinstance(m, nn.MaxPool2d)]
     assert len(pools) == 3 and all(p.kernel_size == 3 and p.stride == 2 for p in pools)
@@ -180,8 +205,10 @@ def test_small_alexnet_layer_names_and_widths():
 def test_small_alexnet_half_width():
     backbone = build_backbone("small_alexnet", image_size=32, width=0.5)
     assert [c.out_channels for c in _convs(backbone)] == [48, 96, 192, 192, 96]
-    assert [(lin.in_features, lin.out_features) for lin in _linears(backbone)] == [(96 * 9, 2048),
-                                                                                     (2048, 2048)]
+    assert [(lin.in_features, lin.out_features) for lin in _linears(backbone)] == [
+        (96 * 9, 2048),
+        (2048, 2048),
+    ]
     assert backbone.feature_dim == 2048
 
 
@@ -217,6 +244,7 @@ def test_small_alexnet_64px_reads_7_by_7():
 
 # ---------------------------------------------------------------- heads
 
+
 def describe(head: nn.Sequential) -> list[tuple]:
     out = []
     for m in head:
@@ -231,25 +259,52 @@ def describe(head: nn.Sequential) -> list[tuple]:
     return out
 
 
-@pytest.mark.parametrize("args,kwargs,expected", [
-    # small-scale projector (Wang & Isola / CACR): one biased Linear
-    ((4096, 0, 128, 1), dict(batch_norm=False), [("linear", 4096, 128, True)]),
-    # MoCo-v2 --mlp
-    ((2048, 2048, 128, 2), dict(batch_norm=False),
-     [("linear", 2048, 2048, True), ("relu",), ("linear", 2048, 128, True)]),
-    # MoCo-v3 ResNet projector
-    ((2048, 4096, 256, 2), dict(batch_norm=True, last_batch_norm=True),
-     [("linear", 2048, 4096, False), ("bn", 4096, True), ("relu",),
-      ("linear", 4096, 256, False), ("bn", 256, False)]),
-    # MoCo-v3 predictor
-    ((256, 4096, 256, 2), dict(batch_norm=True, last_batch_norm=False),
-     [("linear", 256, 4096, False), ("bn", 4096, True), ("relu",), ("linear", 4096, 256, True)]),
-    # MoCo-v3 ViT projector (ViT-B features)
-    ((768, 4096, 256, 3), dict(batch_norm=True, last_batch_norm=True),
-     [("linear", 768, 4096, False), ("bn", 4096, True), ("relu",),
-      ("linear", 4096, 4096, False), ("bn", 4096, True), ("relu",),
-      ("linear", 4096, 256, False), ("bn", 256, False)]),
-])
+@pytest.mark.parametrize(
+    "args,kwargs,expected",
+    [
+        # small-scale projector (Wang & Isola / CACR): one biased Linear
+        ((4096, 0, 128, 1), dict(batch_norm=False), [("linear", 4096, 128, True)]),
+        # MoCo-v2 --mlp
+        (
+            (2048, 2048, 128, 2),
+            dict(batch_norm=False),
+            [("linear", 2048, 2048, True), ("relu",), ("linear", 2048, 128, True)],
+        ),
+        # MoCo-v3 ResNet projector
+        (
+            (2048, 4096, 256, 2),
+            dict(batch_norm=True, last_batch_norm=True),
+            [
+                ("linear", 2048, 4096, False),
+                ("bn", 4096, True),
+                ("relu",),
+                ("linear", 4096, 256, False),
+                ("bn", 256, False),
+            ],
+        ),
+        # MoCo-v3 predictor
+        (
+            (256, 4096, 256, 2),
+            dict(batch_norm=True, last_batch_norm=False),
+            [("linear", 256, 4096, False), ("bn", 4096, True), ("relu",), ("linear", 4096, 256, True)],
+        ),
+        # MoCo-v3 ViT projector (ViT-B features)
+        (
+            (768, 4096, 256, 3),
+            dict(batch_norm=True, last_batch_norm=True),
+            [
+                ("linear", 768, 4096, False),
+                ("bn", 4096, True),
+                ("relu",),
+                ("linear", 4096, 4096, False),
+                ("bn", 4096, True),
+                ("relu",),
+                ("linear", 4096, 256, False),
+                ("bn", 256, False),
+            ],
+        ),
+    ],
+)
 def test_mlp_structure(args, kwargs, expected):
     assert describe(build_mlp(*args, **kwargs)) == expected
 
@@ -271,20 +326,24 @@ def test_mlp_rejects_zero_layers():
 
 # ---------------------------------------------------------------- argument errors
 
-@pytest.mark.parametrize("name,kwargs,key,allowed", [
-    ("resnet34", dict(image_size=32), "model.name", "small_alexnet"),
-    ("resnet18", dict(image_size=32, stem="tiny"), "model.stem", "cifar"),
-    ("vit_s16", dict(image_size=32, stem="cifar"), "model.stem", "imagenet"),
-    ("resnet18", dict(image_size=32, width=0.5), "model.width", "1.0"),
-    ("vit_b16", dict(image_size=32, width=2.0), "model.width", "1.0"),
-    ("small_alexnet", dict(image_size=32, width=0.0), "model.width", "positive"),
-    ("small_alexnet", dict(image_size=32, norm="group"), "model.norm", "batch"),
-    ("resnet50", dict(image_size=32, norm="none"), "model.norm", "batch"),
-    ("vit_s16", dict(image_size=32, norm="none"), "model.norm", "batch"),
-    ("small_alexnet", dict(image_size=48), "model.image_size", "32 or 64"),
-    ("vit_b16", dict(image_size=100), "model.image_size", "16"),
-    ("resnet18", dict(image_size=0), "model.image_size", "positive"),
-])
+
+@pytest.mark.parametrize(
+    "name,kwargs,key,allowed",
+    [
+        ("resnet34", dict(image_size=32), "model.name", "small_alexnet"),
+        ("resnet18", dict(image_size=32, stem="tiny"), "model.stem", "cifar"),
+        ("vit_s16", dict(image_size=32, stem="cifar"), "model.stem", "imagenet"),
+        ("resnet18", dict(image_size=32, width=0.5), "model.width", "1.0"),
+        ("vit_b16", dict(image_size=32, width=2.0), "model.width", "1.0"),
+        ("small_alexnet", dict(image_size=32, width=0.0), "model.width", "positive"),
+        ("small_alexnet", dict(image_size=32, norm="group"), "model.norm", "batch"),
+        ("resnet50", dict(image_size=32, norm="none"), "model.norm", "batch"),
+        ("vit_s16", dict(image_size=32, norm="none"), "model.norm", "batch"),
+        ("small_alexnet", dict(image_size=48), "model.image_size", "32 or 64"),
+        ("vit_b16", dict(image_size=100), "model.image_size", "16"),
+        ("resnet18", dict(image_size=0), "model.image_size", "positive"),
+    ],
+)
 def test_bad_arguments_name_the_config_key(name, kwargs, key, allowed):
     with pytest.raises(ValueError, match=key) as info:
         build_backbone(name, **kwargs)

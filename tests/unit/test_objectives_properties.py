@@ -52,8 +52,7 @@ def eye_views(V: int, B: int, D: int | None = None) -> torch.Tensor:
 
 @pytest.mark.parametrize("tau_plus", [None, 0.2])
 def test_cacr_inbatch_orthogonal(tau_plus):
-    loss_fn = objectives.build("cacr_inbatch", t_pos=1.0, t_neg=0.9, alpha=1.5, beta=0.5,
-                               tau_plus=tau_plus)
+    loss_fn = objectives.build("cacr_inbatch", t_pos=1.0, t_neg=0.9, alpha=1.5, beta=0.5, tau_plus=tau_plus)
     out = loss_fn(eye_views(3, 4))
     rep = -0.5 * 2 if tau_plus is None else (-tau_plus * 2 - 0.5 * 2) / (1 - tau_plus)
     assert out.terms["attraction"].item() == pytest.approx(1.5 * 2, rel=1e-12)
@@ -64,8 +63,8 @@ def test_cacr_moco_v2_orthogonal_and_aligned():
     V, B, Q = 3, 4, 5
     basis = torch.eye(2 * V * B + Q, dtype=torch.float64)
     q = basis[: V * B].reshape(V, B, -1)
-    k = basis[V * B: 2 * V * B].reshape(V, B, -1)
-    queue = basis[2 * V * B:]
+    k = basis[V * B : 2 * V * B].reshape(V, B, -1)
+    queue = basis[2 * V * B :]
     out = objectives.build("cacr_moco_v2", t_pos=1.0, t_neg=2.0, alpha=2.0, beta=3.0)(q, k, queue)
     assert out.terms["attraction"].item() == pytest.approx(2.0 * 2, rel=1e-12)
     assert out.terms["repulsion"].item() == pytest.approx(-3.0 * 2, rel=1e-12)
@@ -105,14 +104,16 @@ def test_infonce_queue_orthogonal():
 @pytest.mark.parametrize("alpha", [2.0, 1.0, 3.0])
 def test_align_uniform_orthogonal(alpha):
     t = 1.5
-    out = objectives.build("align_uniform_inbatch", align_alpha=alpha, unif_t=t, align_w=2.0,
-                           unif_w=0.5)(eye_views(2, 4))
+    out = objectives.build("align_uniform_inbatch", align_alpha=alpha, unif_t=t, align_w=2.0, unif_w=0.5)(
+        eye_views(2, 4)
+    )
     assert out.terms["align"].item() == pytest.approx(2 ** (alpha / 2), rel=1e-12)
     assert out.terms["uniform"].item() == pytest.approx(-2 * t, rel=1e-12)
     assert out.loss.item() == pytest.approx(2.0 * 2 ** (alpha / 2) - 0.5 * 2 * t, rel=1e-12)
     basis = torch.eye(16, dtype=torch.float64)
     out = objectives.build("align_uniform_queue", align_alpha=alpha, unif_t=t)(
-        basis[:4], basis[4:8], basis[8:14])
+        basis[:4], basis[4:8], basis[8:14]
+    )
     assert out.terms["align"].item() == pytest.approx(2 ** (alpha / 2), rel=1e-12)
     assert out.terms["uniform"].item() == pytest.approx(-2 * t, rel=1e-12)
 
@@ -144,11 +145,14 @@ def test_permuting_the_batch_or_queue_leaves_the_loss_unchanged(name):
     torch.testing.assert_close(loss_fn(*permuted).loss, base, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name,args", [
-    ("cacr_inbatch", lambda: make_inputs("cacr_inbatch", V=2, grad=False)),
-    ("cacr_moco_v2", lambda: make_inputs("cacr_moco_v2", V=2, grad=False)),
-    ("cacr_moco_v3", lambda: make_inputs("cacr_moco_v3", V=2, grad=False)),
-])
+@pytest.mark.parametrize(
+    "name,args",
+    [
+        ("cacr_inbatch", lambda: make_inputs("cacr_inbatch", V=2, grad=False)),
+        ("cacr_moco_v2", lambda: make_inputs("cacr_moco_v2", V=2, grad=False)),
+        ("cacr_moco_v3", lambda: make_inputs("cacr_moco_v3", V=2, grad=False)),
+    ],
+)
 def test_with_one_positive_the_attraction_weight_is_one(name, args):
     diag = objectives.build(name, **DEFAULT_HP[name]).diagnostics(*args())
     assert diag["attraction_max_weight"].item() == pytest.approx(1.0, abs=1e-12)
@@ -175,8 +179,9 @@ def test_diagnostics_match_hand_computed_weights(name):
 @pytest.mark.parametrize("cache", [True, False])
 def test_official_queue_cache_sends_queue_gradient_to_view_zero_only(cache):
     q, k, queue = make_inputs("cacr_moco_v2", V=3, B=4, D=5, Q=6)
-    loss_fn = objectives.build("cacr_moco_v2", t_pos=1.0, t_neg=2.0, alpha=0.0,
-                               intra_batch=False, official_queue_cache=cache)
+    loss_fn = objectives.build(
+        "cacr_moco_v2", t_pos=1.0, t_neg=2.0, alpha=0.0, intra_batch=False, official_queue_cache=cache
+    )
     loss_fn(q, k, queue).loss.backward()
     assert q.grad[0].abs().max() > 1e-3
     later = q.grad[1:].abs().max().item()
@@ -246,8 +251,9 @@ def test_gradcheck_detects_the_stop_gradient():
     """With varying detached weights finite differences must disagree (the weights are sg)."""
     inputs = make_inputs("cacr_moco_v2", V=3, B=3, D=4, Q=4, seed=7)
     loss_fn = objectives.build("cacr_moco_v2", t_pos=3.0, t_neg=2.0)
-    assert not torch.autograd.gradcheck(lambda *x: loss_fn(*x).loss, inputs, eps=1e-6,
-                                        atol=1e-6, raise_exception=False)
+    assert not torch.autograd.gradcheck(
+        lambda *x: loss_fn(*x).loss, inputs, eps=1e-6, atol=1e-6, raise_exception=False
+    )
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -291,8 +297,7 @@ def test_bf16_autocast_is_finite_at_extreme_temperatures(name, device):
     loss_fn = objectives.build(name, **EXTREME_HP[name])
     with torch.autocast(device_type=device, dtype=torch.bfloat16):
         embedded = [layer(x.to(device)) for x in raw[:2]] + [x.to(device) for x in raw[2:]]
-        if name in ("infonce_inbatch", "align_uniform_inbatch", "hard_negative_inbatch",
-                    "cacr_inbatch"):
+        if name in ("infonce_inbatch", "align_uniform_inbatch", "hard_negative_inbatch", "cacr_inbatch"):
             embedded = embedded[:1]
         assert embedded[0].dtype == torch.bfloat16
         out = loss_fn(*embedded)

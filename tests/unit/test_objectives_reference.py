@@ -27,12 +27,15 @@ def _cases():
     for shape, hp, intra, cache in itertools.product(
         [dict(V=2, B=3, D=4, Q=5), dict(V=3, B=4, D=6, Q=9), dict(V=5, B=3, D=8, Q=4)],
         [dict(t_pos=1.0, t_neg=2.0), dict(t_pos=2.5, t_neg=0.6, alpha=3.0, beta=3.0)],
-        [True, False], [False, True],
+        [True, False],
+        [False, True],
     ):
         yield "cacr_moco_v2", shape, dict(hp, intra_batch=intra, official_queue_cache=cache)
     for shape, T, cost, full in itertools.product(
         [dict(V=2, B=4, D=5), dict(V=3, B=3, D=6), dict(V=4, B=5, D=8)],
-        [1.0, 0.2], ["rbf", "euclidean"], [False, True],
+        [1.0, 0.2],
+        ["rbf", "euclidean"],
+        [False, True],
     ):
         yield "cacr_moco_v3", shape, dict(temperature=T, cost=cost, full_mode=full)
     for B, tau in itertools.product([2, 5, 8], [0.5, 0.19, 0.05]):

@@ -26,8 +26,12 @@ TOKEN_FILE = "~/.cacr/ray-auth-token"
 RAY_SD_FILE = "/tmp/ray/prom_metrics_service_discovery.json"
 RAY_DASHBOARDS = "/tmp/ray/session_latest/metrics/grafana/dashboards"
 METRICS = (
-    "cacr_images_per_second", "cacr_views_per_second", "cacr_data_wait_fraction",
-    "cacr_loss", "cacr_knn_top1", "cacr_bad_images",
+    "cacr_images_per_second",
+    "cacr_views_per_second",
+    "cacr_data_wait_fraction",
+    "cacr_loss",
+    "cacr_knn_top1",
+    "cacr_bad_images",
 )
 _DASHBOARD_HOST = re.compile(r"dashboard[-_]host[\"']?(?:\s*[:=]\s*|\s+)[\"']?([^\s\"',})\]]+)")
 _TOKEN_AUTH = re.compile(

@@ -37,9 +37,7 @@ def run(code: str) -> subprocess.CompletedProcess:
 
 def test_a_read_task_cancelled_inside_its_torch_import_ends_its_process():
     code = CUT.format(module="torch._meta_registrations", error="KeyboardInterrupt('cancel')") + (
-        "from pipelines.data.read_tasks import load_crop_views\n"
-        "load_crop_views()\n"
-        "print('still alive')\n"
+        "from pipelines.data.read_tasks import load_crop_views\nload_crop_views()\nprint('still alive')\n"
     )
     proc = run(code)
     assert proc.returncode == HALF_IMPORTED_EXIT and "still alive" not in proc.stdout, proc.stderr[-2000:]
@@ -63,8 +61,7 @@ def test_a_process_left_with_a_half_imported_torch_ends_at_the_next_read_task():
 
 def test_a_broken_torch_in_a_clean_process_is_an_error_not_an_endless_retry():
     code = CUT.format(module="torch", error="ImportError('no torch here')") + (
-        "from pipelines.data.read_tasks import load_crop_views\n"
-        "load_crop_views()\n"
+        "from pipelines.data.read_tasks import load_crop_views\nload_crop_views()\n"
     )
     proc = run(code)
     assert proc.returncode == 1 and "ImportError: no torch here" in proc.stderr

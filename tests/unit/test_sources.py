@@ -16,8 +16,16 @@ def read_all(source, split):
 
 def test_registry_names_every_source_of_the_issue():
     assert set(SOURCES) == {
-        "cifar10", "cifar100", "stl10", "cifar10_jpeg", "imagefolder", "imagenet1k", "imagenet100",
-        "webvision", "imagenet22k", "shards",
+        "cifar10",
+        "cifar100",
+        "stl10",
+        "cifar10_jpeg",
+        "imagefolder",
+        "imagenet1k",
+        "imagenet100",
+        "webvision",
+        "imagenet22k",
+        "shards",
     }
     with pytest.raises(ValueError, match=r"unknown dataset 'mnist'; choose one of"):
         open_source("mnist", "/tmp")
@@ -135,8 +143,11 @@ def test_imagenet100_keeps_only_its_classes(tmp_path):
     src = Tiny(str(tmp_path))
     assert src.classes() == ["n01443537", "n02869837"]
     got = {r["key"]: r["label"] for s in ("train", "val") for r in read_all(src, s)}
-    want = {k: ["n01443537", "n02869837"].index(replicas.WNIDS[v]) for k, v in expected.items()
-            if replicas.WNIDS[v] in ("n02869837", "n01443537")}
+    want = {
+        k: ["n01443537", "n02869837"].index(replicas.WNIDS[v])
+        for k, v in expected.items()
+        if replicas.WNIDS[v] in ("n02869837", "n01443537")
+    }
     assert got == want
 
 
@@ -201,4 +212,7 @@ def test_imagenet22k_extracted_folders(tmp_path):
             (tmp_path / wnid / f"{wnid}_{i}.JPEG").write_bytes(b"x")
     src = open_source("imagenet22k", str(tmp_path))
     assert [(r["key"], r["label"]) for r in read_all(src, "train")] == [
-        ("n1/n1_0.JPEG", 0), ("n2/n2_0.JPEG", 1), ("n2/n2_1.JPEG", 1)]
+        ("n1/n1_0.JPEG", 0),
+        ("n2/n2_0.JPEG", 1),
+        ("n2/n2_1.JPEG", 1),
+    ]
