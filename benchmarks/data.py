@@ -52,12 +52,12 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from pipelines.core.storage import Store  # noqa: E402
 from pipelines.data import scheduling  # noqa: E402
 from pipelines.data.augment import crop_views  # noqa: E402
 from pipelines.data.decode import decode_image  # noqa: E402
 from pipelines.data.read_tasks import ReadPlan, stream  # noqa: E402
 from pipelines.data.recipes import view_recipes  # noqa: E402
-from pipelines.data.storage import Store  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"

@@ -39,7 +39,7 @@ def compose(*overrides: str) -> dict:
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
-    from pipelines.training.config import resolve_paths
+    from pipelines.config.paths import resolve_paths
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = hydra_compose("pretrain", overrides=["experiment=imagenet100_mocov2_cacr", *overrides])
@@ -48,8 +48,8 @@ def compose(*overrides: str) -> dict:
 
 def synthetic(cfg: dict, device: torch.device, steps: int, windows: int) -> dict:
     """Steps per second of one worker on views already on the device."""
-    from pipelines.training.config import check_config
-    from pipelines.training.loop import Pretrainer
+    from pipelines.config.checks import check_config
+    from pipelines.training.pretrainer import Pretrainer
 
     plan = check_config(cfg)
     run = {

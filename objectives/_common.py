@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from objectives.distributed import maybe_gather
+
 WORKING_DTYPES = (torch.float32, torch.float64)
 
 
@@ -219,8 +221,6 @@ def two_view_logits(z: Tensor, gather: bool) -> tuple[Tensor, Tensor, Tensor]:
         ``dots [2B, 2N]``, the mask of each anchor's own column, and the column of its positive.
 
     """
-    from objectives.distributed import maybe_gather
-
     B = z.shape[1]
     zg, offset = maybe_gather(z, gather, dim=1)
     N = zg.shape[1]

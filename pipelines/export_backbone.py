@@ -17,18 +17,18 @@ import argparse
 import sys
 from pathlib import Path
 
+import torch
+import yaml
+
+from pipelines.core.errors import ConfigError
+from pipelines.evaluation.export import load_state, torchvision_model, write_detectron2
+from pipelines.probe.run import find_checkpoint
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, export, and say what was written; 2 on bad input."""
-    import torch
-    import yaml
-
-    from pipelines.evaluation.export import load_state, torchvision_model, write_detectron2
-    from pipelines.evaluation.probe_run import find_checkpoint
-    from pipelines.training.config import ConfigError
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", help="a run folder, a checkpoint folder or a backbone.pt file")
     parser.add_argument("--to", choices=("torchvision", "detectron2"), required=True)

@@ -20,7 +20,10 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+
+from pipelines.probe.run import main_with_errors
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,10 +31,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 @hydra.main(version_base="1.3", config_path="../configs", config_name="linear_probe")
 def main(cfg: DictConfig) -> None:
     """Resolve the config to a plain dict and hand off to the probe driver."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from pipelines.evaluation.probe_run import main_with_errors
-
     plain = OmegaConf.to_container(cfg, resolve=True)
     plain["overrides"] = list(HydraConfig.get().overrides.task)  # which eval keys replace the run's own
     sys.exit(main_with_errors(plain))

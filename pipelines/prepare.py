@@ -13,12 +13,16 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.core.errors import ConfigError, run_command
+from pipelines.data.prepare import prepare_dataset
+from pipelines.data.shuffle_writer import ShuffleSettings
+from pipelines.data.sources import open_source
+from pipelines.ray_session import connect
+
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="prepare")
 def main(cfg: DictConfig) -> None:
     """Run :func:`prepare` as a command: bad input prints one line and exits 2."""
-    from pipelines.training.config import run_command
-
     input_errors = {ValueError: ("error: ", 2), FileNotFoundError: ("error: ", 2)}
     sys.exit(run_command(lambda: prepare(cfg), input_errors))
 
@@ -31,12 +35,6 @@ def prepare(cfg: DictConfig) -> str:
         ValueError, FileNotFoundError: for input that is not the dataset named (the message says
             which file and what to do).
     """
-    from pipelines.data.prepare import prepare_dataset
-    from pipelines.data.shuffle_writer import ShuffleSettings
-    from pipelines.data.sources import open_source
-    from pipelines.ray_session import connect
-    from pipelines.training.config import ConfigError
-
     if not cfg.dataset.root:
         raise ConfigError(
             f"dataset.root is not set: add dataset.root=<path or URI of the {cfg.dataset.name} files>"

@@ -18,15 +18,15 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.config.paths import resolve_paths
+from pipelines.training.run import main_with_errors
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")
 def main(cfg: DictConfig) -> None:
     """Resolve the config to a plain dict with absolute paths and hand off to the training driver."""
-    from pipelines.training.config import resolve_paths
-    from pipelines.training.run import main_with_errors
-
     plain = resolve_paths(OmegaConf.to_container(cfg, resolve=True), PROJECT_ROOT)
     sys.exit(main_with_errors(plain))
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from pipelines.data import scheduling
+
 # Run in every worker process of the job before any task or actor: Ray Data's executor runs in
 # actors of its own (the split coordinator of a Train run), which never import our modules.
 RUNTIME_ENV = {"worker_process_setup_hook": "pipelines.data.scheduling.apply_on_import"}
@@ -27,7 +29,6 @@ def connect(address: str | None = None) -> str | None:
     if target == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     context = ray.init(address=target, log_to_driver=True, runtime_env=RUNTIME_ENV)
-    from pipelines.data import scheduling
 
     scheduling.apply()  # the driver too (an unsplit dataset iterated here)
     ray.data.DataContext.get_current().enable_progress_bars = False

@@ -17,14 +17,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.search.run import main_with_errors
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="tune")
 def main(cfg: DictConfig) -> None:
     """Resolve the config to a plain dict and hand off to the search driver."""
-    from pipelines.search.run import main_with_errors
-
     sys.exit(main_with_errors(OmegaConf.to_container(cfg, resolve=True)))
 
 

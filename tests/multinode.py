@@ -52,7 +52,7 @@ def main(folder: Path) -> dict[str, Any]:
     import ray
     from ray.cluster_utils import Cluster
 
-    from pipelines.training.config import ConfigError
+    from pipelines.core.errors import ConfigError
     from pipelines.training.run import pretrain
 
     # the driver attaches to the head before the other nodes exist: all nodes share this host's

@@ -11,7 +11,7 @@ from typing import Any
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from pipelines.training.config import resolve_paths
+from pipelines.config.paths import resolve_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,7 @@ def two_steps(config: dict) -> dict:
     """
     import torch
 
-    from pipelines.training.loop import Pretrainer
+    from pipelines.training.pretrainer import Pretrainer
 
     t = Pretrainer(config["cfg"], config["run"])
     batch = int(config["global_batch"])

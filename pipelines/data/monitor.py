@@ -8,6 +8,7 @@ workers and the driver read it.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from pipelines.data.decode import BadImageLog
@@ -116,8 +117,6 @@ def call_monitor(method: Any, *args: Any, attempts: int = 6) -> Any:
 
 def report_to_monitor(actor: Any, good: int, bad: list[dict[str, str]]) -> int:
     """Count a batch in the run's monitor (once, even when the call is retried); the epoch."""
-    import uuid
-
     return int(call_monitor(actor.report, uuid.uuid4().hex, good, bad))
 
 

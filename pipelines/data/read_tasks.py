@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipelines.core.storage import Store
 from pipelines.data import order, scheduling
 from pipelines.data.decode import check_label, decode_image
 from pipelines.data.monitor import epoch_of, find_monitor, report_to_monitor
 from pipelines.data.recipes import ViewRecipe, seed_for
 from pipelines.data.sources.shards import key_column
-from pipelines.data.storage import Store
 
 scheduling.apply_on_import()  # in every process that unpickles this pipeline and so may run its executor
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
@@ -106,3 +107,15 @@ def seed_for(seed: int, epoch: int, *parts: object) -> int:
     """A 63-bit seed from the run seed, the epoch and anything that names the batch or worker."""
     mix = np.random.SeedSequence([seed, epoch, *[zlib.crc32(str(p).encode()) for p in parts]])
     return int(mix.generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def recipes_for(augment: dict[str, Any], num_views: int) -> list[ViewRecipe]:
+    """The view recipes of the ``augment`` config group for ``num_views`` global views."""
+    crop_min = augment.get("crop_min")
+    return view_recipes(
+        augment["name"],
+        num_views,
+        int(augment.get("local_crops") or 0),
+        None if crop_min is None else float(crop_min),
+        augment.get("size"),
+    )

@@ -28,6 +28,7 @@ upgrade renames either attribute, and :func:`apply` then warns once and leaves R
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
 import sys
 import warnings
@@ -59,7 +60,6 @@ def _owner(module: ModuleType, cls: str | None) -> object:
 
 
 def _holder(module: str, cls: str | None) -> object:
-    import importlib
 
     return _owner(importlib.import_module(module), cls)
 

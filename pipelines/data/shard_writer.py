@@ -25,10 +25,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from pipelines.core.storage import Store
 from pipelines.data.decode import DEFAULT_MAX_PIXELS, UNLABELED, BadImageLog, check_label, decode_image
 from pipelines.data.imbalance import summary
 from pipelines.data.sources.base import Chunk, Source
-from pipelines.data.storage import Store
 
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("key", pa.string())])
 MANIFEST = "manifest.json"

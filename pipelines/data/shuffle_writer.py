@@ -42,10 +42,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core.storage import Store
 from pipelines.data.order import rng_for
 from pipelines.data.shard_writer import SCHEMA, ChunkRows, parquet_bytes, read_chunk
 from pipelines.data.sources.base import Chunk, Source
-from pipelines.data.storage import Store
 
 EVAL_SPLITS = ("val", "test", "validation")  # judged in any order: not shuffled
 GUESS_ROWS_PER_CHUNK = 1000  # a chunk whose size is unknown (a class folder, a tar) counts as this

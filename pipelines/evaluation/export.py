@@ -17,7 +17,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from pipelines.training.checkpoints import UnsafeCheckpointError, safe_load
+from pipelines.core.checkpoints import UnsafeCheckpointError, safe_load
 
 CLASSIFIER = {"resnet": "fc", "vit": "heads"}
 

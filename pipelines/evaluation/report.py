@@ -12,9 +12,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pipelines.core.run_files import METRICS_JSONL, REPORT_PNG, RESULTS_JSON, RESULTS_MD
+from pipelines.core.run_log import RunLog
+from pipelines.core.storage import write_atomic
 from pipelines.evaluation.breakdown import is_imbalanced
-
-RESULTS_JSON, RESULTS_MD, REPORT_PNG = "results.json", "results.md", "report.png"
 
 
 def judged_encoders(results: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -222,18 +223,14 @@ def write_results(
     """
     import matplotlib.pyplot as plt
 
-    from pipelines.training.metrics import RunLog
-
     d = Path(run_dir)
     out = {"json": d / RESULTS_JSON, "md": d / RESULTS_MD, "png": d / REPORT_PNG}
     for key, text in (
         ("json", json.dumps(results, indent=2, default=str) + "\n"),
         ("md", results_markdown(results, title)),
     ):
-        tmp = out[key].with_suffix(".tmp")
-        tmp.write_text(text)
-        tmp.replace(out[key])
-    fig = report_figure(results, _read_jsonl(d / "metrics.jsonl"), steps_per_epoch, title)
+        write_atomic(out[key], text)
+    fig = report_figure(results, _read_jsonl(d / METRICS_JSONL), steps_per_epoch, title)
     fig.savefig(out["png"], dpi=110)
     log = RunLog(d, resume_step=None)
     log.figure("report", fig, int(results.get("steps") or 0))

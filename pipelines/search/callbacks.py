@@ -14,13 +14,13 @@ from typing import Any
 import ray
 from ray import tune
 
+from pipelines.core.run_files import PLACEMENT_GROUPS
+
 
 def release_trial_resources(run_dir: str | Path) -> int:
     """Remove the placement groups a run recorded that are still alive; return how many."""
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, placement_group_table
-
-    from pipelines.training.worker import PLACEMENT_GROUPS
 
     listed = Path(run_dir) / PLACEMENT_GROUPS
     if not listed.exists():

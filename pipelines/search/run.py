@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from hydra.errors import HydraException
 
+from pipelines.config.checks import check_config
+from pipelines.config.paths import check_shared_storage
+from pipelines.core.errors import ConfigError, run_command
+from pipelines.ray_session import alive_nodes, connect
+from pipelines.search.callbacks import ReleaseTrialResources, release_trial_resources
 from pipelines.search.results import METRIC, best_config_file, best_row, plot_params, trial_rows, write_tables
-from pipelines.search.space import SearchConfigError, arms, param_space, trial_overrides
-from pipelines.search.trial import compose_pretrain, keep_views_per_step
-from pipelines.training.config import ConfigError, check_config, check_shared_storage, run_command
+from pipelines.search.space import SEP, SearchConfigError, arms, param_space, trial_overrides
+from pipelines.search.trial import compose_pretrain, keep_views_per_step, run_trial
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,8 +81,6 @@ def _check_trials(search: dict[str, Any], config_dir: str) -> tuple[dict[str, An
         The first arm's config, the views per step to keep (``constant_views``), and the most
         epochs any arm runs (ASHA's ``max_t``).
     """
-    from hydra.errors import HydraException
-
     base_cfg, views, epochs = None, None, 0
     for arm in arms(search):
         where = f"search arm {arm.name!r} (experiment={arm.experiment} + its overrides)"
@@ -128,10 +131,6 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
     (folder / "search.yaml").write_text(yaml.safe_dump(spec_search, sort_keys=False))
 
     from ray import tune
-
-    from pipelines.ray_session import alive_nodes, connect
-    from pipelines.search.callbacks import ReleaseTrialResources, release_trial_resources
-    from pipelines.search.trial import run_trial
 
     connect((cfg.get("ray") or {}).get("address"))
     shared = bool(base_cfg["trainer"].get("storage_shared"))
@@ -221,8 +220,6 @@ def _scheduler(asha: dict[str, Any] | None, max_epochs: int) -> Any:
 
 def _tune_config(row: Any) -> dict[str, Any]:
     """A Tune config equivalent to ``row`` (its arm and values)."""
-    from pipelines.search.space import SEP
-
     return {"arm": row.arm, **{f"{row.arm}{SEP}{k}": v for k, v in row.values.items()}}
 
 

@@ -13,7 +13,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from pipelines.config.paths import resolve_paths
+from pipelines.core.run_files import METRICS_JSONL
 from pipelines.search.space import trial_overrides
+from pipelines.training.run import pretrain
 
 # Ray Train 2.60 starts a PreemptionWatcher actor per run that only logs node drains (we never read
 # ``get_preemption_info``): a whole process per trial, about 2 CPU-seconds of its own on 2 cores
@@ -28,12 +35,6 @@ def compose_pretrain(config_dir: str, overrides: list[str], project_root: str) -
     Inside a running Hydra app the app's own search path is used (``configs/`` plus any
     ``--config-dir``); elsewhere ``config_dir``.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
-
-    from pipelines.training.config import resolve_paths
-
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app (tune.py): its search path has configs/
         cfg = compose("pretrain", overrides=overrides)
     else:
@@ -70,15 +71,11 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipelines.training.run import pretrain
-
     os.environ[PREEMPTION_WATCHER_ENV] = "1" if spec.get("preemption_watcher") else "0"
     name = tune.get_context().get_trial_id()
     _, cfg = trial_config(spec, config, name)
     outcome = pretrain(cfg, callbacks=[TuneReportCallback()])
     if outcome.seconds == 0.0:  # the run had finished before a driver restart: report its last epoch
-        rows = [
-            json.loads(x) for x in (Path(outcome.run_dir) / "metrics.jsonl").read_text().splitlines() if x
-        ]
+        rows = [json.loads(x) for x in (Path(outcome.run_dir) / METRICS_JSONL).read_text().splitlines() if x]
         last = [r for r in rows if "epoch/knn_top1" in r][-1]
         tune.report({"knn/top1": last["epoch/knn_top1"], "epoch": last["epoch"] + 1})

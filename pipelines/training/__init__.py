@@ -1,1 +1,1 @@
-"""The per-worker pretraining loop, checkpoints, schedules, optimisers and run metrics."""
+"""Pretraining on Ray Train: the driver, the per-worker state and epoch loop, resume, schedules."""

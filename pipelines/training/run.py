@@ -16,18 +16,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.evaluation.report import encoder_table
-from pipelines.training.config import (
-    ConfigError,
-    check_config,
-    check_shared_storage,
-    config_changes,
-    is_uri,
-    recipes_for,
-    run_command,
-)
+import yaml
 
-CONFIG_FILE = "config.yaml"
+from pipelines.config.changes import config_changes
+from pipelines.config.checks import check_config
+from pipelines.config.paths import check_shared_storage
+from pipelines.core.checkpoints import IncompleteCheckpointError, UnsafeCheckpointError
+from pipelines.core.errors import ConfigError, run_command
+from pipelines.core.run_files import CLASS_COUNTS, CONFIG_FILE, STOPPED
+from pipelines.core.storage import is_uri, write_atomic
+from pipelines.data.loader import training_datasets
+from pipelines.data.monitor import monitor
+from pipelines.data.recipes import MEAN_STD, recipes_for
+from pipelines.evaluation.report import encoder_table
+from pipelines.ray_session import alive_nodes, connect
+from pipelines.training.worker import train_loop_per_worker
 
 
 class RunStoppedError(RuntimeError):
@@ -61,8 +64,6 @@ def run_folder(cfg: dict[str, Any]) -> Path:
 
 def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
     """Refuse to resume a run under a changed config; return whether the run already finished."""
-    import yaml
-
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.exists():
         return False
@@ -78,14 +79,11 @@ def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
 
 
 def _write_run_files(run_dir: Path, cfg: dict[str, Any], counts: list[int], classes: list[str]) -> None:
-    import yaml
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / (CONFIG_FILE + ".tmp")
-    tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    tmp.replace(run_dir / CONFIG_FILE)
-    (run_dir / "class_counts.json").write_text(
-        json.dumps({"classes": classes, "counts": counts, "total": int(sum(counts))}, indent=1) + "\n"
+    write_atomic(run_dir / CONFIG_FILE, yaml.safe_dump(cfg, sort_keys=False))
+    write_atomic(
+        run_dir / CLASS_COUNTS,
+        json.dumps({"classes": classes, "counts": counts, "total": int(sum(counts))}, indent=1) + "\n",
     )
 
 
@@ -108,8 +106,6 @@ def checkpoint_problem(err: BaseException) -> str | None:
 
     Ray Train raises a ``WorkerGroupError`` whose ``worker_failures`` hold each rank's exception.
     """
-    from pipelines.training.checkpoints import IncompleteCheckpointError, UnsafeCheckpointError
-
     pending: list[BaseException] = [err, *(getattr(err, "worker_failures", None) or {}).values()]
     seen: set[int] = set()
     while pending:
@@ -148,12 +144,6 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from pipelines.data.loader import training_datasets
-    from pipelines.data.monitor import monitor
-    from pipelines.data.recipes import MEAN_STD
-    from pipelines.ray_session import alive_nodes, connect
-    from pipelines.training.loop import STOPPED, train_loop_per_worker
 
     tr, ds, aug = cfg["trainer"], cfg["dataset"], cfg["augment"]
     dashboard = connect((cfg.get("ray") or {}).get("address"))

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from pipelines.training import checkpoints as ckpt
+from pipelines.core import checkpoints as ckpt
 from pipelines.training.run import RunStoppedError, pretrain
 from tests.data_fixtures import corrupt_cases, encode, pattern
 from tests.runs import ROOT, jsonl, smoke, step_losses, wait_for, wait_until_free, worker_pid
@@ -118,7 +118,7 @@ def write_torn_checkpoint(folder: Path) -> None:
     """Start a real process writing a large checkpoint into ``folder`` and SIGKILL it mid-write."""
     code = (
         "import sys, torch\n"
-        "from pipelines.training.checkpoints import write_checkpoint\n"
+        "from pipelines.core.checkpoints import write_checkpoint\n"
         "big = {'epoch': 1, 'step': 12, 'model': {'w': torch.zeros(100_000_000)}}\n"
         "write_checkpoint(sys.argv[1], big, {'w': torch.zeros(1)})\n"
     )

@@ -13,9 +13,9 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from pipelines.core.errors import ConfigError
 from pipelines.evaluation.export import load_state
-from pipelines.evaluation.probe_run import find_checkpoint, linear_probe, probe_table
-from pipelines.training.config import ConfigError
+from pipelines.probe.run import find_checkpoint, linear_probe, probe_table
 from pipelines.training.run import pretrain
 from tests.runs import smoke
 

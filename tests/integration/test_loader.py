@@ -158,8 +158,8 @@ def test_every_worker_process_of_the_job_gets_the_scheduler_settings(ray_cluster
 def test_a_row_group_of_photos_is_decoded_and_cropped_in_pieces_bounded_in_bytes(tmp_path):
     """100 photos in one row group at 5 x 224 px: pieces of 89 and 11 (64 MiB / 752,640 bytes per
     image), every label in order, each piece's views within the bound."""
+    from pipelines.core.storage import Store
     from pipelines.data.read_tasks import BLOCK_BYTES, ReadPlan, read_decode_view, rows_per_block
-    from pipelines.data.storage import Store
 
     recipes = view_recipes("imagenet_mocov2", 5)
     assert rows_per_block(recipes) == (64 * 2**20) // (5 * 3 * 224 * 224) == 89

@@ -135,7 +135,7 @@ def test_unknown_split_fails_before_any_work(ray_cluster, tmp_path):
 
 
 def test_an_error_raised_inside_a_ray_task_is_not_taken_for_bad_input(ray_cluster, capsys):
-    from pipelines.training.config import run_command
+    from pipelines.core.errors import run_command
 
     @ray_cluster.remote
     def broken() -> None:

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from pipelines.config.checks import check_config
 from pipelines.data.prepare import prepare_dataset
 from pipelines.search.trial import compose_pretrain
-from pipelines.training.config import check_config
 from pipelines.training.run import pretrain
 from tests import replicas
 from tests.runs import jsonl

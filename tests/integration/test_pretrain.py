@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.training.config import check_config
+from pipelines.config.checks import check_config
 from pipelines.training.run import pretrain
 from tests.runs import smoke
 
@@ -99,7 +99,7 @@ def test_pretraining_on_real_cifar10_beats_the_random_init_encoder(ray_cluster, 
 
 
 def test_a_dataset_folder_without_shards_is_a_config_error_naming_it(ray_cluster, tmp_path) -> None:
-    from pipelines.training.config import ConfigError
+    from pipelines.core.errors import ConfigError
 
     empty = tmp_path / "no-shards"
     empty.mkdir()

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from pipelines.core.storage import Store
 from pipelines.data import shuffle_writer as sw
 from pipelines.data.loader import index_shards, training_datasets, with_rows
 from pipelines.data.monitor import monitor
@@ -20,7 +21,6 @@ from pipelines.data.read_tasks import ReadPlan, read_slot, row_id
 from pipelines.data.recipes import view_recipes
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
-from pipelines.data.storage import Store
 from tests.runs import ROOT
 
 pytestmark = pytest.mark.timeout(600)  # about a minute each here; room for a slower, busier machine

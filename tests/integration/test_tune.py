@@ -17,8 +17,9 @@ import yaml
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from pipelines.config.paths import resolve_paths
+from pipelines.core.errors import ConfigError
 from pipelines.search.run import concurrency, search
-from pipelines.training.config import ConfigError, resolve_paths
 from tests.runs import step_losses, wait_for, wait_until_free, worker_pid
 
 ROOT = Path(__file__).resolve().parents[2]

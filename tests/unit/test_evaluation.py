@@ -395,8 +395,8 @@ def test_export_command_writes_both_formats_and_refuses_bad_input(tmp_path, caps
 def test_export_from_a_run_uses_its_image_size_and_refuses_a_scaled_width(tmp_path, capsys) -> None:
     import yaml
 
+    from pipelines.core.checkpoints import write_checkpoint
     from pipelines.export_backbone import main
-    from pipelines.training.checkpoints import write_checkpoint
 
     run = tmp_path / "vit-run"
     run.mkdir()
@@ -418,7 +418,7 @@ def test_export_from_a_run_uses_its_image_size_and_refuses_a_scaled_width(tmp_pa
 
 
 def test_probe_eval_starts_from_the_runs_settings_and_takes_only_what_the_command_line_set() -> None:
-    from pipelines.evaluation.probe_setup import probe_eval
+    from pipelines.probe.setup import probe_eval
 
     saved = {"knn_k": 50, "few_shot_below": 40, "protocol": {"name": "small_scale", "epochs": 5, "lr": 1.0}}
     composed = {
@@ -440,8 +440,8 @@ def test_probe_eval_keeps_the_runs_protocol_whole_with_the_shipped_protocols() -
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from pipelines.evaluation.probe_setup import probe_eval
     from pipelines.evaluation.protocols import from_config
+    from pipelines.probe.setup import probe_eval
 
     configs = pathlib.Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
@@ -455,7 +455,7 @@ def test_probe_eval_keeps_the_runs_protocol_whole_with_the_shipped_protocols() -
 
 
 def test_the_probe_table_of_another_dataset_leaves_out_the_runs_own_baseline() -> None:
-    from pipelines.evaluation.probe_run import probe_table
+    from pipelines.probe.run import probe_table
 
     judged = {
         "knn_top1": 50.0,
@@ -477,7 +477,7 @@ def test_the_probe_table_of_another_dataset_leaves_out_the_runs_own_baseline() -
 
 
 def test_probes_on_two_folders_of_the_same_name_get_their_own_entries() -> None:
-    from pipelines.evaluation.probe_setup import probe_key
+    from pipelines.probe.setup import probe_key
 
     a, b = {"root": "/data/a/shards"}, {"root": "/data/b/shards/"}
     assert probe_key("mocov2", a, other=False) == "mocov2"

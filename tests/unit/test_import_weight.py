@@ -27,7 +27,10 @@ DATA_PLAN = [
     "pipelines.data.recipes",
     "pipelines.data.monitor",
 ]
-TRAINING = ["pipelines.training.loop", "pipelines.training.worker"]  # what pretrain() and the workers load
+TRAINING = [
+    "pipelines.training.pretrainer",
+    "pipelines.training.worker",
+]  # what pretrain() and the workers load
 
 
 @pytest.mark.parametrize("module", DATA_PLAN)

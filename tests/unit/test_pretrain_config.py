@@ -11,7 +11,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-from pipelines.training.config import ConfigError, check_config, config_changes, resolve_paths
+from pipelines.config.changes import config_changes
+from pipelines.config.checks import check_config
+from pipelines.config.paths import resolve_paths
+from pipelines.core.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"

@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines.training import checkpoints as ckpt
-from pipelines.training.config import ConfigError, check_shared_storage, on_network_filesystem
-from pipelines.training.metrics import RunLog
+from pipelines.config.paths import check_shared_storage
+from pipelines.core import checkpoints as ckpt
+from pipelines.core.errors import ConfigError
+from pipelines.core.run_log import RunLog
+from pipelines.core.storage import on_network_filesystem
 from pipelines.training.run import checkpoint_problem
 
 

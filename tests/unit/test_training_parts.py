@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
+from pipelines.core import checkpoints as ckpt
 from pipelines.evaluation.features import recompute_batchnorm
 from pipelines.evaluation.knn import knn_predict, knn_predict_at, knn_top1
-from pipelines.training import checkpoints as ckpt
 from pipelines.training.optim import LARS, build_optimizer
 from pipelines.training.schedules import learning_rate
 

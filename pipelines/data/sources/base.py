@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pipelines.data.storage import Store
+from pipelines.core.storage import Store
 
 Record = dict[str, Any]
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
+from pipelines.core.storage import Store
 from pipelines.data.sources.base import Chunk, Record, Source, record
-from pipelines.data.storage import Store
 
 IMAGE_SUFFIXES = (
     ".jpg",

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from pipelines.core.run_files import METRICS_JSONL
+from pipelines.core.storage import write_atomic
 
 
 def format_duration(seconds: float) -> str:
@@ -39,16 +45,12 @@ class RunLog:
             resume_step: the step of the checkpoint the run resumed from; ``None`` appends to what
                 is there and drops nothing.
         """
-        from torch.utils.tensorboard import SummaryWriter
-
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.jsonl = self.dir / "metrics.jsonl"
+        self.jsonl = self.dir / METRICS_JSONL
         if self.jsonl.exists() and resume_step is not None:  # keep what the restored state saw
             kept = [ln for ln in self.jsonl.read_text().splitlines() if _step_of(ln) <= resume_step]
-            tmp = self.jsonl.with_name(self.jsonl.name + ".tmp")
-            tmp.write_text("".join(ln + "\n" for ln in kept))
-            tmp.replace(self.jsonl)
+            write_atomic(self.jsonl, "".join(ln + "\n" for ln in kept))
         self.writer = SummaryWriter(
             str(self.dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else None
         )
@@ -97,3 +99,9 @@ def progress_line(
         f"{images_per_s:,.0f} img/s  {images_per_s * views_per_image:,.0f} views/s  "
         f"data-wait {100 * wait_fraction:.0f}%  ETA {eta}"
     )
+
+
+def say(text: str) -> None:
+    """One console line from a worker (Ray Train's patched ``print`` would show it twice)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()

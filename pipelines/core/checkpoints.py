@@ -23,7 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs as pafs
 import torch
+
+from pipelines.core.storage import atomic_path, write_atomic
 
 STATE, BACKBONE, COMPLETE = "state.pt", "backbone.pt", "COMPLETE"
 NAME = re.compile(r"^checkpoint_e(\d+)_s(\d+)$")
@@ -38,9 +41,8 @@ class UnsafeCheckpointError(RuntimeError):
 
 
 def _save(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def rng_state() -> dict[str, Any]:
@@ -67,11 +69,8 @@ def write_checkpoint(directory: str | os.PathLike, state: dict[str, Any], backbo
     _save(state, d / STATE)
     _save(backbone, d / BACKBONE)
     sizes = {name: (d / name).stat().st_size for name in (STATE, BACKBONE)}
-    marker = d / (COMPLETE + ".tmp")
-    marker.write_text(
-        json.dumps({"epoch": int(state["epoch"]), "step": int(state["step"]), "files": sizes}) + "\n"
-    )
-    os.replace(marker, d / COMPLETE)
+    marker = {"epoch": int(state["epoch"]), "step": int(state["step"]), "files": sizes}
+    write_atomic(d / COMPLETE, json.dumps(marker) + "\n")
     return d
 
 
@@ -176,8 +175,6 @@ def newest_complete(storage: str, name: str) -> Found | None:
     Latest means the most steps (then the most epochs: an epoch-end checkpoint follows a step
     checkpoint taken at the same step). Torn folders are skipped.
     """
-    import pyarrow.fs as pafs
-
     if "://" in storage:
         fs, root = pafs.FileSystem.from_uri(storage)
         prefix, _, query = storage.partition("?")

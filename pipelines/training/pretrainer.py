@@ -1,4 +1,4 @@
-"""The per-worker pretraining loop that Ray Train runs (``train_loop_per_worker``).
+"""One worker's training state and steps; :mod:`pipelines.training.session` runs the epochs.
 
 Each worker builds the framework, wraps its online encoder in DDP (gloo on CPU, NCCL on GPU),
 restores the latest complete checkpoint if Ray hands one over, and streams its share of the
@@ -10,10 +10,6 @@ writes checkpoints; every rank calls ``ray.train.report`` at the same points.
 
 from __future__ import annotations
 
-import json
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,16 +17,12 @@ import torch.distributed as dist
 from torch import Tensor
 
 from objectives.distributed import world
+from pipelines.core import checkpoints as ckpt
 from pipelines.data.augment import Photometric
-from pipelines.data.recipes import seed_for
+from pipelines.data.recipes import recipes_for, seed_for
 from pipelines.models.build import build_framework
-from pipelines.training import checkpoints as ckpt
-from pipelines.training.config import recipes_for
-from pipelines.training.metrics import RunLog, progress_line
 from pipelines.training.optim import build_optimizer, set_learning_rate
 from pipelines.training.schedules import learning_rate
-
-STOPPED = "stopped.json"  # written by rank 0 when the run stops on purpose (NaN, bad data)
 
 
 class Pretrainer:
@@ -168,7 +160,7 @@ class Pretrainer:
             return {f"weights/{k}": float(v) for k, v in obj.diagnostics(*self.framework.last_inputs).items()}
 
 
-def _agree(flag: bool) -> bool:
+def agree(flag: bool) -> bool:
     """True on every rank when ``flag`` is true on any rank."""
     _, size = world()
     if size == 1:
@@ -176,28 +168,3 @@ def _agree(flag: bool) -> bool:
     t = torch.tensor([1.0 if flag else 0.0])
     dist.all_reduce(t)
     return bool(t.item() > 0)
-
-
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry: ``config = {"cfg": <resolved config>, "run": <derived run facts>}``."""
-    import ray.train
-    import ray.train.torch
-
-    from pipelines.training.worker import Session
-
-    device = ray.train.torch.get_device()
-    trainer = Pretrainer(config["cfg"], config["run"], device=device)
-    Session(trainer, ray.train).fit()
-
-
-def write_stop(run_dir: str, reason: str, **details: Any) -> Path:
-    """Record why the run stopped (read by the driver), atomically."""
-    path = Path(run_dir) / STOPPED
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as f:
-        json.dump({"reason": reason, "time": time.time(), **details}, f, indent=2, default=str)
-    Path(f.name).replace(path)
-    return path
-
-
-__all__ = ["STOPPED", "Pretrainer", "RunLog", "progress_line", "train_loop_per_worker", "write_stop"]

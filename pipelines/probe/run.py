@@ -15,10 +15,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.evaluation.probe_setup import check_backbone, judged_dataset, probe_eval, probe_key
-from pipelines.evaluation.report import RESULTS_JSON, encoder_table
-from pipelines.training import checkpoints as ckpt
-from pipelines.training.config import ConfigError, check_eval, run_command
+import torch
+import yaml
+
+from pipelines.config.checks import check_eval
+from pipelines.core import checkpoints as ckpt
+from pipelines.core.errors import ConfigError, run_command
+from pipelines.core.run_files import CLASS_COUNTS, RESULTS_JSON
+from pipelines.data.loader import training_datasets
+from pipelines.data.recipes import MEAN_STD, recipes_for
+from pipelines.evaluation.breakdown import is_imbalanced
+from pipelines.evaluation.export import load_state
+from pipelines.evaluation.judge import BatchCache, Judge
+from pipelines.evaluation.protocols import from_config
+from pipelines.evaluation.report import encoder_table, write_results
+from pipelines.models.build import build_framework
+from pipelines.probe.setup import check_backbone, judged_dataset, probe_eval, probe_key
+from pipelines.ray_session import connect
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -49,13 +62,6 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
 def probe_loop_per_worker(config: dict[str, Any]) -> None:
     """One Ray Train worker: load the backbone, judge it, write the run's results files."""
     import ray.train
-    import torch
-
-    from pipelines.evaluation.export import load_state
-    from pipelines.evaluation.judge import BatchCache, Judge
-    from pipelines.evaluation.protocols import from_config
-    from pipelines.evaluation.report import write_results
-    from pipelines.models.build import build_framework
 
     cfg, ev, info = config["cfg"], config["eval"], config["info"]
     device = ray.train.torch.get_device()
@@ -113,8 +119,6 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     Raises:
         ConfigError: for a bad ``run=``, a bad ``eval`` group or a dataset that is not there.
     """
-    import yaml
-
     if not cfg.get("run"):
         raise ConfigError("run is not set: add run=<run folder or checkpoint folder>")
     run_dir, checkpoint = find_checkpoint(cfg["run"])
@@ -138,12 +142,6 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from pipelines.data.loader import training_datasets
-    from pipelines.data.recipes import MEAN_STD
-    from pipelines.evaluation.protocols import from_config
-    from pipelines.ray_session import connect
-    from pipelines.training.config import recipes_for
-
     connect((cfg.get("ray") or {}).get("address"))
     aug = run_cfg["augment"]
     recipes = recipes_for(aug, 2)
@@ -156,7 +154,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     marker = json.loads((checkpoint / ckpt.COMPLETE).read_text())
     mean, std = MEAN_STD[aug.get("mean_std") or "imagenet"]
-    counts_file = run_dir / "class_counts.json"
+    counts_file = run_dir / CLASS_COUNTS
     counts = (
         json.loads(counts_file.read_text())["counts"]
         if counts_file.exists() and not other
@@ -217,7 +215,6 @@ def probe_table(results: dict[str, Any], protocol: str, run_dir: str) -> str:
         rows.append(("random init (from the run's own evaluation)", results["random_init"]))
     lines = encoder_table(rows)
     shots = (judged.get("breakdown") or {}).get("shots")
-    from pipelines.evaluation.breakdown import is_imbalanced
 
     if shots and is_imbalanced(judged.get("train_counts") or results.get("train_counts") or []):
         lines.append(

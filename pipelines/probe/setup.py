@@ -12,8 +12,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from pipelines.training import checkpoints as ckpt
-from pipelines.training.config import ConfigError
+from pipelines.core import checkpoints as ckpt
+from pipelines.core.errors import ConfigError
+from pipelines.evaluation.export import load_state
+from pipelines.models.build import backbone_of
 
 
 def probe_eval(
@@ -82,9 +84,6 @@ def check_backbone(run_cfg: dict[str, Any], checkpoint: Path) -> None:
     Raises:
         ConfigError: naming the checkpoint, the model and the first keys or shapes that differ.
     """
-    from pipelines.evaluation.export import load_state
-    from pipelines.models.build import backbone_of
-
     state = load_state(checkpoint / ckpt.BACKBONE)
     expected = backbone_of(run_cfg["model"]).state_dict()
     missing = sorted(set(expected) - set(state))

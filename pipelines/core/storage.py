@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow.fs as pafs
 
@@ -90,8 +93,63 @@ class Store:
             with self.fs.open_output_stream(final) as f:
                 f.write(data)
             return
-        self.fs.create_dir(posixpath.dirname(final), recursive=True)
-        tmp = f"{final}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(tmp) as f:
-            f.write(data)
+        write_atomic(final, data)
+
+
+def is_uri(path: str) -> bool:
+    """Whether ``path`` is a URI (``s3://``, ``gs://``, ...) rather than a local path."""
+    return "://" in str(path)
+
+
+NETWORK_FILESYSTEMS = (
+    "nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "9p",
+    # FUSE mounts of shared storage (local FUSE ones such as fuseblk or fuse-overlayfs are not)
+    "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.ceph-fuse", "fuse.glusterfs",
+    "fuse.rclone", "fuse.mountpoint-s3", "fuse.goofys", "fuse.alluxio-fuse",
+)  # fmt: skip
+
+
+def on_network_filesystem(path: str, mounts: str = "/proc/mounts") -> bool:
+    """Whether ``path`` lies on a network file system (NFS, CIFS, Ceph, Lustre, s3fs, gcsfuse, ...).
+
+    The mount point is the longest one in ``mounts`` that holds the path.
+    """
+    target = os.path.realpath(os.path.expanduser(path))
+    best, kind = "", ""
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 3:
+            continue
+        point = parts[1].replace("\\040", " ")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, parts[2]
+    return kind in NETWORK_FILESYSTEMS
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` that becomes ``path`` in one rename when the block succeeds.
+
+    Readers never see a half-written file; on an error the temporary file is removed and ``path``
+    keeps what it had.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f"{final.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
         os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
+    """Write ``data`` (text is UTF-8 encoded) to the local ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    return Path(path)

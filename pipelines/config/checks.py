@@ -1,72 +1,28 @@
 """Checking a resolved pretraining config before any cluster time is spent.
 
 :func:`check_config` collects every problem it finds (not just the first) and raises one
-:class:`ConfigError` whose lines each name the key and the fix. :func:`plan` derives the numbers
+:class:`ConfigError` whose lines each name the key and the fix. :func:`check_config` also derives the numbers
 the run needs (views per image, per-worker batch, learning rate) from a valid config.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from omegaconf import OmegaConf
+
 import objectives
-from pipelines.data.recipes import RECIPES, view_recipes
+from pipelines.core.errors import ConfigError
+from pipelines.core.storage import is_uri
+from pipelines.data.recipes import RECIPES, recipes_for
+from pipelines.evaluation.protocols import from_config
+from pipelines.models.build import check_combination
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
+
 SCHEDULES = ("step", "cosine")
-# settings a resumed run may change; any other difference from the saved config is refused
-RESUMABLE_CHANGES = (
-    "trainer.num_workers",
-    "trainer.use_gpu",
-    "trainer.resources_per_worker",
-    "trainer.max_failures",
-    "trainer.storage_shared",
-    "trainer.log_every_steps",
-    "trainer.stop_at_epoch",
-    "trainer.checkpoint_every_steps",
-    "trainer.num_to_keep",
-    "trainer.prefetch_batches",
-    "trainer.debug_nan_at_step",
-    "eval",
-    "ray",
-    "dataset.root",
-)
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message lists every problem, one per line."""
-
-
-def run_command(
-    action: Callable[[], str], stops: dict[type[Exception], tuple[str, int]] | None = None
-) -> int:
-    """Run a command's ``action`` and print the text it returns; expected failures print one message.
-
-    Args:
-        action: does the work and returns what to print.
-        stops: more expected exception types, each with its message prefix and exit code.
-
-    Returns:
-        0, 2 for a :class:`ConfigError` (``config error:`` and the problem, one line each when
-        there are several) or a ``stops`` code.
-        An error raised inside a Ray task is never one of these: it propagates with its traceback.
-    """
-    handled: dict[type[Exception], tuple[str, int]] = {ConfigError: ("config error: ", 2), **(stops or {})}
-    try:
-        text = action()
-    except tuple(handled) as err:
-        if any(c.__name__ == "RayTaskError" for c in type(err).__mro__):
-            raise  # raised inside a Ray task: a fault to see whole (with its traceback), not bad input
-        prefix, code = next(v for k, v in handled.items() if isinstance(err, k))
-        print(f"{prefix}{err}", file=sys.stderr, flush=True)
-        return code
-    print(text, flush=True)
-    return 0
 
 
 @dataclass(frozen=True)
@@ -86,86 +42,8 @@ class Plan:
     lr: float
 
 
-def recipes_for(augment: dict[str, Any], num_views: int) -> list[Any]:
-    """The view recipes of the ``augment`` config group for ``num_views`` global views."""
-    crop_min = augment.get("crop_min")
-    return view_recipes(
-        augment["name"],
-        num_views,
-        int(augment.get("local_crops") or 0),
-        None if crop_min is None else float(crop_min),
-        augment.get("size"),
-    )
-
-
-def is_uri(path: str) -> bool:
-    """Whether ``path`` is a URI (``s3://``, ``gs://``, ...) rather than a local path."""
-    return "://" in str(path)
-
-
-NETWORK_FILESYSTEMS = (
-    "nfs", "nfs4", "cifs", "smb3", "ceph", "glusterfs", "lustre", "gpfs", "beegfs", "9p",
-    # FUSE mounts of shared storage (local FUSE ones such as fuseblk or fuse-overlayfs are not)
-    "fuse.sshfs", "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.ceph-fuse", "fuse.glusterfs",
-    "fuse.rclone", "fuse.mountpoint-s3", "fuse.goofys", "fuse.alluxio-fuse",
-)  # fmt: skip
-
-
-def on_network_filesystem(path: str, mounts: str = "/proc/mounts") -> bool:
-    """Whether ``path`` lies on a network file system (NFS, CIFS, Ceph, Lustre, s3fs, gcsfuse, ...).
-
-    The mount point is the longest one in ``mounts`` that holds the path.
-    """
-    target = os.path.realpath(os.path.expanduser(path))
-    best, kind = "", ""
-    try:
-        lines = Path(mounts).read_text().splitlines()
-    except OSError:
-        return False
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        point = parts[1].replace("\\040", " ")
-        inside = target == point or target.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, kind = point, parts[2]
-    return kind in NETWORK_FILESYSTEMS
-
-
-def check_shared_storage(trainer: dict[str, Any], alive_nodes: int) -> None:
-    """Refuse a local ``trainer.storage_path`` on a cluster of several nodes.
-
-    Each node would keep its own checkpoints, and a restart on another node would find none.
-
-    Raises:
-        ConfigError: naming the key and the ways out.
-    """
-    storage = str(trainer.get("storage_path") or "")
-    if alive_nodes <= 1 or is_uri(storage) or trainer.get("storage_shared"):
-        return
-    if on_network_filesystem(storage):
-        return
-    raise ConfigError(
-        f"trainer.storage_path={storage} is a local folder, but the cluster has {alive_nodes} nodes: "
-        "each node would keep its own checkpoints and a restart elsewhere would find none. Use storage "
-        "every node shares: trainer.storage_path=s3://<bucket>/<prefix> (or gs://), or an NFS mount "
-        "seen at the same path on every node; if this folder is shared already (a network mount this "
-        "check cannot see), say so with trainer.storage_shared=true"
-    )
-
-
-def _get(cfg: dict[str, Any], dotted: str) -> Any:
-    node: Any = cfg
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
-
-
 def _positive_int(errors: list[str], cfg: dict[str, Any], key: str, minimum: int = 1) -> int | None:
-    value = _get(cfg, key)
+    value = OmegaConf.select(OmegaConf.create(cfg), key)
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         errors.append(f"{key}={value!r}: must be an integer >= {minimum}")
         return None
@@ -191,8 +69,6 @@ def _check_objective(errors: list[str], cfg: dict[str, Any]) -> None:
     except ValueError as err:
         errors.append(f"objective.hparams: {err}")
     if k is not None:
-        from pipelines.models.build import check_combination
-
         try:
             check_combination(fw["name"], obj["name"], k + 1)
         except ValueError as err:
@@ -276,8 +152,6 @@ def _check_trainer(errors: list[str], cfg: dict[str, Any]) -> None:
 
 def check_eval(errors: list[str], ev: dict[str, Any]) -> None:
     """Append the problems of the ``eval`` group (probe protocol, kNN, shot thresholds) to ``errors``."""
-    from pipelines.evaluation.protocols import from_config
-
     try:
         from_config(ev.get("protocol"))
     except ValueError as err:
@@ -332,37 +206,3 @@ def check_config(cfg: dict[str, Any]) -> Plan:
         per_worker_batch=batch // int(tr["num_workers"]),
         lr=float(tr["optimizer"]["lr_per_256"]) * batch / 256,
     )
-
-
-def resolve_paths(cfg: dict[str, Any], project_root: Path) -> dict[str, Any]:
-    """Make ``dataset.root`` and ``trainer.storage_path`` absolute (workers run elsewhere).
-
-    A relative path is taken from the current folder when it exists there, else from the project
-    root (so the bundled sample is found under ``ray job submit`` too). ``~`` is expanded.
-    """
-    out = {**cfg, "dataset": dict(cfg["dataset"]), "trainer": dict(cfg["trainer"])}
-    for group, key in (("dataset", "root"), ("trainer", "storage_path")):
-        value = out[group].get(key)
-        if not value or is_uri(str(value)):
-            continue
-        path = Path(os.path.expanduser(str(value)))
-        if not path.is_absolute():
-            here = Path.cwd() / path
-            path = here if here.exists() or key == "storage_path" else project_root / path
-        out[group][key] = str(path.resolve())
-    return out
-
-
-def config_changes(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between two configs, except the resumable ones."""
-    changes = []
-    for key in sorted(set(saved) | set(new)):
-        dotted = f"{prefix}{key}"
-        if any(dotted == r or dotted.startswith(r + ".") for r in RESUMABLE_CHANGES):
-            continue
-        a, b = saved.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changes += config_changes(a, b, dotted + ".")
-        elif a != b:
-            changes.append(f"{dotted}: {a!r} -> {b!r}")
-    return changes

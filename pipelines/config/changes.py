@@ -1,0 +1,38 @@
+"""What a resumed run may change from the config it was started with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# settings a resumed run may change; any other difference from the saved config is refused
+RESUMABLE_CHANGES = (
+    "trainer.num_workers",
+    "trainer.use_gpu",
+    "trainer.resources_per_worker",
+    "trainer.max_failures",
+    "trainer.storage_shared",
+    "trainer.log_every_steps",
+    "trainer.stop_at_epoch",
+    "trainer.checkpoint_every_steps",
+    "trainer.num_to_keep",
+    "trainer.prefetch_batches",
+    "trainer.debug_nan_at_step",
+    "eval",
+    "ray",
+    "dataset.root",
+)
+
+
+def config_changes(saved: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two configs, except the resumable ones."""
+    changes = []
+    for key in sorted(set(saved) | set(new)):
+        dotted = f"{prefix}{key}"
+        if any(dotted == r or dotted.startswith(r + ".") for r in RESUMABLE_CHANGES):
+            continue
+        a, b = saved.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += config_changes(a, b, dotted + ".")
+        elif a != b:
+            changes.append(f"{dotted}: {a!r} -> {b!r}")
+    return changes
