@@ -37,10 +37,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repo
 import numpy as np  # noqa: E402
 
 from benchmarks.data import PeakMemory, imagenet_like, timed_epoch  # noqa: E402
-from pipelines.data.loader import index_shards, with_rows  # noqa: E402
 from pipelines.data.prepare import prepare_dataset  # noqa: E402
 from pipelines.data.read_tasks import ReadPlan, stream  # noqa: E402
 from pipelines.data.recipes import view_recipes  # noqa: E402
+from pipelines.data.shard_index import index_shards, with_rows  # noqa: E402
 from pipelines.data.shuffle_writer import ShuffleSettings  # noqa: E402
 from pipelines.data.sources import open_source  # noqa: E402
 

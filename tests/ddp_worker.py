@@ -31,3 +31,26 @@ def run(rank: int, world: int, init_file: str, cases_path: str, out_pattern: str
         torch.save(results, out_pattern.format(rank=rank))
     finally:
         dist.destroy_process_group()
+
+
+def run_framework_gathers(rank: int, world: int, init_file: str, cases_path: str, out_pattern: str) -> None:
+    """Shuffle-BN keys and the MoCo-v2 queue update on this rank's share; save what they produced."""
+    from pipelines.models.build import build_framework
+    from pipelines.models.frameworks import _shuffled_keys
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        case = torch.load(cases_path)
+        x = local_part(case["x"], 0, rank, world)
+        encoder = torch.nn.BatchNorm1d(x.shape[1], affine=False).train()
+        torch.manual_seed(case["perm_seed"])  # the permutation is drawn on rank 0 and broadcast
+        with torch.no_grad():
+            keys = _shuffled_keys(encoder, x)
+        fw = build_framework(case["config"], seed=case["framework_seed"])
+        fw._pending = local_part(case["pending"], 0, rank, world)
+        fw.after_step()
+        torch.save(
+            {"keys": keys, "queue": fw.queue.clone(), "ptr": int(fw.queue_ptr)}, out_pattern.format(rank=rank)
+        )
+    finally:
+        dist.destroy_process_group()

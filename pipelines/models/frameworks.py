@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from objectives import LossOutput
-from objectives.distributed import world
+from objectives.distributed import gather_rows, world
 
 # which objectives each framework can feed, and how many views they take (None: any V >= 2)
 COMPATIBLE: dict[str, dict[str, int | None]] = {
@@ -127,16 +127,12 @@ def _shuffled_keys(encoder: nn.Module, x: Tensor) -> Tensor:
     if size == 1:
         return encoder(x)
     n = x.shape[0]
-    parts = [torch.empty_like(x) for _ in range(size)]
-    dist.all_gather(parts, x.contiguous())
+    everyone, _ = gather_rows(x)
     perm = torch.randperm(n * size, device=x.device)
     dist.broadcast(perm, src=0)
-    mine = torch.cat(parts)[perm[rank * n : (rank + 1) * n]]
-    out = encoder(mine)
-    outs = [torch.empty_like(out) for _ in range(size)]
-    dist.all_gather(outs, out.contiguous())
-    unshuffled = torch.empty_like(torch.cat(outs))
-    unshuffled[perm] = torch.cat(outs)
+    out, _ = gather_rows(encoder(everyone[perm[rank * n : (rank + 1) * n]]))
+    unshuffled = torch.empty_like(out)
+    unshuffled[perm] = out
     return unshuffled[rank * n : (rank + 1) * n]
 
 
@@ -190,11 +186,7 @@ class MoCoV2(_Momentum):
         if self._pending is None:
             return
         keys = self._pending
-        _, size = world()
-        if size > 1:
-            parts = [torch.empty_like(keys) for _ in range(size)]
-            dist.all_gather(parts, keys.contiguous())
-            keys = torch.cat(parts)
+        keys, _ = gather_rows(keys)
         n, Q = keys.shape[0], self.queue.shape[0]
         ptr = int(self.queue_ptr)
         idx = (torch.arange(n, device=keys.device) + ptr) % Q

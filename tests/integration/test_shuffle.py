@@ -14,11 +14,12 @@ import ray
 
 from pipelines.core.storage import Store
 from pipelines.data import shuffle_writer as sw
-from pipelines.data.loader import index_shards, training_datasets, with_rows
+from pipelines.data.loader import training_datasets
 from pipelines.data.monitor import monitor
 from pipelines.data.prepare import prepare_dataset
 from pipelines.data.read_tasks import ReadPlan, read_slot, row_id
 from pipelines.data.recipes import view_recipes
+from pipelines.data.shard_index import index_shards, with_rows
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
 from tests.runs import ROOT

@@ -134,7 +134,7 @@ def test_ratio_text_rounds_for_people_and_names_the_empty_case() -> None:
 
 
 def test_unlabelled_images_pretrain_but_refuse_an_imbalance_rule() -> None:
-    from pipelines.data.loader import training_rows
+    from pipelines.data.shard_index import training_rows
 
     labels = np.array([0, -1, 1, 1, -1, 0, 2])
     positions, counts = training_rows(labels, 3, {"rule": "none"}, seed=0)

@@ -216,3 +216,21 @@ def test_imagenet22k_extracted_folders(tmp_path):
         ("n2/n2_0.JPEG", 1),
         ("n2/n2_1.JPEG", 1),
     ]
+
+
+def test_imagenet100_classes_come_from_the_packaged_list():
+    from pipelines.data.sources.folders import ImageNet100, imagenet100_wnids
+
+    wnids = imagenet100_wnids()
+    assert len(wnids) == len(set(wnids)) == 100
+    assert all(len(w) == 9 and w[0] == "n" and w[1:].isdigit() for w in wnids)
+    assert wnids[:3] == ("n02869837", "n01749939", "n02488291")  # CMC's list, in its own order
+    assert ImageNet100.wnids == wnids
+
+
+def test_image_suffixes_cover_torchvisions_image_extensions():
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    from pipelines.data.sources.folders import IMAGE_SUFFIXES
+
+    assert set(IMG_EXTENSIONS) <= set(IMAGE_SUFFIXES)
