@@ -26,7 +26,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import torch
 
-from pipelines.core.storage import atomic_path, write_atomic
+from pipelines.core.storage import atomic_path, is_uri, write_atomic
 
 STATE, BACKBONE, COMPLETE = "state.pt", "backbone.pt", "COMPLETE"
 NAME = re.compile(r"^checkpoint_e(\d+)_s(\d+)$")
@@ -175,7 +175,7 @@ def newest_complete(storage: str, name: str) -> Found | None:
     Latest means the most steps (then the most epochs: an epoch-end checkpoint follows a step
     checkpoint taken at the same step). Torn folders are skipped.
     """
-    if "://" in storage:
+    if is_uri(storage):
         fs, root = pafs.FileSystem.from_uri(storage)
         prefix, _, query = storage.partition("?")
         prefix, query = prefix.rstrip("/"), "?" + query if query else ""

@@ -10,16 +10,9 @@ from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
 
+from pipelines.core.progress import format_seconds
 from pipelines.core.run_files import METRICS_JSONL
 from pipelines.core.storage import write_atomic
-
-
-def format_duration(seconds: float) -> str:
-    """``3h05m``, ``4m10s`` or ``12s``."""
-    s = int(max(0, seconds))
-    if s >= 3600:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
 
 
 def _step_of(line: str) -> float:
@@ -93,7 +86,7 @@ def progress_line(
     seconds_per_step: float,
 ) -> str:
     """One console line: where the run is, the loss, the speed and the time left."""
-    eta = format_duration((total - step) * seconds_per_step)
+    eta = format_seconds((total - step) * seconds_per_step)
     return (
         f"epoch {epoch + 1}/{epochs}  step {step}/{total}  loss {loss:.4f}  "
         f"{images_per_s:,.0f} img/s  {images_per_s * views_per_image:,.0f} views/s  "

@@ -33,7 +33,7 @@ class Store:
             ValueError: if the URI's filesystem cannot be resolved.
         """
         text = os.fspath(location)
-        if "://" not in text:
+        if not is_uri(text):
             return cls(pafs.LocalFileSystem(), os.path.abspath(text))
         try:
             fs, path = pafs.FileSystem.from_uri(text)

@@ -37,16 +37,21 @@ from pipelines.data.recipes import GREY, ViewRecipe
 
 
 def crop_boxes(
-    heights: np.ndarray, widths: np.ndarray, recipe: ViewRecipe, rng: np.random.Generator
+    heights: np.ndarray,
+    widths: np.ndarray,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    rng: np.random.Generator,
 ) -> np.ndarray:
     """Torchvision's RandomResizedCrop box sampling, vectorised: ``[N, 4]`` (x1, y1, x2, y2).
 
-    Ten attempts per image at once; the first that fits wins, else a centre crop with the
-    aspect ratio clamped to ``recipe.ratio``.
+    Ten attempts per image at once (area share from ``scale``, aspect ratio log-uniform in
+    ``ratio``); the first that fits wins, else a centre crop with the aspect ratio clamped to
+    ``ratio``.
     """
     n, tries = len(heights), 10
-    area = (heights * widths)[:, None] * rng.uniform(*recipe.scale, size=(n, tries))
-    log_r = np.log(recipe.ratio)
+    area = (heights * widths)[:, None] * rng.uniform(*scale, size=(n, tries))
+    log_r = np.log(ratio)
     aspect = np.exp(rng.uniform(log_r[0], log_r[1], size=(n, tries)))
     w = np.rint(np.sqrt(area * aspect))
     h = np.rint(np.sqrt(area / aspect))
@@ -57,11 +62,11 @@ def crop_boxes(
     # fallback: the whole image, ratio clamped
     in_ratio = widths / heights
     fw = np.where(
-        in_ratio < recipe.ratio[0],
+        in_ratio < ratio[0],
         widths,
-        np.where(in_ratio > recipe.ratio[1], np.rint(heights * recipe.ratio[1]), widths),
+        np.where(in_ratio > ratio[1], np.rint(heights * ratio[1]), widths),
     )
-    fh = np.where(in_ratio < recipe.ratio[0], np.rint(widths / recipe.ratio[0]), heights)
+    fh = np.where(in_ratio < ratio[0], np.rint(widths / ratio[0]), heights)
     w, h = np.where(found, w, fw), np.where(found, h, fh)
     y = np.where(found, np.floor(rng.uniform(size=n) * (heights - h + 1)), (heights - h) // 2)
     x = np.where(found, np.floor(rng.uniform(size=n) * (widths - w + 1)), (widths - w) // 2)
@@ -98,7 +103,9 @@ def crop_views(
         return _group(outputs, recipes)
     heights = np.array([a.shape[0] for a in arrays], dtype=np.float64)
     widths = np.array([a.shape[1] for a in arrays], dtype=np.float64)
-    boxes = [crop_boxes(heights, widths, r, rng).astype(np.int64).tolist() for r in recipes]  # per view
+    boxes = [
+        crop_boxes(heights, widths, r.scale, r.ratio, rng).astype(np.int64).tolist() for r in recipes
+    ]  # per view
     flips = [(rng.uniform(size=B) < r.flip).tolist() for r in recipes]
     for i, a in enumerate(arrays):
         image = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).unsqueeze(0)  # channels-last

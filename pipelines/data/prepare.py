@@ -8,11 +8,11 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from pipelines.core.progress import Progress
 from pipelines.core.storage import Store
 from pipelines.data import imbalance
 from pipelines.data import shuffle_writer as sw
 from pipelines.data.decode import DEFAULT_MAX_PIXELS
-from pipelines.data.progress import Progress
 from pipelines.data.shard_writer import MANIFEST, build_manifest, done_path, write_chunk
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source

@@ -9,9 +9,10 @@ wd 0, lr 0.1 x batch / 256, batch 1024, cosine over 90 epochs).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
+
+from pipelines.core.schedules import learning_rate
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("step", "cosine")
@@ -60,10 +61,9 @@ class Protocol:
     val_fraction: float = 0.0
 
     def lr_at(self, epoch: int) -> float:
-        """The learning rate during 0-based ``epoch``."""
-        if self.schedule == "cosine":
-            return self.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
-        return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+        """The learning rate during 0-based ``epoch`` (the pretraining schedules, stepped per epoch)."""
+        schedule = {"name": self.schedule, "milestones": list(self.milestones), "gamma": self.gamma}
+        return learning_rate(epoch, 1, self.epochs, self.lr, schedule)
 
     def cached(self) -> Protocol:
         """The same protocol on features computed once (no augmentation)."""

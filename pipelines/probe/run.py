@@ -22,6 +22,7 @@ from pipelines.config.checks import check_eval
 from pipelines.core import checkpoints as ckpt
 from pipelines.core.errors import ConfigError, run_command
 from pipelines.core.run_files import CLASS_COUNTS, RESULTS_JSON
+from pipelines.core.storage import is_uri
 from pipelines.data.loader import training_datasets
 from pipelines.data.recipes import MEAN_STD, recipes_for
 from pipelines.evaluation.breakdown import is_imbalanced
@@ -132,7 +133,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     if cfg.get("dataset_root") and not other:
         dataset["root"] = str(Path(cfg["dataset_root"]).expanduser().resolve())
     root = str(dataset.get("root") or "")
-    if "://" not in root and not Path(root).exists():
+    if not is_uri(root) and not Path(root).exists():
         raise ConfigError(
             f"the run's dataset.root={root} does not exist: pass dataset_root=<where it is now>"
         )

@@ -14,6 +14,7 @@ from typing import Any
 
 from pipelines.core import checkpoints as ckpt
 from pipelines.core.errors import ConfigError
+from pipelines.core.storage import is_uri
 from pipelines.evaluation.export import load_state
 from pipelines.models.build import backbone_of
 
@@ -61,7 +62,7 @@ def judged_dataset(run_dataset: dict[str, Any], other: dict[str, Any] | None) ->
     if not other or not other.get("root"):
         return run_dataset, False
     root = str(other["root"])
-    if "://" not in root:
+    if not is_uri(root):
         root = str(Path(root).expanduser().resolve())
         if not Path(root).exists():
             raise ConfigError(f"eval_dataset.root={other['root']}: no such folder; pass prepared shards")

@@ -37,13 +37,26 @@ def _id_from_path(path: str) -> str:
     return "_".join(parts[2:4]) if len(parts) > 3 and parts[0] == "run" else Path(path).name
 
 
+def _by_trial(frame: Any) -> dict[str, dict[str, Any]]:
+    """A Tune results dataframe as ``{trial_id: row}`` (trials that reported nothing have no row)."""
+    if frame is None or frame.empty or "trial_id" not in frame:
+        return {}
+    return {str(row["trial_id"]): row for row in frame.to_dict("records")}
+
+
+def _score(row: dict[str, Any] | None) -> float | None:
+    value = (row or {}).get(METRIC)
+    return None if value is None or value != value else float(value)
+
+
 def trial_rows(result_grid: Any, search: dict[str, Any], max_epochs: int) -> list[TrialRow]:
-    """A row per trial of a Tune ``ResultGrid``."""
+    """A row per trial of a Tune ``ResultGrid``: its last and best kNN top-1 from ``get_dataframe``."""
+    last = _by_trial(result_grid.get_dataframe())
+    best = _by_trial(result_grid.get_dataframe(filter_metric=METRIC, filter_mode="max"))
     rows = []
     for result in result_grid:
         config = result.config or {}
-        history = result.metrics_dataframe
-        knn = [] if history is None or METRIC not in history else [v for v in history[METRIC] if v == v]
+        trial_id = str((result.metrics or {}).get("trial_id") or _id_from_path(result.path))
         epochs = int((result.metrics or {}).get("epoch") or 0)
         if result.error is not None:
             lines = [ln for ln in str(result.error).strip().splitlines() if ln.strip()]
@@ -54,11 +67,11 @@ def trial_rows(result_grid: Any, search: dict[str, Any], max_epochs: int) -> lis
             status, error = "stopped early (ASHA)", ""
         rows.append(
             TrialRow(
-                trial_id=str((result.metrics or {}).get("trial_id") or _id_from_path(result.path)),
+                trial_id=trial_id,
                 arm=trial_arm(search, config).name,
                 values=trial_values(search, config),
-                final=float(knn[-1]) if knn else None,
-                best=float(max(knn)) if knn else None,
+                final=_score(last.get(trial_id)),
+                best=_score(best.get(trial_id)),
                 epochs=epochs,
                 status=status,
                 error=error,

@@ -18,11 +18,11 @@ from torch import Tensor
 
 from objectives.distributed import world
 from pipelines.core import checkpoints as ckpt
+from pipelines.core.schedules import learning_rate
 from pipelines.data.augment import Photometric
 from pipelines.data.recipes import recipes_for, seed_for
 from pipelines.models.build import build_framework
 from pipelines.training.optim import build_optimizer, set_learning_rate
-from pipelines.training.schedules import learning_rate
 
 
 class Pretrainer:
@@ -54,11 +54,11 @@ class Pretrainer:
             self.framework.online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.framework.online)
         if self.channels_last:
             self.framework = self.framework.to(memory_format=torch.channels_last)
-        if self.world > 1:
-            ddp = torch.nn.parallel.DistributedDataParallel(
-                self.framework.online, device_ids=[self.device] if self.on_gpu else None
-            )
-            self.framework.use_online(ddp)
+        if self.world > 1:  # Ray Train's DDP wrap (device_ids on GPU); one worker trains unwrapped
+            import ray.train.torch
+
+            online = ray.train.torch.prepare_model(self.framework.online, move_to_device=False)
+            self.framework.use_online(online)
         self.optimizer = build_optimizer(self.framework.online, tr["optimizer"], float(run["lr"]))
         recipes = recipes_for(cfg["augment"], int(run["num_views"]))
         self.photometric = Photometric(recipes, tuple(run["mean"]), tuple(run["std"])).to(self.device)

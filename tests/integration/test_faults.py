@@ -123,11 +123,15 @@ def write_torn_checkpoint(folder: Path) -> None:
         "write_checkpoint(sys.argv[1], big, {'w': torch.zeros(1)})\n"
     )
     writer = subprocess.Popen([sys.executable, "-c", code, str(folder)], cwd=ROOT)
-    partial = folder / (ckpt.STATE + ".tmp")
-    wait_for(lambda: partial.exists() and partial.stat().st_size > 1_000_000, 120, "the writer to start")
+
+    def partial() -> Path | None:  # the state file under its temporary name (state.pt.tmp-<id>)
+        found = [p for p in folder.glob(ckpt.STATE + ".tmp*") if p.stat().st_size > 1_000_000]
+        return found[0] if found else None
+
+    written = wait_for(partial, 120, "the writer to start")
     writer.send_signal(signal.SIGKILL)
     writer.wait(30)
-    print(f"injected: SIGKILL to a checkpoint writer after {partial.stat().st_size:,} bytes of state.pt")
+    print(f"injected: SIGKILL to a checkpoint writer after {written.stat().st_size:,} bytes of state.pt")
 
 
 def test_the_driver_killed_and_the_command_rerun_resumes_past_torn_checkpoints(

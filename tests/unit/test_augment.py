@@ -69,7 +69,7 @@ def test_crop_boxes_follow_torchvision_rules():
     recipe = R.ViewRecipe(32, (0.2, 1.0))
     h = np.full(4000, 40.0)
     w = np.full(4000, 60.0)
-    boxes = A.crop_boxes(h, w, recipe, RNG(3))
+    boxes = A.crop_boxes(h, w, recipe.scale, recipe.ratio, RNG(3))
     bw, bh = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
     assert (boxes[:, 2] <= 60).all() and (boxes[:, 3] <= 40).all()
@@ -81,7 +81,7 @@ def test_crop_boxes_follow_torchvision_rules():
 
 def test_fallback_is_a_centre_crop_with_clamped_ratio():
     recipe = R.ViewRecipe(8, (1.0, 1.0), ratio=(1.0, 1.0))
-    boxes = A.crop_boxes(np.array([10.0]), np.array([30.0]), recipe, RNG(0))
+    boxes = A.crop_boxes(np.array([10.0]), np.array([30.0]), recipe.scale, recipe.ratio, RNG(0))
     assert boxes.tolist() == [[10.0, 0.0, 20.0, 10.0]]
 
 
@@ -108,7 +108,7 @@ def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
     rng = RNG(11)  # replay the draws: boxes per recipe, then flips per recipe
     h = np.array([p.shape[0] for p in photos], float)
     w = np.array([p.shape[1] for p in photos], float)
-    boxes = [A.crop_boxes(h, w, r, rng) for r in recipes]
+    boxes = [A.crop_boxes(h, w, r.scale, r.ratio, rng) for r in recipes]
     flips = [rng.uniform(size=len(photos)) < r.flip for r in recipes]
     got = [out["views"][:, 0], out["views"][:, 1], out["local_views"][:, 0]]
     mirrored = 0

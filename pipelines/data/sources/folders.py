@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from pipelines.core.storage import Store
+from pipelines.core.storage import Store, is_uri
 from pipelines.data.sources.base import Chunk, Record, Source, record
 
 # torchvision's IMG_EXTENSIONS and three more Pillow reads; not imported from torchvision because
@@ -151,7 +151,7 @@ class ImageNet1k(ImageFolder):
     def _val_wnids(self) -> list[str]:
         """WNID of every flat val image, in file-number order."""
         devkit = str(self.options.get("devkit") or "ILSVRC2012_devkit_t12")
-        if "://" in devkit or os.path.isabs(devkit):
+        if is_uri(devkit) or os.path.isabs(devkit):
             base = Store.open(devkit)
         else:
             base = Store(self.store.fs, self.store.path(devkit))
