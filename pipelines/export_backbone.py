@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
             model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
             name = args.model or model["name"]
             image_size = args.image_size or int(model.get("image_size") or 224)
-            if float(model.get("width", 1.0)) != 1.0:
+            if float(model["width"]) != 1.0:
                 raise ConfigError(
                     f"{run_dir} used model.width={model['width']}: a scaled network has no torchvision "
                     "or detectron2 counterpart"

@@ -23,9 +23,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.core.config_schema import register
 from pipelines.probe.run import main_with_errors
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+register()  # the config groups' typed schemas, before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="linear_probe")

@@ -13,11 +13,14 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.core.config_schema import register
 from pipelines.core.errors import ConfigError, run_command
 from pipelines.data.prepare import prepare_dataset
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
 from pipelines.ray_session import connect
+
+register()  # the config groups' typed schemas, before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="prepare")

@@ -19,9 +19,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.config.paths import resolve_paths
+from pipelines.core.config_schema import register
 from pipelines.training.run import main_with_errors
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+register()  # the config groups' typed schemas, before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="pretrain")

@@ -17,9 +17,13 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.core.config_schema import register
 from pipelines.search.run import main_with_errors
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+register()  # the config groups' typed schemas, before Hydra composes
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="tune")

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+from pipelines.core.config_schema import register
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
@@ -17,6 +19,8 @@ for _key, _value in (
     ("AWS_DEFAULT_REGION", "us-east-1"),
 ):
     os.environ.setdefault(_key, _value)
+
+register()  # the config groups' typed schemas, for every test that composes a config
 
 
 @pytest.fixture(scope="session")

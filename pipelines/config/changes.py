@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.core.config_schema import GROUPS, with_defaults
+
 # settings a resumed run may change; any other difference from the saved config is refused
 RESUMABLE_CHANGES = (
     "trainer.num_workers",
@@ -36,3 +38,15 @@ def config_changes(saved: dict[str, Any], new: dict[str, Any], prefix: str = "")
         elif a != b:
             changes.append(f"{dotted}: {a!r} -> {b!r}")
     return changes
+
+
+def with_schema_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved run config with the keys the schema has gained since filled in with their defaults.
+
+    A run started before a key existed resumes as if it had the default then (what it ran with).
+    """
+    out = dict(saved)
+    for group in GROUPS:
+        if "/" not in group and isinstance(saved.get(group), dict):
+            out[group] = with_defaults(group, saved[group])
+    return out

@@ -164,7 +164,7 @@ def check_eval(errors: list[str], ev: dict[str, Any]) -> None:
         isinstance(ks, list | tuple) and all(isinstance(k, int) and k > 0 for k in ks)
     ):
         errors.append(f"eval.knn_report_k={ks!r}: must be a list of positive integers, e.g. [10,20,100,200]")
-    many, few = ev.get("many_shot_above", 100), ev.get("few_shot_below", 20)
+    many, few = ev.get("many_shot_above"), ev.get("few_shot_below")
     if not (isinstance(many, int) and isinstance(few, int) and 0 <= few <= many):
         errors.append(
             f"eval.few_shot_below={few!r} and eval.many_shot_above={many!r}: need integers with "

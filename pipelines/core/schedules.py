@@ -34,6 +34,6 @@ def learning_rate(step: int, steps_per_epoch: int, epochs: int, lr: float, sched
     if schedule["name"] == "step":
         epoch = step // max(1, steps_per_epoch)
         passed = sum(1 for m in schedule.get("milestones") or [] if epoch >= m)
-        return lr * float(schedule.get("gamma", 0.1)) ** passed
+        return lr * float(schedule["gamma"]) ** passed
     span = max(1e-12, epochs - warmup)
     return lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (progress - warmup) / span)))

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from pipelines.core.config_schema import ImbalanceConfig, with_defaults
 from pipelines.data import imbalance, order
 from pipelines.data.read_tasks import row_keys
 from pipelines.data.sources.shards import Shards, key_column
@@ -69,6 +70,7 @@ def training_rows(
     sorted by ``keys`` when given, so the images kept do not depend on the order the shards were
     written in (for CIFAR pickles, key order is the original order the paper's code selects in).
     """
+    spec = with_defaults(ImbalanceConfig, spec)
     positions = np.arange(len(labels))
     counts = imbalance.class_counts(labels[labels >= 0], num_classes)
     rule = spec.get("rule") or "none"
@@ -79,7 +81,7 @@ def training_rows(
             "images: set dataset.train_split to a labelled split (e.g. train) or drop dataset.imbalance"
         )
     if rule != "none":
-        target = imbalance.target_counts(rule, counts, ratio=spec.get("ratio"), mu=spec.get("mu", 0.5))
+        target = imbalance.target_counts(rule, counts, ratio=spec.get("ratio"), mu=spec["mu"])
         default_order, default_seed = imbalance.default_order(rule)
         by_key = np.argsort(keys.astype(str), kind="stable") if keys is not None else positions
         kept = imbalance.select(

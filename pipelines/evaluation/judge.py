@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from pipelines.core.config_schema import with_defaults
 from pipelines.evaluation.breakdown import breakdown
 from pipelines.evaluation.crops import random_resized_crop_flip
 from pipelines.evaluation.features import extract_features, normalise
@@ -66,7 +67,7 @@ class Judge:
         device: where to run the encoder.
         train_counts: the pretraining set's images per class (for the many/medium/few groups).
         eval_cfg: the ``eval`` config (``knn_k``, ``knn_temperature``, ``knn_report_k``,
-            ``many_shot_above``, ``few_shot_below``).
+            ``many_shot_above``, ``few_shot_below``; keys left out take the schema's defaults).
         seed: seeds the probe.
     """
 
@@ -83,7 +84,8 @@ class Judge:
     ) -> None:
         self.batches, self.num_classes = batches, num_classes
         self.mean, self.std, self.device = mean, std, device
-        self.train_counts, self.ev, self.seed = list(train_counts), eval_cfg, seed
+        self.train_counts, self.seed = list(train_counts), seed
+        self.ev = with_defaults("eval", eval_cfg)  # keys left out: the schema's defaults
 
     def features(self, backbone: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(bank features, bank labels, eval features, eval labels)`` from centre crops."""
@@ -167,7 +169,7 @@ class Judge:
         """
         feats = self.features(backbone)
         k = int(self.ev["knn_k"])
-        ks = sorted({k, *(int(x) for x in self.ev.get("knn_report_k") or [])})
+        ks = sorted({k, *(int(x) for x in self.ev["knn_report_k"] or [])})
         top1, by_k = self.knn_at(feats, ks)
         preds = by_k[k]
         out: dict[str, Any] = {"knn_top1": top1[k], "knn_k": k, "knn_bank": len(feats[1])}
@@ -186,8 +188,8 @@ class Judge:
             np.asarray(preds),
             np.asarray(feats[3]),
             self.train_counts,
-            many=int(self.ev.get("many_shot_above", 100)),
-            few=int(self.ev.get("few_shot_below", 20)),
+            many=int(self.ev["many_shot_above"]),
+            few=int(self.ev["few_shot_below"]),
         )
         out["breakdown_source"] = source
         return out

@@ -12,6 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from omegaconf.errors import ValidationError
+
+from pipelines.core.config_schema import with_defaults
 from pipelines.core.schedules import learning_rate
 
 OPTIMIZERS = ("adam", "sgd")
@@ -48,17 +51,17 @@ class Protocol:
     lr: float
     batch_size: int
     epochs: int
-    schedule: str = "step"
-    milestones: tuple[int, ...] = ()
-    gamma: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    init_std: float | None = None
-    standardize: bool = False
-    augment: bool = False
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    val_fraction: float = 0.0
+    schedule: str
+    milestones: tuple[int, ...]
+    gamma: float
+    momentum: float
+    weight_decay: float
+    betas: tuple[float, float]
+    init_std: float | None
+    standardize: bool
+    augment: bool
+    crop_scale: tuple[float, float]
+    val_fraction: float
 
     def lr_at(self, epoch: int) -> float:
         """The learning rate during 0-based ``epoch`` (the pretraining schedules, stepped per epoch)."""
@@ -77,13 +80,18 @@ def _fail(key: str, message: str) -> None:
 def from_config(cfg: dict[str, Any]) -> Protocol:
     """Build and check a :class:`Protocol` from the ``eval.protocol`` mapping.
 
-    ``lr_per_256`` (instead of ``lr``) scales the rate linearly with ``batch_size``.
+    ``lr_per_256`` (instead of ``lr``) scales the rate linearly with ``batch_size``. Keys left
+    out take the schema's defaults (:class:`pipelines.core.config_schema.ProtocolConfig`).
 
     Raises:
         ValueError: naming the key and what it must be.
     """
     if not isinstance(cfg, dict) or not cfg.get("name"):
         raise ValueError("eval.protocol is missing: pick one with eval/protocol=small_scale|mocov2|mocov3")
+    try:
+        cfg = with_defaults("eval/protocol", cfg)
+    except ValidationError as err:
+        _fail(str(err.full_key), str(err.msg))
     batch, epochs = cfg.get("batch_size"), cfg.get("epochs")
     if not (isinstance(batch, int) and batch >= 1):
         _fail("batch_size", f"must be a positive int, got {batch!r}")
@@ -91,7 +99,7 @@ def from_config(cfg: dict[str, Any]) -> Protocol:
         _fail("epochs", f"must be a positive int, got {epochs!r}")
     if cfg.get("optimizer") not in OPTIMIZERS:
         _fail("optimizer", f"choose one of {', '.join(OPTIMIZERS)}, got {cfg.get('optimizer')!r}")
-    if cfg.get("schedule", "step") not in SCHEDULES:
+    if cfg["schedule"] not in SCHEDULES:
         _fail("schedule", f"choose one of {', '.join(SCHEDULES)}, got {cfg.get('schedule')!r}")
     if cfg.get("lr") is not None:
         lr = cfg["lr"]
@@ -104,10 +112,10 @@ def from_config(cfg: dict[str, Any]) -> Protocol:
     milestones = tuple(int(m) for m in cfg.get("milestones") or ())
     if any(not 0 < m < epochs for m in milestones):
         _fail("milestones", f"every milestone must be between 1 and epochs-1={epochs - 1}, got {milestones}")
-    val = float(cfg.get("val_fraction") or 0.0)
+    val = float(cfg["val_fraction"])
     if not 0.0 <= val < 1.0:
         _fail("val_fraction", f"must be in [0, 1), got {val}")
-    scale = tuple(float(s) for s in cfg.get("crop_scale") or (0.08, 1.0))
+    scale = tuple(float(s) for s in cfg["crop_scale"])
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
         _fail("crop_scale", f"must be [min, max] with 0 < min <= max <= 1, got {list(scale)}")
     init_std = cfg.get("init_std")
@@ -117,15 +125,15 @@ def from_config(cfg: dict[str, Any]) -> Protocol:
         lr=float(lr),
         batch_size=batch,
         epochs=epochs,
-        schedule=str(cfg.get("schedule", "step")),
+        schedule=str(cfg["schedule"]),
         milestones=milestones,
-        gamma=float(cfg.get("gamma", 0.1)),
-        momentum=float(cfg.get("momentum", 0.9)),
-        weight_decay=float(cfg.get("weight_decay", 0.0)),
-        betas=tuple(float(b) for b in cfg.get("betas") or (0.9, 0.999)),
+        gamma=float(cfg["gamma"]),
+        momentum=float(cfg["momentum"]),
+        weight_decay=float(cfg["weight_decay"]),
+        betas=tuple(float(b) for b in cfg["betas"]),
         init_std=None if init_std is None else float(init_std),
-        standardize=bool(cfg.get("standardize", False)),
-        augment=bool(cfg.get("augment", False)),
+        standardize=bool(cfg["standardize"]),
+        augment=bool(cfg["augment"]),
         crop_scale=scale,
         val_fraction=val,
     )

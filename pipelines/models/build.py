@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 
 import objectives
+from pipelines.core.config_schema import with_defaults
 from pipelines.models.backbones import build_backbone
 from pipelines.models.frameworks import COMPATIBLE, Framework, InBatch, MoCoV2, MoCoV3
 from pipelines.models.heads import build_mlp
@@ -44,23 +45,24 @@ def check_combination(framework: str, objective: str, num_views: int) -> None:
 def _head(spec: dict[str, Any] | None, in_dim: int) -> nn.Module:
     return build_mlp(
         in_dim,
-        int(spec.get("hidden") or 0),
+        int(spec["hidden"]),
         int(spec["out"]),
         int(spec["layers"]),
-        batch_norm=bool(spec.get("batch_norm", False)),
-        last_batch_norm=bool(spec.get("last_batch_norm", False)),
+        batch_norm=bool(spec["batch_norm"]),
+        last_batch_norm=bool(spec["last_batch_norm"]),
     )
 
 
 def backbone_of(model: dict[str, Any]) -> nn.Module:
-    """The backbone the ``model`` config group describes (freshly initialised)."""
+    """The backbone the ``model`` config group describes (freshly initialised; omitted keys: defaults)."""
+    model = with_defaults("model", model)
     return build_backbone(
         model["name"],
         image_size=int(model["image_size"]),
-        stem=model.get("stem", "imagenet"),
-        width=float(model.get("width", 1.0)),
-        norm=model.get("norm", "batch"),
-        zero_init_residual=bool(model.get("zero_init_residual", False)),
+        stem=model["stem"],
+        width=float(model["width"]),
+        norm=model["norm"],
+        zero_init_residual=bool(model["zero_init_residual"]),
     )
 
 
@@ -73,12 +75,14 @@ def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 
         seed: seeds the MoCo-v2 queue's initial contents.
 
     Returns:
-        The framework module (on the CPU, float32).
+        The framework module (on the CPU, float32). Keys a group leaves out take the schema's
+        defaults (:mod:`pipelines.core.config_schema`).
     """
-    m, fw, obj = cfg["model"], cfg["framework"], cfg["objective"]
+    m, fw = with_defaults("model", cfg["model"]), with_defaults("framework", cfg["framework"])
+    obj = with_defaults("objective", cfg["objective"])
     check_combination(fw["name"], obj["name"], int(obj["K"]) + 1)
     backbone = backbone_of(m)
-    hparams = dict(obj.get("hparams") or {})
+    hparams = dict(obj["hparams"])
     if distributed and "gather" in objectives.hyperparameters(obj["name"]):
         hparams["gather"] = True
     objective = objectives.build(obj["name"], **hparams)
@@ -94,7 +98,7 @@ def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 
             momentum=float(fw["momentum"]),
             queue_size=int(fw["queue_size"]),
             dim=int(m["projector"]["out"]),
-            shuffle_bn=bool(fw.get("shuffle_bn", True)),
+            shuffle_bn=bool(fw["shuffle_bn"]),
             seed=seed,
         )
     predictor = _head(m["predictor"], int(m["projector"]["out"]))
@@ -105,6 +109,6 @@ def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 
         objective,
         momentum_part=base,
         momentum=float(fw["momentum"]),
-        cosine=bool(fw.get("momentum_cosine", True)),
+        cosine=bool(fw["momentum_cosine"]),
         full_mode=bool((obj.get("hparams") or {}).get("full_mode", False)),
     )

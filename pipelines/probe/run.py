@@ -66,7 +66,7 @@ def probe_loop_per_worker(config: dict[str, Any]) -> None:
 
     cfg, ev, info = config["cfg"], config["eval"], config["info"]
     device = ray.train.torch.get_device()
-    seed = int(cfg["trainer"].get("seed", 0))
+    seed = int(cfg["trainer"]["seed"])
     backbone = build_framework(cfg, seed=seed).backbone
     backbone.load_state_dict(load_state(Path(info["checkpoint"]) / ckpt.BACKBONE), strict=True)
     backbone.to(device).eval()
@@ -75,7 +75,7 @@ def probe_loop_per_worker(config: dict[str, Any]) -> None:
         return ray.train.get_dataset_shard(name).iter_torch_batches(batch_size=256, prefetch_batches=2)
 
     judge = Judge(
-        BatchCache(open_stream, int(ev.get("cache_mb", 1024)) * 2**20),
+        BatchCache(open_stream, int(ev["cache_mb"]) * 2**20),
         len(info["classes"]),
         torch.tensor(info["mean"], device=device),
         torch.tensor(info["std"], device=device),
@@ -150,7 +150,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         dataset,
         recipes,
         eval_size=recipes[0].size,
-        seed=int(run_cfg["trainer"].get("seed", 0)),
+        seed=int(run_cfg["trainer"]["seed"]),
         whole_bank=True,
     )
     marker = json.loads((checkpoint / ckpt.COMPLETE).read_text())

@@ -125,6 +125,6 @@ def probe_key(
     root = str(dataset["root"]).rstrip("/")
     key = f"{protocol} on {Path(root).name}"
     there = ((probes or {}).get(key) or {}).get("judged_on") or {}
-    if there and there.get("root", "").rstrip("/") != root:
+    if there and str(there.get("root") or "").rstrip("/") != root:
         key += f" ({hashlib.blake2b(root.encode(), digest_size=3).hexdigest()})"
     return key

@@ -18,6 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from pipelines.config.paths import resolve_paths
+from pipelines.core.config_schema import register
 from pipelines.core.run_files import METRICS_JSONL
 from pipelines.search.space import trial_overrides
 from pipelines.training.run import pretrain
@@ -35,6 +36,7 @@ def compose_pretrain(config_dir: str, overrides: list[str], project_root: str) -
     Inside a running Hydra app the app's own search path is used (``configs/`` plus any
     ``--config-dir``); elsewhere ``config_dir``.
     """
+    register()
     if GlobalHydra.instance().is_initialized():  # inside a Hydra app (tune.py): its search path has configs/
         cfg = compose("pretrain", overrides=overrides)
     else:

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipelines.core.config_schema import OptimizerConfig, with_defaults
+
 
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise trust ratios (You et al.), as MoCo v3 uses it.
@@ -63,21 +65,23 @@ def build_optimizer(module: nn.Module, spec: dict[str, Any], lr: float) -> torch
 
     Args:
         module: the online encoder.
-        spec: ``name`` (sgd | lars | adamw), ``momentum``, ``weight_decay``, ``betas`` (adamw).
+        spec: ``name`` (sgd | lars | adamw), ``momentum``, ``weight_decay``, ``betas`` (adamw);
+            keys left out take the schema's defaults.
         lr: the peak learning rate.
 
     Returns:
         The optimizer.
     """
+    spec = with_defaults(OptimizerConfig, spec)
     params = [p for p in module.parameters() if p.requires_grad]
-    wd = float(spec.get("weight_decay", 0.0))
+    wd = float(spec["weight_decay"])
     name = spec["name"]
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=float(spec.get("momentum", 0.9)), weight_decay=wd)
+        return torch.optim.SGD(params, lr=lr, momentum=float(spec["momentum"]), weight_decay=wd)
     if name == "lars":
-        return LARS(params, lr=lr, weight_decay=wd, momentum=float(spec.get("momentum", 0.9)))
+        return LARS(params, lr=lr, weight_decay=wd, momentum=float(spec["momentum"]))
     if name == "adamw":
-        betas = tuple(spec.get("betas") or (0.9, 0.999))
+        betas = tuple(spec["betas"])
         return torch.optim.AdamW(params, lr=lr, weight_decay=wd, betas=betas)  # type: ignore[arg-type]
     raise ValueError(f"trainer.optimizer.name={name!r}: choose sgd, lars or adamw")
 

@@ -40,13 +40,12 @@ class Pretrainer:
         self.rank, self.world = world()
         self.device = device or torch.device("cpu")
         tr = cfg["trainer"]
-        self.seed = int(tr.get("seed", 0))
+        self.seed = int(tr["seed"])
         self.on_gpu = self.device.type == "cuda"
-        precision = tr.get("precision", "auto")
+        precision = tr["precision"]
         self.bf16 = precision == "bf16" or (precision == "auto" and self.on_gpu)
         self.channels_last = bool(
-            tr.get("channels_last", "auto") is True
-            or (tr.get("channels_last", "auto") == "auto" and self.on_gpu)
+            tr["channels_last"] is True or (tr["channels_last"] == "auto" and self.on_gpu)
         )
         torch.manual_seed(self.seed)
         self.framework = build_framework(cfg, distributed=self.world > 1, seed=self.seed).to(self.device)

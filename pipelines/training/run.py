@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config.changes import config_changes
+from pipelines.config.changes import config_changes, with_schema_defaults
 from pipelines.config.checks import check_config
 from pipelines.config.paths import check_shared_storage
 from pipelines.core.checkpoints import IncompleteCheckpointError, UnsafeCheckpointError
@@ -68,7 +68,7 @@ def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
     if not saved_path.exists():
         return False
     saved = yaml.safe_load(saved_path.read_text())
-    changes = config_changes(saved, cfg)
+    changes = config_changes(with_schema_defaults(saved), cfg)
     if changes:
         raise ConfigError(
             f"run {cfg['trainer']['name']!r} already exists in {run_dir} with other settings:\n  "
@@ -149,18 +149,16 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
     dashboard = connect((cfg.get("ray") or {}).get("address"))
     check_shared_storage(tr, alive_nodes())
     name = str(tr["name"])
-    data_monitor = monitor(
-        name, float(ds.get("max_bad_fraction", 0.01))
-    )  # keep the handle: it owns the actor
+    data_monitor = monitor(name, float(ds["max_bad_fraction"]))  # keep the handle: it owns the actor
     recipes = recipes_for(aug, plan.num_views)
     try:
         data = training_datasets(
             ds,
             recipes,
             eval_size=recipes[0].size,
-            seed=int(tr.get("seed", 0)),
+            seed=int(tr["seed"]),
             run=name,
-            bank_size=int(cfg["eval"].get("knn_bank_size") or 50_000),
+            bank_size=int(cfg["eval"]["knn_bank_size"]),
         )
     except (ValueError, FileNotFoundError) as err:  # no shards, wrong format: one message, exit 2
         raise ConfigError(f"dataset={ds['name']} dataset.root={ds.get('root')}: {err}") from err
@@ -174,7 +172,7 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
         )
     _write_run_files(run_dir, cfg, data.train_counts, data.classes)
     (run_dir / STOPPED).unlink(missing_ok=True)
-    mean, std = MEAN_STD[aug.get("mean_std") or "imagenet"]
+    mean, std = MEAN_STD[aug["mean_std"]]
     run = {
         "dir": str(run_dir),
         "name": name,
@@ -210,8 +208,8 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
         run_config=RunConfig(
             name=name,
             storage_path=str(tr["storage_path"]),
-            checkpoint_config=CheckpointConfig(num_to_keep=int(tr.get("num_to_keep") or 2)),
-            failure_config=FailureConfig(max_failures=int(tr.get("max_failures") or 0)),
+            checkpoint_config=CheckpointConfig(num_to_keep=int(tr["num_to_keep"])),
+            failure_config=FailureConfig(max_failures=int(tr["max_failures"])),
             callbacks=callbacks,
         ),
         datasets=data.datasets,

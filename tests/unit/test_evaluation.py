@@ -13,6 +13,8 @@ import pytest
 import torch
 import torchvision
 import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from torch import nn
 
 from pipelines.data.augment import crop_boxes as augment_crop_boxes
@@ -29,7 +31,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def protocol_file(name: str) -> dict:
-    return yaml.safe_load((ROOT / "configs" / "eval" / "protocol" / f"{name}.yaml").read_text())
+    """The shipped protocol as Hydra composes it (the file over its group's schema)."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("linear_probe", overrides=[f"eval/protocol={name}"])
+    return OmegaConf.to_container(cfg.eval.protocol, resolve=True)
 
 
 # ------------------------------------------------------------------ protocols
@@ -121,7 +126,17 @@ def test_validation_split_is_per_class_and_selects_the_epoch_on_val() -> None:
     held = split_validation(y, 0.1, seed=3)
     assert [int(held[y == c].sum()) for c in range(3)] == [5, 3, 0]
     x, labels = _blobs(2000, 16, 4, seed=5, spread=0.6)  # overlapping: accuracy varies over epochs
-    proto = Protocol(name="t", optimizer="sgd", lr=0.5, batch_size=64, epochs=8, val_fraction=0.2)
+    proto = from_config(
+        {
+            "name": "t",
+            "optimizer": "sgd",
+            "lr": 0.5,
+            "batch_size": 64,
+            "epochs": 8,
+            "val_fraction": 0.2,
+            "augment": False,
+        }
+    )
     res = train_linear_probe(x[:1500], labels[:1500], x[1500:], labels[1500:], 4, proto, seed=1)
     val, test = res["history"]["val"], res["history"]["test"]
     chosen = max(range(len(val)), key=val.__getitem__)
@@ -355,8 +370,15 @@ def test_judge_runs_knn_probe_and_breakdown_on_batches() -> None:
         [100, 10, 1],
         {"knn_k": 5, "knn_temperature": 0.1, "knn_report_k": [500, 1]},
     )
-    proto = Protocol(
-        name="t", optimizer="adam", lr=1e-2, batch_size=32, epochs=20, augment=True, crop_scale=(0.5, 1.0)
+    proto = from_config(
+        {
+            "name": "t",
+            "optimizer": "adam",
+            "lr": 1e-2,
+            "batch_size": 32,
+            "epochs": 20,
+            "crop_scale": [0.5, 1.0],
+        }
     )
     seen: list[int] = []
     out = judge.judge(backbone, proto, progress=lambda e, accs: seen.append(e))
@@ -393,7 +415,6 @@ def test_export_command_writes_both_formats_and_refuses_bad_input(tmp_path, caps
 
 
 def test_export_from_a_run_uses_its_image_size_and_refuses_a_scaled_width(tmp_path, capsys) -> None:
-    import yaml
 
     from pipelines.core.checkpoints import write_checkpoint
     from pipelines.export_backbone import main
@@ -448,7 +469,7 @@ def test_probe_eval_keeps_the_runs_protocol_whole_with_the_shipped_protocols() -
         command = ["eval.protocol.epochs=3"]  # on top of the default protocol, small_scale
         default = OmegaConf.to_container(compose("linear_probe", command).eval, resolve=True)
         run = OmegaConf.to_container(compose("linear_probe", ["eval/protocol=mocov3"]).eval, resolve=True)
-    assert "lr" not in run["protocol"] and "lr" in default["protocol"]  # what a key-wise merge mixed in
+    assert run["protocol"]["lr"] is None and default["protocol"]["lr"] == 1e-3  # a key-wise merge mixes these
     ev = probe_eval(run, default, command)
     assert ev["protocol"] == {**run["protocol"], "epochs": 3}
     assert from_config(ev["protocol"]).lr == pytest.approx(0.1 * run["protocol"]["batch_size"] / 256)
