@@ -189,7 +189,7 @@ def cifar_scenario(tmp: pathlib.Path, quick: bool):
 
 def imagenet_scenario(tmp: pathlib.Path, quick: bool):
     """1,024 generated ImageNet-sized JPEGs (256 in quick mode) at 224 px, batch 32."""
-    return [imagenet_like(256 if quick else 1024, tmp)], view_recipes("imagenet_mocov2", 5), 32, (448, 448)
+    return [imagenet_like(256 if quick else 1024, tmp)], view_recipes("imagenet_moco_v2", 5), 32, (448, 448)
 
 
 SCENARIOS = {"cifar10_32px": cifar_scenario, "imagenet_like_224px": imagenet_scenario}

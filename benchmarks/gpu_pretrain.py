@@ -42,7 +42,7 @@ def compose(*overrides: str) -> dict:
     from pipelines.config.paths import resolve_paths
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = hydra_compose("pretrain", overrides=["experiment=imagenet100_mocov2_cacr", *overrides])
+        cfg = hydra_compose("pretrain", overrides=["experiment=imagenet100_moco_v2_cacr", *overrides])
     return resolve_paths(OmegaConf.to_container(cfg, resolve=True), ROOT)
 
 

@@ -166,7 +166,7 @@ def main() -> None:
                     f"{rec['seconds']:6.1f} s  peak +{rec['peak_mem_mb']:5.0f} MB",
                     flush=True,
                 )
-    recipes = view_recipes("imagenet_mocov2", 5)
+    recipes = view_recipes("imagenet_moco_v2", 5)
     fn_kwargs = dict(
         store=open_source("shards", str(tmp / "out-1x_shuffled")).store,
         recipes=recipes,

@@ -2,9 +2,9 @@
 
     python pipelines/linear_probe.py run=~/cacr-runs/demo                       # the run's eval.protocol
     python pipelines/linear_probe.py run=~/cacr-runs/demo eval/protocol=small_scale   # the full protocol
-    python pipelines/linear_probe.py run=<run>/checkpoint_e0200_s00078000 eval/protocol=mocov2
+    python pipelines/linear_probe.py run=<run>/checkpoint_e0200_s00078000 eval/protocol=moco_v2
     python pipelines/linear_probe.py run=<run> eval.protocol.val_fraction=0.1   # select the epoch on val
-    python pipelines/linear_probe.py run=<webvision run> eval/protocol=mocov2 eval_dataset.root=<in1k shards>
+    python pipelines/linear_probe.py run=<webvision run> eval/protocol=moco_v2 eval_dataset.root=<in1k shards>
 
 The probe starts from the run's own ``eval`` settings; what the command line sets replaces them.
 With ``eval_dataset.root`` it judges on another dataset's shards, with that dataset's classes

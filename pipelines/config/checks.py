@@ -81,15 +81,15 @@ def _check_views(errors: list[str], cfg: dict[str, Any]) -> None:
         errors.append(f"augment.name={aug.get('name')!r}: choose one of {', '.join(RECIPES)}")
         return
     k = obj.get("K")
-    views = 2 if aug["name"] == "imagenet_mocov3" else (k + 1 if isinstance(k, int) and k >= 1 else 2)
+    views = 2 if aug["name"] == "imagenet_moco_v3" else (k + 1 if isinstance(k, int) and k >= 1 else 2)
     try:
         recipes = recipes_for(aug, views)
     except ValueError as err:
         errors.append(f"augment: {err}")
         return
-    if aug["name"] == "imagenet_mocov3" and isinstance(k, int) and k != 1:
+    if aug["name"] == "imagenet_moco_v3" and isinstance(k, int) and k != 1:
         errors.append(
-            f"objective.K={k}: augment=imagenet_mocov3 makes 2 global views (K=1); "
+            f"objective.K={k}: augment=imagenet_moco_v3 makes 2 global views (K=1); "
             "add positives with augment.local_crops instead"
         )
     if int(model.get("image_size") or 0) != recipes[0].size:
@@ -198,7 +198,7 @@ def check_config(cfg: dict[str, Any]) -> Plan:
     if errors:
         raise ConfigError("\n".join(errors))
     tr, aug = cfg["trainer"], cfg["augment"]
-    views = 2 if aug["name"] == "imagenet_mocov3" else int(cfg["objective"]["K"]) + 1
+    views = 2 if aug["name"] == "imagenet_moco_v3" else int(cfg["objective"]["K"]) + 1
     batch = int(tr["batch_size"])
     return Plan(
         num_views=views,

@@ -14,9 +14,9 @@ code's augmentations):
 * ``cifar``: RRC 32 px, scale (0.2, 1), flip, ColorJitter(0.4, 0.4, 0.4, 0.4) always,
   grayscale 0.2 (the official small-scale code; K + 1 identical draws).
 * ``stl10``: the same at 64 px, scale (0.08, 1).
-* ``imagenet_mocov2``: RRC 224, scale (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) with p 0.8,
+* ``imagenet_moco_v2``: RRC 224, scale (0.2, 1), jitter (0.4, 0.4, 0.4, 0.1) with p 0.8,
   grayscale 0.2, blur sigma in [0.1, 2] with p 0.5, flip.
-* ``imagenet_mocov3``: two asymmetric global views (RRC 224 scale (0.08, 1), jitter
+* ``imagenet_moco_v3``: two asymmetric global views (RRC 224 scale (0.08, 1), jitter
   (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2; blur p 1.0 / p 0.1 and solarise p 0 / 0.2) plus
   optional local crops (RRC 96, scale (0.05, 0.4), bicubic in the original, jitter p 0.8,
   grayscale 0.2, blur p 0.5).

@@ -59,7 +59,7 @@ MOCOV2 = ViewRecipe(224, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, 
 MOCOV3_1 = ViewRecipe(224, (0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, blur_p=1.0)
 MOCOV3_2 = replace(MOCOV3_1, blur_p=0.1, solarize_p=0.2)
 MOCOV3_LOCAL = ViewRecipe(96, (0.05, 0.4), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, blur_p=0.5)
-RECIPES = ("cifar", "stl10", "imagenet_mocov2", "imagenet_mocov3")
+RECIPES = ("cifar", "stl10", "imagenet_moco_v2", "imagenet_moco_v3")
 
 
 def view_recipes(
@@ -70,7 +70,7 @@ def view_recipes(
     Args:
         name: one of ``RECIPES``.
         num_views: the number of (global) views, ``>= 2``.
-        local_crops: extra 96-px local crops (``imagenet_mocov3`` only).
+        local_crops: extra 96-px local crops (``imagenet_moco_v3`` only).
         crop_min: the smallest crop area of the global views (``augment.crop_min``; default: the
             recipe's own, e.g. MoCo-v3 ResNet-50 uses 0.2, ViT 0.08).
         size: the global views' side (``augment.size``; default: the recipe's own, e.g. 224);
@@ -83,8 +83,8 @@ def view_recipes(
         raise ValueError(f"augment.name must be one of {', '.join(RECIPES)}; got {name!r}")
     if num_views < 2:
         raise ValueError(f"need at least 2 views (K >= 1); got {num_views}")
-    if local_crops and name != "imagenet_mocov3":
-        raise ValueError("augment.local_crops is only defined for imagenet_mocov3")
+    if local_crops and name != "imagenet_moco_v3":
+        raise ValueError("augment.local_crops is only defined for imagenet_moco_v3")
     if crop_min is not None and not 0 < crop_min <= 1:
         raise ValueError(f"augment.crop_min must be in (0, 1]; got {crop_min}")
     if size is not None and not (isinstance(size, int) and size >= 8):
@@ -94,12 +94,12 @@ def view_recipes(
         r = r if crop_min is None else replace(r, scale=(float(crop_min), r.scale[1]))
         return r if size is None else replace(r, size=int(size))
 
-    if name == "imagenet_mocov3":
+    if name == "imagenet_moco_v3":
         if num_views != 2:
-            raise ValueError("imagenet_mocov3 has exactly 2 global views (add local crops instead)")
+            raise ValueError("imagenet_moco_v3 has exactly 2 global views (add local crops instead)")
         local = MOCOV3_LOCAL if size is None else replace(MOCOV3_LOCAL, size=max(8, round(size * 96 / 224)))
         return [sized(MOCOV3_1), sized(MOCOV3_2)] + [local] * local_crops
-    base = {"cifar": CIFAR, "stl10": STL10, "imagenet_mocov2": MOCOV2}[name]
+    base = {"cifar": CIFAR, "stl10": STL10, "imagenet_moco_v2": MOCOV2}[name]
     return [sized(base)] * num_views
 
 

@@ -2,8 +2,8 @@
 
 Three ship as config files in ``configs/eval/protocol/`` (see ``docs`` there and the spec,
 section 5.4): ``small_scale`` (the paper's small-scale probe: Adam 1e-3, betas (0.5, 0.999),
-batch 128, 100 epochs, x0.2 at 60 and 80), ``mocov2`` (SGD lr 30, momentum 0.9, wd 0, batch 256,
-100 epochs, x0.1 at 60 and 80, fc initialised N(0, 0.01)) and ``mocov3`` (SGD momentum 0.9,
+batch 128, 100 epochs, x0.2 at 60 and 80), ``moco_v2`` (SGD lr 30, momentum 0.9, wd 0, batch 256,
+100 epochs, x0.1 at 60 and 80, fc initialised N(0, 0.01)) and ``moco_v3`` (SGD momentum 0.9,
 wd 0, lr 0.1 x batch / 256, batch 1024, cosine over 90 epochs).
 """
 
@@ -26,7 +26,7 @@ class Protocol:
     """One linear-probe protocol (all fields from ``eval.protocol``).
 
     Attributes:
-        name: ``small_scale``, ``mocov2``, ``mocov3`` or a user's own.
+        name: ``small_scale``, ``moco_v2``, ``moco_v3`` or a user's own.
         optimizer: ``adam`` or ``sgd``.
         lr: the learning rate at ``batch_size`` (for ``lr_per_256`` configs: scaled already).
         batch_size: training rows per step.
@@ -87,7 +87,7 @@ def from_config(cfg: dict[str, Any]) -> Protocol:
         ValueError: naming the key and what it must be.
     """
     if not isinstance(cfg, dict) or not cfg.get("name"):
-        raise ValueError("eval.protocol is missing: pick one with eval/protocol=small_scale|mocov2|mocov3")
+        raise ValueError("eval.protocol is missing: pick one with eval/protocol=small_scale|moco_v2|moco_v3")
     try:
         cfg = with_defaults("eval/protocol", cfg)
     except ValidationError as err:

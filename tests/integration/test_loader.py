@@ -161,7 +161,7 @@ def test_a_row_group_of_photos_is_decoded_and_cropped_in_pieces_bounded_in_bytes
     from pipelines.core.storage import Store
     from pipelines.data.read_tasks import BLOCK_BYTES, ReadPlan, read_decode_view, rows_per_block
 
-    recipes = view_recipes("imagenet_mocov2", 5)
+    recipes = view_recipes("imagenet_moco_v2", 5)
     assert rows_per_block(recipes) == (64 * 2**20) // (5 * 3 * 224 * 224) == 89
     keys = [f"photo{i}" for i in range(100)]
     table = pa.table(

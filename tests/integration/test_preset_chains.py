@@ -68,27 +68,27 @@ CHAINS: dict[str, tuple[Callable[[Path], Any], list[str], list[str] | None]] = {
         None,
     ),
     "stl10_cacr_k4": (replicas.stl10, ["trainer.batch_size=8", *ALEXNET], ["train+unlabeled", "test"]),
-    "imagenet100_mocov2_cacr": (
+    "imagenet100_moco_v2_cacr": (
         replicas.imagenet100,
         ["trainer.batch_size=8", *SMALL_IMAGES, *MOCO_V2],
         None,
     ),
-    "webvision_mocov2_cacr": (replicas.webvision, ["trainer.batch_size=4", *SMALL_IMAGES, *MOCO_V2], None),
-    "imagenet22k_mocov2_cacr": (
+    "webvision_moco_v2_cacr": (replicas.webvision, ["trainer.batch_size=4", *SMALL_IMAGES, *MOCO_V2], None),
+    "imagenet22k_moco_v2_cacr": (
         replicas.imagenet22k,
         ["trainer.batch_size=8", *SMALL_IMAGES, *MOCO_V2, "dataset.max_train_images=64"],
         None,
     ),
-    "imagenet1k_mocov3_cacr_r50": (  # with two local crops (96/224 of 32 px)
+    "imagenet1k_moco_v3_cacr_r50": (  # with two local crops (96/224 of 32 px)
         replicas.imagenet,
         ["trainer.batch_size=4", *SMALL_IMAGES, "augment.local_crops=2"],
         None,
     ),
-    "imagenet1k_mocov3_cacr_vitb": (replicas.imagenet, ["trainer.batch_size=4", *SMALL_IMAGES], None),
+    "imagenet1k_moco_v3_cacr_vitb": (replicas.imagenet, ["trainer.batch_size=4", *SMALL_IMAGES], None),
 }
 
 
-SLOW = {"imagenet1k_mocov3_cacr_vitb", "imagenet100_mocov2_cacr", "imagenet22k_mocov2_cacr"}  # 22-30 s
+SLOW = {"imagenet1k_moco_v3_cacr_vitb", "imagenet100_moco_v2_cacr", "imagenet22k_moco_v2_cacr"}  # 22-30 s
 
 
 def chain_config(preset: str, shards: Path, storage: Path) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def test_every_family_has_a_chain_and_every_header_names_a_prepare_command() -> 
         "imagenet22k",
         "imagenet1k",
     }
-    assert header_prepare("imagenet22k_mocov2_cacr") == ("imagenet22k", {"variant": "21k_p"})  # has val
+    assert header_prepare("imagenet22k_moco_v2_cacr") == ("imagenet22k", {"variant": "21k_p"})  # has val
 
 
 @pytest.mark.parametrize(

@@ -88,12 +88,12 @@ def test_fallback_is_a_centre_crop_with_clamped_ratio():
 def test_variable_size_images_and_local_crops():
     rng = RNG(0)
     imgs = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((50, 70), (64, 40), (33, 33))]
-    out = A.crop_views(imgs, R.view_recipes("imagenet_mocov3", 2, local_crops=3), RNG(1))
+    out = A.crop_views(imgs, R.view_recipes("imagenet_moco_v3", 2, local_crops=3), RNG(1))
     assert out["views"].shape == (3, 2, 3, 224, 224) and out["local_views"].shape == (3, 3, 3, 96, 96)
 
 
 def test_an_empty_batch_keeps_the_output_layout():
-    out = A.crop_views([], R.view_recipes("imagenet_mocov3", 2, local_crops=2), RNG(0))
+    out = A.crop_views([], R.view_recipes("imagenet_moco_v3", 2, local_crops=2), RNG(0))
     assert out["views"].shape == (0, 2, 3, 224, 224) and out["local_views"].shape == (0, 2, 3, 96, 96)
 
 
@@ -103,7 +103,7 @@ def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
     import torchvision.transforms.v2.functional as TF
 
     photos = [images(1, 375, 500, seed=3)[0], images(1, 500, 375, seed=4)[0], images(1, 32, 32, seed=5)[0]]
-    recipes = R.view_recipes("imagenet_mocov3", 2, local_crops=1)
+    recipes = R.view_recipes("imagenet_moco_v3", 2, local_crops=1)
     out = A.crop_views(photos, recipes, RNG(11))
     rng = RNG(11)  # replay the draws: boxes per recipe, then flips per recipe
     h = np.array([p.shape[0] for p in photos], float)
@@ -135,8 +135,8 @@ def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
     [
         ("simclr", 2, 0, "augment.name must be one of"),
         ("cifar", 1, 0, "at least 2 views"),
-        ("cifar", 2, 2, "only defined for imagenet_mocov3"),
-        ("imagenet_mocov3", 5, 0, "exactly 2 global views"),
+        ("cifar", 2, 2, "only defined for imagenet_moco_v3"),
+        ("imagenet_moco_v3", 5, 0, "exactly 2 global views"),
     ],
 )
 def test_bad_recipe_requests(name, views, local, match):
@@ -148,7 +148,7 @@ def test_recipes_match_the_spec():
     assert R.view_recipes("cifar", 5) == [R.CIFAR] * 5 and R.CIFAR.jitter_p == 1.0
     assert (R.STL10.size, R.STL10.scale) == (64, (0.08, 1.0))
     assert (R.MOCOV2.jitter, R.MOCOV2.jitter_p, R.MOCOV2.blur_p) == ((0.4, 0.4, 0.4, 0.1), 0.8, 0.5)
-    v1, v2 = R.view_recipes("imagenet_mocov3", 2)
+    v1, v2 = R.view_recipes("imagenet_moco_v3", 2)
     assert (v1.blur_p, v1.solarize_p, v2.blur_p, v2.solarize_p) == (1.0, 0.0, 0.1, 0.2)
 
 
@@ -236,11 +236,11 @@ def test_solarize_inverts_bright_pixels_only():
 
 
 def test_augment_size_sets_the_global_views_and_scales_the_local_crops():
-    r = R.view_recipes("imagenet_mocov3", 2, local_crops=2, size=64)
+    r = R.view_recipes("imagenet_moco_v3", 2, local_crops=2, size=64)
     assert [x.size for x in r] == [64, 64, 27, 27]  # 96/224 of 64 is 27.4
     assert r[0].scale == R.MOCOV3_1.scale and r[1].solarize_p == R.MOCOV3_2.solarize_p  # only the size
     out = A.crop_views(images(3, 80, 100), r, RNG(0))
     assert out["views"].shape == (3, 2, 3, 64, 64) and out["local_views"].shape == (3, 2, 3, 27, 27)
-    assert [x.size for x in R.view_recipes("imagenet_mocov2", 3)] == [224] * 3  # null: the recipe's own
+    assert [x.size for x in R.view_recipes("imagenet_moco_v2", 3)] == [224] * 3  # null: the recipe's own
     with pytest.raises(ValueError, match=r"augment\.size must be an integer >= 8"):
         R.view_recipes("cifar", 2, size=4)

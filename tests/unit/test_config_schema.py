@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import pathlib
+import re
 import shutil
 
 import pytest
@@ -159,3 +160,27 @@ def test_a_run_saved_before_a_key_existed_resumes_without_a_reported_change():
     assert config_changes(with_schema_defaults(saved), cfg) == []
     changed = {**saved, "framework": {"name": "inbatch", "queue_size": 4096}}
     assert config_changes(with_schema_defaults(changed), cfg) == ["framework.queue_size: 4096 -> 65536"]
+
+
+def documented_aliases() -> dict[str, str]:
+    text = (ROOT / "configs" / "README.md").read_text()
+    return dict(re.findall(r"^\| `(\w+)` \| `(\w+)` \|$", text, re.M))
+
+
+@pytest.mark.parametrize("group", ["objective", "framework"])
+def test_a_config_is_named_after_what_it_builds_or_a_documented_alias(group):
+    import objectives
+
+    aliases = documented_aliases()
+    assert aliases["cl"] == "infonce_inbatch" and len(aliases) == 5
+    for path in sorted((ROOT / "configs" / group).glob("*.yaml")):
+        name = yaml.safe_load(path.read_text())["name"]
+        assert path.stem == name or aliases.get(path.stem) == name, f"{path.name} builds {name}"
+        if group == "objective":
+            assert name in objectives.available()
+
+
+def test_one_spelling_of_moco_v2_and_moco_v3_in_config_names():
+    names = [p.stem for p in (ROOT / "configs").rglob("*.yaml")]
+    assert not [n for n in names if re.search(r"mocov\d", n)]
+    assert {"imagenet_moco_v2", "imagenet_moco_v3", "moco_v2", "moco_v3", "resnet50_moco_v3"} <= set(names)

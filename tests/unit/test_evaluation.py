@@ -39,7 +39,7 @@ def protocol_file(name: str) -> dict:
 
 # ------------------------------------------------------------------ protocols
 def test_shipped_protocols_carry_the_spec_numbers() -> None:
-    small, v2, v3 = (from_config(protocol_file(n)) for n in ("small_scale", "mocov2", "mocov3"))
+    small, v2, v3 = (from_config(protocol_file(n)) for n in ("small_scale", "moco_v2", "moco_v3"))
     assert (small.optimizer, small.lr, small.betas, small.batch_size, small.epochs) == (
         "adam",
         1e-3,
@@ -67,9 +67,9 @@ def test_shipped_protocols_carry_the_spec_numbers() -> None:
 
 
 def test_learning_rate_schedules_match_closed_forms() -> None:
-    v2 = from_config(protocol_file("mocov2"))
+    v2 = from_config(protocol_file("moco_v2"))
     assert [v2.lr_at(e) for e in (0, 59, 60, 79, 80, 99)] == pytest.approx([30, 30, 3, 3, 0.3, 0.3])
-    v3 = from_config(protocol_file("mocov3"))
+    v3 = from_config(protocol_file("moco_v3"))
     for e in (0, 30, 45, 89):
         assert v3.lr_at(e) == pytest.approx(0.4 * 0.5 * (1 + math.cos(math.pi * e / 90)))
 
@@ -99,7 +99,7 @@ def _blobs(n: int, dim: int, classes: int, seed: int, spread: float = 4.0):
     return centres[y] + torch.randn(n, dim, generator=gen), y
 
 
-@pytest.mark.parametrize("name", ["small_scale", "mocov2", "mocov3"])
+@pytest.mark.parametrize("name", ["small_scale", "moco_v2", "moco_v3"])
 def test_probe_separates_separable_features_and_stays_at_chance_on_random_labels(name) -> None:
     proto = Protocol(
         **{**from_config(protocol_file(name)).__dict__, "epochs": 12, "milestones": (8, 10), "batch_size": 64}
@@ -446,13 +446,13 @@ def test_probe_eval_starts_from_the_runs_settings_and_takes_only_what_the_comman
         "knn_k": 200,
         "few_shot_below": 20,
         "knn_report_k": [10, 20],
-        "protocol": {"name": "mocov2", "epochs": 100, "lr": 30.0},
+        "protocol": {"name": "moco_v2", "epochs": 100, "lr": 30.0},
     }
     assert probe_eval(saved, composed, []) == {**saved, "knn_report_k": [10, 20]}  # new keys from defaults
     changed = probe_eval(saved, composed, ["eval.knn_k=200", "++eval.protocol.epochs=100"])
     assert changed["knn_k"] == 200 and changed["few_shot_below"] == 40
     assert changed["protocol"] == {"name": "small_scale", "epochs": 100, "lr": 1.0}
-    assert probe_eval(saved, composed, ["eval/protocol=mocov2"])["protocol"] == composed["protocol"]
+    assert probe_eval(saved, composed, ["eval/protocol=moco_v2"])["protocol"] == composed["protocol"]
     assert probe_eval(None, composed, ["run=x"]) == composed
     assert "few_shot_below" not in probe_eval(saved, composed, ["~eval.few_shot_below"])
 
@@ -468,7 +468,7 @@ def test_probe_eval_keeps_the_runs_protocol_whole_with_the_shipped_protocols() -
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         command = ["eval.protocol.epochs=3"]  # on top of the default protocol, small_scale
         default = OmegaConf.to_container(compose("linear_probe", command).eval, resolve=True)
-        run = OmegaConf.to_container(compose("linear_probe", ["eval/protocol=mocov3"]).eval, resolve=True)
+        run = OmegaConf.to_container(compose("linear_probe", ["eval/protocol=moco_v3"]).eval, resolve=True)
     assert run["protocol"]["lr"] is None and default["protocol"]["lr"] == 1e-3  # a key-wise merge mixes these
     ev = probe_eval(run, default, command)
     assert ev["protocol"] == {**run["protocol"], "epochs": 3}
@@ -501,11 +501,11 @@ def test_probes_on_two_folders_of_the_same_name_get_their_own_entries() -> None:
     from pipelines.probe.setup import probe_key
 
     a, b = {"root": "/data/a/shards"}, {"root": "/data/b/shards/"}
-    assert probe_key("mocov2", a, other=False) == "mocov2"
-    assert probe_key("mocov2", a, other=True) == "mocov2 on shards"
-    probes = {"mocov2 on shards": {"judged_on": {"root": "/data/a/shards"}}}
-    assert probe_key("mocov2", a, other=True, probes=probes) == "mocov2 on shards"  # the same: replaced
-    other = probe_key("mocov2", b, other=True, probes=probes)
-    third = probe_key("mocov2", {"root": "/x/shards"}, True, probes)
-    assert other.startswith("mocov2 on shards (") and third.startswith("mocov2 on shards (")
+    assert probe_key("moco_v2", a, other=False) == "moco_v2"
+    assert probe_key("moco_v2", a, other=True) == "moco_v2 on shards"
+    probes = {"moco_v2 on shards": {"judged_on": {"root": "/data/a/shards"}}}
+    assert probe_key("moco_v2", a, other=True, probes=probes) == "moco_v2 on shards"  # the same: replaced
+    other = probe_key("moco_v2", b, other=True, probes=probes)
+    third = probe_key("moco_v2", {"root": "/x/shards"}, True, probes)
+    assert other.startswith("moco_v2 on shards (") and third.startswith("moco_v2 on shards (")
     assert other != third

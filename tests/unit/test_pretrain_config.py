@@ -41,11 +41,11 @@ def test_every_paper_setting_has_a_preset() -> None:
         for m in ("cl", "au_cl", "hn_cl", "cacr_k1", "cacr_k4")
     }
     large = {
-        "imagenet100_mocov2_cacr",
-        "imagenet1k_mocov3_cacr_r50",
-        "imagenet1k_mocov3_cacr_vitb",
-        "webvision_mocov2_cacr",
-        "imagenet22k_mocov2_cacr",
+        "imagenet100_moco_v2_cacr",
+        "imagenet1k_moco_v3_cacr_r50",
+        "imagenet1k_moco_v3_cacr_vitb",
+        "webvision_moco_v2_cacr",
+        "imagenet22k_moco_v2_cacr",
         "smoke",
         "demo",
     }
@@ -88,17 +88,17 @@ def test_baseline_temperatures_and_large_scale_settings(tmp_path) -> None:
     assert composed("experiment=cifar10_au_cl", root)["objective"]["hparams"]["unif_t"] == 2.0
     hn = composed("experiment=cifar10_hn_cl", root)["objective"]["hparams"]
     assert (hn["tau"], hn["beta"]) == (0.5, 1.0)
-    r50 = composed("experiment=imagenet1k_mocov3_cacr_r50", root)
+    r50 = composed("experiment=imagenet1k_moco_v3_cacr_r50", root)
     assert check_config(r50).lr == pytest.approx(4.8) and r50["trainer"]["optimizer"]["name"] == "lars"
-    vit = composed("experiment=imagenet1k_mocov3_cacr_vitb", root)
+    vit = composed("experiment=imagenet1k_moco_v3_cacr_vitb", root)
     assert check_config(vit).lr == pytest.approx(2.4e-3) and vit["objective"]["hparams"]["temperature"] == 0.2
-    mocov2 = composed("experiment=imagenet100_mocov2_cacr", root)
-    assert mocov2["framework"]["queue_size"] == 65536 and check_config(mocov2).lr == pytest.approx(0.03)
+    moco_v2 = composed("experiment=imagenet100_moco_v2_cacr", root)
+    assert moco_v2["framework"]["queue_size"] == 65536 and check_config(moco_v2).lr == pytest.approx(0.03)
     imb = composed("experiment=cifar100_imbalanced_cacr_k4", root)
     assert imb["dataset"]["imbalance"]["rule"] == "cacr_cifar100_exp"
     assert imb["eval"]["protocol"]["name"] == "small_scale"
-    assert (mocov2["eval"]["protocol"]["name"], r50["eval"]["protocol"]["name"]) == ("mocov2", "mocov3")
-    swapped = composed("experiment=imagenet100_mocov2_cacr", root, "objective=moco_infonce")
+    assert (moco_v2["eval"]["protocol"]["name"], r50["eval"]["protocol"]["name"]) == ("moco_v2", "moco_v3")
+    swapped = composed("experiment=imagenet100_moco_v2_cacr", root, "objective=moco_infonce")
     assert (swapped["objective"]["K"], swapped["objective"]["hparams"]) == (1, {"tau": 0.2})
     check_config(swapped)  # a baseline on top of the CACR preset needs no further overrides
 
