@@ -37,7 +37,7 @@ test: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-fast: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 test-chains: setup
 	$(PY) -m pytest -q -p no:cacheprovider tests/integration/test_preset_chains.py

@@ -1,29 +1,13 @@
-"""Ray Data scheduler settings for CPU-bound decode-and-crop pipelines.
+"""Shorter Ray Data scheduler timings, so CPU-bound decode-and-crop tasks follow each other without gaps.
 
-Measured with Ray 2.60 on 2 cores (``benchmarks/data.py``), two of Ray Data's built-in timings
-left the workers idle for about a third of every epoch:
-
-* the streaming executor waits up to 0.1 s in ``ray.wait`` for *all* running tasks before it
-  hands out the next one, so a worker sat idle 0.15-0.25 s after each task (two rounds);
-* the executor refreshes the cluster's resource limits once a second, and at the start of each
-  epoch's execution the second worker got its first task only after that refresh (1.0 s late).
-
-:func:`apply` shortens both (``WAIT_S``, ``LIMITS_REFRESH_S``). The values are module and class
-attributes of Ray's private modules, read each time they are used, so setting them in a process
-changes every executor that process runs. The executor runs wherever a dataset is iterated: the
-driver, a Train worker (unsplit datasets) and Ray Data's split coordinator actor (split ones),
-which never imports this project's modules. So entry points start Ray with
-:func:`apply_on_import` as the job's ``worker_process_setup_hook``
-(``pipelines.ray_session.RUNTIME_ENV``: Ray runs it in every worker process of the job) and call
-:func:`apply` in the driver; :mod:`pipelines.data.loader` also calls :func:`apply_on_import`
-when imported, for scripts that start Ray themselves.
-
-The hook does not import Ray Data itself: importing it costs about 1 CPU-second per process
-(pyarrow, pandas; measured on 2 cores), and a Train run starts about a dozen small actors that
-never touch it. It sets each value when, and if, the process imports the module holding it.
-
-Ray is pinned exactly (``constraints.txt``); ``tests/unit/test_data_scheduling.py`` fails when an
-upgrade renames either attribute, and :func:`apply` then warns once and leaves Ray as it is.
+Ray Data's streaming executor waits up to 0.1 s in ``ray.wait`` before it hands out the next task
+(ray-project/ray#45934, #42377) and refreshes its resource limits once a second; on small
+machines both left workers idle for about a third of an epoch (docs/architecture.md has the
+measurements). :func:`apply` shortens both in the process it runs in; entry points also install
+:func:`apply_on_import` as the job's ``worker_process_setup_hook``, because the executor of a
+split dataset runs in Ray's own actors. The attributes are private to Ray, which is pinned
+exactly; ``tests/unit/data/test_data_scheduling.py`` fails when an upgrade renames them, and
+:func:`apply` then warns once and leaves Ray as it is.
 """
 
 from __future__ import annotations

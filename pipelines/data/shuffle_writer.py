@@ -1,33 +1,12 @@
-"""Write-time global shuffle for ``prepare``: a two-stage external shuffle with bounded memory.
+"""The write-time global shuffle of ``prepare``: a two-stage external shuffle with bounded memory.
 
-Raw datasets arrive grouped by class (a folder, a tar or a block of list lines per class), so
-shards written chunk by chunk are class-sorted and a training batch read from them holds one
-class. Training splits are therefore written in one seeded random order over the whole split:
-
-1. **Scatter** (one Ray task per group of ``chunks_per_task`` chunks): read and check the rows as
-   the unshuffled path does, draw every good row a key ``u`` uniform in [0, 1) (its bucket is
-   ``floor(u * buckets)``) and write each bucket's rows as a piece
-   ``<split>/_scatter/<bucket>/<task>.<n>.parquet``, whenever ``rows_per_shard`` rows are held.
-   The task's completion record (``<split>/_done/scatter-<task>.json``) keeps the exact counts,
-   the bad files and the pieces of each bucket.
-2. **Gather** (one Ray task per about ``rows_per_shard`` rows, from the buckets' exact sizes):
-   read the pieces of its consecutive buckets, put their rows in a random order and write them as
-   ``<split>/shard-<first bucket>-of-<buckets>.parquet`` (a bucket of more than twice
-   ``rows_per_shard`` rows, when the plan guessed the split's size too low, as several shards
-   split by ``u``); completion record ``<split>/_done/shard-<first bucket>.json``; then the
-   pieces are removed.
-
-Every row lands in a uniformly random bucket (and part) and each is permuted uniformly, so the
-split comes out in a uniformly random order (for the seed). A task holds about ``rows_per_shard``
-rows (gather: at most about twice as many), never the dataset. Both
-stages resume: a re-run skips every task whose record exists. The seed and sizes are fixed in
-``<split>/_done/shuffle-plan.json`` at the first run, so a re-run never mixes two plans.
-
-The bucket count comes from the chunks' sizes where the source knows them, else a guess of
-1,000 images per chunk (a class folder, a tar). The pieces written number about
-(rows / rows_per_shard) squared: about 10,000 for ImageNet-1K at the default 10,000 rows per
-shard; for ImageNet-22K (21,841 synset tars guessed at 21.8M images) about 4.8 million at the
-default, 1.2 million with ``rows_per_shard=20000`` (about 2 GB of photos held per task).
+Raw datasets arrive grouped by class, so training splits are written in one seeded random order
+over the whole split. **Scatter** tasks read and check groups of chunks, give every good row a
+uniform key and write each key bucket's rows as small pieces; **gather** tasks (about
+``rows_per_shard`` rows each) read consecutive buckets' pieces, permute the rows and write the
+shards. A task holds about ``rows_per_shard`` rows, never the dataset; every task leaves a
+completion record, so a re-run resumes, and the plan (seed, buckets) fixed by the first run is
+kept. docs/data-order.md gives the layout of the pieces, the records and the costs.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ import pathlib
 import subprocess
 import sys
 
-from tests import replicas
+from tests.helpers import replicas
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

@@ -24,8 +24,8 @@ import yaml
 
 from pipelines.core import checkpoints as ckpt
 from pipelines.training.run import RunStoppedError, pretrain
-from tests.data_fixtures import corrupt_cases, encode, pattern
-from tests.runs import ROOT, jsonl, smoke, step_losses, wait_for, wait_until_free, worker_pid
+from tests.helpers.data_fixtures import corrupt_cases, encode, pattern
+from tests.helpers.runs import ROOT, jsonl, smoke, step_losses, wait_for, wait_until_free, worker_pid
 
 # Measured here under load (the stress mode beside a CPU burner and other tests): the worker-kill
 # and driver-kill tests took up to 290 s each, the node-loss test up to 380 s; the limits leave room
@@ -310,7 +310,7 @@ def test_losing_a_node_mid_run_recovers_on_the_nodes_left(tmp_path) -> None:
     room for a machine twice as slow under load. On failure, Ray's logs stay in ``ray-logs``.
     """
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.multinode", str(tmp_path)],
+        [sys.executable, "-m", "tests.helpers.multinode", str(tmp_path)],
         cwd=ROOT,
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
         capture_output=True,

@@ -17,7 +17,7 @@ from pipelines.core.errors import ConfigError
 from pipelines.evaluation.export import load_state
 from pipelines.probe.run import find_checkpoint, linear_probe, probe_table
 from pipelines.training.run import pretrain
-from tests.runs import smoke
+from tests.helpers.runs import smoke
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
@@ -113,7 +113,7 @@ def test_the_probe_judges_on_another_dataset_and_refuses_a_backbone_that_does_no
     import yaml
 
     from pipelines.data.prepare import prepare_dataset
-    from tests import replicas
+    from tests.helpers import replicas
 
     out = pretrain(smoke(tmp_path, "trainer.name=cross", "trainer.epochs=1", "eval.random_init_baseline=no"))
     run_dir = Path(out.run_dir)

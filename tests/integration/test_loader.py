@@ -13,8 +13,8 @@ from pipelines.data.decode import TooManyBadImagesError
 from pipelines.data.loader import training_datasets
 from pipelines.data.monitor import monitor
 from pipelines.data.recipes import view_recipes
-from tests import replicas
-from tests.data_fixtures import corrupt_cases, encode, pattern
+from tests.helpers import replicas
+from tests.helpers.data_fixtures import corrupt_cases, encode, pattern
 
 CIFAR = str(replicas.SHARED / "cifar10-jpeg")
 
@@ -112,7 +112,7 @@ def test_each_train_worker_streams_its_own_part(ray_cluster, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tests.train_loops import count_rows
+    from tests.helpers.train_loops import count_rows
 
     data = training_datasets(cifar_cfg(rule="exponential", ratio=10), view_recipes("cifar", 3), eval_size=32)
     trainer = TorchTrainer(

@@ -12,8 +12,8 @@ from pipelines.data.decode import decode_image
 from pipelines.data.prepare import prepare_dataset
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
-from tests import replicas
-from tests.data_fixtures import corrupt_cases
+from tests.helpers import replicas
+from tests.helpers.data_fixtures import corrupt_cases
 
 
 def read_back(out, split):

@@ -5,8 +5,8 @@ the preset's evaluation, at toy size.
 Each run keeps the preset's framework, objective, augmentation recipe and evaluation protocol and
 overrides only size knobs (batch, epochs, workers, image size where the model allows it, widths of
 queues and banks, GPUs off). All eight took 2 min 52 s here on 2 cores (15-30 s each, one shared
-Ray cluster); the three slowest are marked ``slow``: ``make test`` (CI) runs them, ``make
-test-fast`` skips them.
+Ray cluster); the three slowest are marked ``slow`` (``pytest -m "not slow"`` skips them; ``make
+test`` and CI run them).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pipelines.config.checks import check_config
 from pipelines.data.prepare import prepare_dataset
 from pipelines.search.trial import compose_pretrain
 from pipelines.training.run import pretrain
-from tests import replicas
-from tests.runs import jsonl
+from tests.helpers import replicas
+from tests.helpers.runs import jsonl
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)  # 15-30 s each here alone, up to 185 s under heavy load

@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.config.checks import check_config
 from pipelines.training.run import pretrain
-from tests.runs import smoke
+from tests.helpers.runs import smoke
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
@@ -19,7 +19,7 @@ def fit_two_steps(cfg: dict, workers: int, global_batch: int) -> dict:
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tests.train_loops import two_steps
+    from tests.helpers.train_loops import two_steps
 
     plan = check_config(cfg)
     run = {"lr": plan.lr, "num_views": plan.num_views, "mean": [0.5] * 3, "std": [0.25] * 3}

@@ -22,7 +22,7 @@ from pipelines.data.recipes import view_recipes
 from pipelines.data.shard_index import index_shards, with_rows
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
-from tests.runs import ROOT
+from tests.helpers.runs import ROOT
 
 pytestmark = pytest.mark.timeout(600)  # about a minute each here; room for a slower, busier machine
 SAMPLE = ROOT / "data" / "cifar10-sample" / "train-00000-of-00001.parquet"

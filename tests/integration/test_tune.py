@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from pipelines.config.paths import resolve_paths
 from pipelines.core.errors import ConfigError
 from pipelines.search.run import concurrency, search
-from tests.runs import step_losses, wait_for, wait_until_free, worker_pid
+from tests.helpers.runs import step_losses, wait_for, wait_until_free, worker_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)

@@ -11,7 +11,7 @@ import pathlib
 import sys
 from collections import defaultdict
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 # Lowest first. A module may import its own package and any package of a lower layer; packages of
 # the same layer never import each other.

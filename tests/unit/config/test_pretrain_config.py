@@ -16,7 +16,7 @@ from pipelines.config.checks import check_config
 from pipelines.config.paths import resolve_paths
 from pipelines.core.errors import ConfigError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIGS = ROOT / "configs"
 PRESETS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
 

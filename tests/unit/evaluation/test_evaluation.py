@@ -27,7 +27,7 @@ from pipelines.evaluation.protocols import Protocol, from_config
 from pipelines.evaluation.report import results_markdown, write_results
 from pipelines.models.backbones import build_backbone
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 def protocol_file(name: str) -> dict:
@@ -464,7 +464,7 @@ def test_probe_eval_keeps_the_runs_protocol_whole_with_the_shipped_protocols() -
     from pipelines.evaluation.protocols import from_config
     from pipelines.probe.setup import probe_eval
 
-    configs = pathlib.Path(__file__).resolve().parents[2] / "configs"
+    configs = pathlib.Path(__file__).resolve().parents[3] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
         command = ["eval.protocol.epochs=3"]  # on top of the default protocol, small_scale
         default = OmegaConf.to_container(compose("linear_probe", command).eval, resolve=True)

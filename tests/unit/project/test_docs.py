@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 README_MAX_BYTES = 12_288  # the house rule: README.md at most 12 KB

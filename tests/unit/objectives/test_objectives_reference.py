@@ -1,4 +1,4 @@
-"""Every objective against the independent float64 loop references of tests/reference.py.
+"""Every objective against the independent float64 loop references of tests/helpers/reference.py.
 
 Losses must agree to 1e-10 (relative) and input gradients to 1e-8 (relative to the largest
 gradient entry, since entries near zero have no meaningful relative error), on a grid of batch
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 import objectives
-from tests import reference
-from tests.inputs import make_inputs
+from tests.helpers import reference
+from tests.helpers.inputs import make_inputs
 
 
 def _cases():

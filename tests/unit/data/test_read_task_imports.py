@@ -14,7 +14,7 @@ import subprocess
 import sys
 
 from pipelines.data.read_tasks import HALF_IMPORTED_EXIT
-from tests.runs import ROOT
+from tests.helpers.runs import ROOT
 
 CUT = """
 import sys

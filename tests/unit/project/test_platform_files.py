@@ -19,7 +19,7 @@ import jsonschema
 import pytest
 import yaml
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 PLATFORM = ROOT / "platform"
 IMAGE = "ghcr.io/cacr-platform/cacr:0.1.0"
 TOKEN_FILE = "~/.cacr/ray-auth-token"

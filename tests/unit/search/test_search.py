@@ -13,7 +13,7 @@ from pipelines.search.results import TrialRow, best_config_file, best_row, plot_
 from pipelines.search.space import SearchConfigError, arms, param_space, trial_overrides, trial_values
 from pipelines.search.trial import compose_pretrain, keep_views_per_step
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 SEARCHES = ("cacr_temperatures", "cacr_k", "baselines")
 
 

@@ -11,9 +11,9 @@ import tarfile
 import numpy as np
 from PIL import Image
 
-from tests.data_fixtures import encode, pattern
+from tests.helpers.data_fixtures import encode, pattern
 
-SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED = pathlib.Path(__file__).resolve().parents[3] / "shared" / "datasets"
 EXACT = SHARED / "cifar-exact-samples"
 
 

@@ -7,8 +7,8 @@ import torch
 import torch.multiprocessing as mp
 
 from pipelines.models.build import build_framework
-from tests.ddp_worker import run_framework_gathers
-from tests.unit.test_frameworks import config
+from tests.helpers.ddp_worker import run_framework_gathers
+from tests.unit.models.test_frameworks import config
 
 WORLD, N, D, Q = 2, 4, 3, 10
 

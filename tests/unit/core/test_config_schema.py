@@ -17,7 +17,7 @@ from omegaconf.errors import ValidationError
 from pipelines.config.changes import config_changes, with_schema_defaults
 from pipelines.core.config_schema import GROUPS, SCHEMA, with_defaults
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 def composed(config_dir: pathlib.Path, *overrides: str) -> dict:

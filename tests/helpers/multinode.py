@@ -1,6 +1,6 @@
 """A pretraining run on a three-node Ray cluster on this machine, one worker node lost mid-run.
 
-``python -m tests.multinode <folder>`` builds the cluster with ``ray.cluster_utils.Cluster`` (a
+``python -m tests.helpers.multinode <folder>`` builds the cluster with ``ray.cluster_utils.Cluster`` (a
 head with no training resources and two worker nodes that can each hold both Train workers),
 checks that a local ``storage_path`` is refused, then runs with ``trainer.storage_shared=true``
 (all nodes share this machine's disk) and removes the node of rank 1 once step 5 is logged. The
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.runs import jsonl, smoke, step_losses, wait_for
+from tests.helpers.runs import jsonl, smoke, step_losses, wait_for
 
 COMMON = [
     "trainer.num_workers=2",

@@ -7,7 +7,7 @@ import pytest
 
 from pipelines.data.decode import decode_image
 from pipelines.data.sources import SOURCES, open_source
-from tests import replicas
+from tests.helpers import replicas
 
 
 def read_all(source, split):

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import objectives
-from tests import reference
-from tests.inputs import make_inputs
+from tests.helpers import reference
+from tests.helpers.inputs import make_inputs
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

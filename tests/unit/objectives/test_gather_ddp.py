@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests import reference
-from tests.ddp_worker import local_part, run
-from tests.inputs import make_inputs
+from tests.helpers import reference
+from tests.helpers.ddp_worker import local_part, run
+from tests.helpers.inputs import make_inputs
 
 WORLD = 2
 CASES = [

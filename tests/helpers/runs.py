@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 from pipelines.config.paths import resolve_paths
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def smoke(tmp_path: Path, *overrides: str) -> dict:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipelines.data.decode import BadImageLog, TooManyBadImagesError, check_label, decode_image
-from tests.data_fixtures import corrupt_cases, encode, pattern
+from tests.helpers.data_fixtures import corrupt_cases, encode, pattern
 
 CASES = corrupt_cases()
 
