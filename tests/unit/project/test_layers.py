@@ -23,8 +23,13 @@ LAYERS: list[list[str]] = [
     ["pipelines.config", "pipelines.ray_session"],
     ["pipelines.training", "pipelines.probe"],
     ["pipelines.search"],
-    ["pipelines.pretrain", "pipelines.tune", "pipelines.linear_probe", "pipelines.prepare"],
-    ["pipelines.export_backbone"],
+    [
+        "pipelines.pretrain",
+        "pipelines.tune",
+        "pipelines.linear_probe",
+        "pipelines.prepare",
+        "pipelines.export_backbone",
+    ],
 ]
 
 # Third-party imports that may stay inside functions, and why (the import-weight tests).
