@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 import objectives
 
@@ -54,3 +58,11 @@ def run_framework_gathers(rank: int, world: int, init_file: str, cases_path: str
         )
     finally:
         dist.destroy_process_group()
+
+
+def spawn(worker: Callable[..., None], world: int, folder: Path, cases: object) -> list[dict]:
+    """Save ``cases``, run ``worker`` on ``world`` gloo processes over them; each rank's saved output."""
+    torch.save(cases, folder / "cases.pt")
+    args = (world, str(folder / "init"), str(folder / "cases.pt"), str(folder / "out{rank}.pt"))
+    mp.spawn(worker, args=args, nprocs=world, join=True)
+    return [torch.load(folder / f"out{r}.pt") for r in range(world)]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.multiprocessing as mp
 
 from pipelines.models.build import build_framework
-from tests.helpers.ddp_worker import run_framework_gathers
+from tests.helpers.ddp_worker import run_framework_gathers, spawn
 from tests.unit.models.test_frameworks import config
 
 WORLD, N, D, Q = 2, 4, 3, 10
@@ -24,14 +23,7 @@ def test_shuffle_bn_keys_and_the_queue_take_every_ranks_rows(tmp_path):
     cfg = config("moco_v2", "cacr_moco_v2", momentum=0.9, queue_size=Q)
     queue0 = build_framework(cfg, seed=3).queue.clone()
     case = {"x": x, "perm_seed": 11, "pending": pending, "config": cfg, "framework_seed": 3}
-    torch.save(case, tmp_path / "case.pt")
-    mp.spawn(
-        run_framework_gathers,
-        args=(WORLD, str(tmp_path / "init"), str(tmp_path / "case.pt"), str(tmp_path / "out{rank}.pt")),
-        nprocs=WORLD,
-        join=True,
-    )
-    outs = [torch.load(tmp_path / f"out{r}.pt") for r in range(WORLD)]
+    outs = spawn(run_framework_gathers, WORLD, tmp_path, case)
 
     # shuffle-BN: every rank normalises a slice of the permuted global batch; rows go back home
     torch.manual_seed(11)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from tests.helpers import reference
-from tests.helpers.ddp_worker import local_part, run
+from tests.helpers.ddp_worker import local_part, run, spawn
 from tests.helpers.inputs import make_inputs
 
 WORLD = 2
@@ -51,15 +50,7 @@ def ddp_results(tmp_path_factory):
     for i, (name, hp, dims) in enumerate(CASES):
         inputs = [x.detach() for x in make_inputs(name, seed=100 + i, grad=False, **dims)]
         payload.append({"name": name, "hp": hp, "inputs": inputs, "batch_dims": batch_dims(name)})
-    torch.save(payload, tmp / "cases.pt")
-    mp.spawn(
-        run,
-        args=(WORLD, str(tmp / "init"), str(tmp / "cases.pt"), str(tmp / "out{rank}.pt")),
-        nprocs=WORLD,
-        join=True,
-    )
-    per_rank = [torch.load(tmp / f"out{r}.pt") for r in range(WORLD)]
-    return payload, per_rank
+    return payload, spawn(run, WORLD, tmp, payload)
 
 
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
