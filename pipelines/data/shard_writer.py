@@ -67,16 +67,23 @@ class ChunkRows:
         return table if order is None else table.take(pa.array(order, type=pa.int64()))
 
     def record(self, split: str, name: str, num_classes: int) -> dict[str, Any]:
-        """The counts part of a completion record: rows, per-class counts, unlabelled rows, bad files."""
-        labels = np.asarray(self.labels, dtype=np.int64)
-        return {
-            "split": split,
-            "chunk": name,
-            "rows": len(labels),
-            "per_class": np.bincount(labels[labels >= 0], minlength=num_classes).tolist(),
-            "unlabeled": int((labels == UNLABELED).sum()),
-            "bad_files": self.log.bad,
-        }
+        """The counts part of a completion record of these rows (:func:`counts_record`)."""
+        return counts_record(split, name, num_classes, self.labels, self.log.bad)
+
+
+def counts_record(
+    split: str, name: str, num_classes: int, labels: list[int], bad_files: list[Any]
+) -> dict[str, Any]:
+    """The counts part of a completion record: rows, per-class counts, unlabelled rows, bad files."""
+    array = np.asarray(labels, dtype=np.int64)
+    return {
+        "split": split,
+        "chunk": name,
+        "rows": len(array),
+        "per_class": np.bincount(array[array >= 0], minlength=num_classes).tolist(),
+        "unlabeled": int((array == UNLABELED).sum()),
+        "bad_files": bad_files,
+    }
 
 
 def read_chunk(

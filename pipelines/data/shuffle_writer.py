@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core.storage import Store
 from pipelines.data.order import rng_for
-from pipelines.data.shard_writer import SCHEMA, ChunkRows, parquet_bytes, read_chunk
+from pipelines.data.shard_writer import SCHEMA, ChunkRows, counts_record, parquet_bytes, read_chunk
 from pipelines.data.sources.base import Chunk, Source
 
 EVAL_SPLITS = ("val", "test", "validation")  # judged in any order: not shuffled
@@ -186,8 +186,8 @@ def scatter(
     for chunk in group:
         read_chunk(source, chunk, num_classes, max_pixels, rows, spill=flush, spill_at=plan.rows_per_shard)
     flush()
-    rows.labels = labels  # for the counts of everything this task read
-    done = {**rows.record(split, name, num_classes), "chunks": [c.name for c in group], "pieces": pieces}
+    counts = counts_record(split, name, num_classes, labels, rows.log.bad)  # everything this task read
+    done = {**counts, "chunks": [c.name for c in group], "pieces": pieces}
     out.write_atomic(json.dumps(done).encode(), scatter_done_path(split, group))
     return done
 
