@@ -174,9 +174,11 @@ def devkit(root: pathlib.Path, ids: dict[str, int], val_truth: list[str]) -> Non
 def imagenet100(root: pathlib.Path) -> dict:
     """ILSVRC2012 layout holding CMC's 100 ImageNet-100 classes and one class outside them: train/<wnid>/
     (1 or 2 tiny JPEGs each), a flat val/ (one image per class) labelled by the devkit."""
-    from pipelines.data.sources.folders import IMAGENET100
+    from pipelines.data.sources.folders import imagenet100_wnids
 
-    wnids = [*sorted(IMAGENET100), "n01440764"]  # the last is not an ImageNet-100 class
+    subset = imagenet100_wnids()
+
+    wnids = [*sorted(subset), "n01440764"]  # the last is not an ImageNet-100 class
     for c, wnid in enumerate(wnids):
         folder = root / "train" / wnid
         folder.mkdir(parents=True)
@@ -188,7 +190,7 @@ def imagenet100(root: pathlib.Path) -> dict:
         image = encode(pattern(12, 16, 500 + n), "JPEG")
         (root / "val" / f"ILSVRC2012_val_{n + 1:08d}.JPEG").write_bytes(image)
     devkit(root, ids, wnids)
-    return {"classes": sorted(IMAGENET100), "train": {w: 1 + c % 2 for c, w in enumerate(wnids[:-1])}}
+    return {"classes": sorted(subset), "train": {w: 1 + c % 2 for c, w in enumerate(wnids[:-1])}}
 
 
 def webvision(root: pathlib.Path) -> dict:
