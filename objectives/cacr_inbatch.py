@@ -21,7 +21,8 @@ Debiased (``tau_plus`` set): ``r <- (-tau_plus * d(z_x[i], z_y[i]) + r) / (1 - t
 (``tau_plus`` is not multiplied by ``beta``, as in the official code).
 
 ``weighting`` replaces softmax weights by uniform ones: ``uniform_attraction`` (1/K),
-``uniform_repulsion`` (1/(B-1)), ``uniform`` (both); ``full`` keeps both softmaxes.
+``uniform_repulsion`` (1/(B-1)), ``uniform`` (both); ``full`` keeps both softmaxes. The official
+code's names are accepted too: ``without_w1``, ``without_w2`` and ``none``.
 
 ``loss = attraction + repulsion``. With ``gather=True`` under DDP the negatives ``z_y[j]`` run
 over the global batch (``j`` over ``W * B - 1`` images); the mean over ranks of the per-rank loss
@@ -51,6 +52,12 @@ from objectives._common import (
 from objectives.distributed import maybe_gather
 
 WEIGHTINGS = ("full", "uniform_attraction", "uniform_repulsion", "uniform")
+# the official code's names for the same ablations (its ``choice`` argument)
+OFFICIAL_WEIGHTINGS = {
+    "without_w1": "uniform_attraction",
+    "without_w2": "uniform_repulsion",
+    "none": "uniform",
+}
 
 
 def row_sq_dist(a: Tensor, b: Tensor, dots: Tensor) -> Tensor:
@@ -100,7 +107,8 @@ class CACRInBatch(nn.Module):
         self.t_neg = check_positive("t_neg", t_neg)
         self.alpha = check_finite("alpha", alpha)
         self.beta = check_finite("beta", beta)
-        self.weighting = check_choice("weighting", weighting, WEIGHTINGS)
+        weighting = OFFICIAL_WEIGHTINGS.get(weighting, weighting)
+        self.weighting = check_choice("weighting", weighting, WEIGHTINGS + tuple(OFFICIAL_WEIGHTINGS))
         self.tau_plus = check_tau_plus(tau_plus)
         self.normalize = bool(normalize)
         self.gather = bool(gather)

@@ -16,13 +16,15 @@ from omegaconf import OmegaConf
 import objectives
 from pipelines.core.errors import ConfigError
 from pipelines.core.storage import is_uri
-from pipelines.data.recipes import RECIPES, recipes_for
+from pipelines.data.recipes import MEAN_STD, RECIPES, recipes_for
 from pipelines.evaluation.protocols import from_config
 from pipelines.models.build import check_combination
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 
 SCHEDULES = ("step", "cosine")
+FORWARDS = ("per_view", "joint")
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -87,6 +89,8 @@ def _check_views(errors: list[str], cfg: dict[str, Any]) -> None:
     except ValueError as err:
         errors.append(f"augment: {err}")
         return
+    if aug.get("mean_std") not in MEAN_STD:
+        errors.append(f"augment.mean_std={aug.get('mean_std')!r}: choose one of {', '.join(MEAN_STD)}")
     if aug["name"] == "imagenet_moco_v3" and isinstance(k, int) and k != 1:
         errors.append(
             f"objective.K={k}: augment=imagenet_moco_v3 makes 2 global views (K=1); "
@@ -119,6 +123,10 @@ def _check_trainer(errors: list[str], cfg: dict[str, Any]) -> None:
                 f"framework.queue_size={queue} must be a positive multiple of the global batch "
                 f"trainer.batch_size={batch} (e.g. {batch * max(1, (queue or batch) // batch)})"
             )
+    if tr.get("precision") not in PRECISIONS:
+        errors.append(f"trainer.precision={tr.get('precision')!r}: choose one of {', '.join(PRECISIONS)}")
+    if fw.get("forward") not in FORWARDS:
+        errors.append(f"framework.forward={fw.get('forward')!r}: choose one of {', '.join(FORWARDS)}")
     if fw.get("name") == "moco_v3" and not model.get("predictor"):
         errors.append("model.predictor is not set: framework=moco_v3 needs a predictor head")
     stop = tr.get("stop_at_epoch")
@@ -169,6 +177,12 @@ def check_eval(errors: list[str], ev: dict[str, Any]) -> None:
         errors.append(
             f"eval.few_shot_below={few!r} and eval.many_shot_above={many!r}: need integers with "
             "0 <= few_shot_below <= many_shot_above"
+        )
+    crop = ev.get("centre_crop")
+    if crop is not None and not (isinstance(crop, int | float) and 0 < crop <= 1):
+        errors.append(
+            f"eval.centre_crop={crop!r}: the evaluation centre crop's share of the resized shorter side, "
+            "in (0, 1]; null: the augment recipe's own"
         )
 
 

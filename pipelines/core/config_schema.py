@@ -60,6 +60,7 @@ class HeadConfig:
     out: int = 128
     batch_norm: bool = True  # BatchNorm after the hidden layers
     last_batch_norm: bool = False  # BatchNorm (no affine) after the output layer (MoCo-v3)
+    output_bias: bool = True  # the output layer's bias when no BatchNorm follows it (MoCo-v3 heads: none)
 
 
 @dataclass
@@ -91,6 +92,8 @@ class FrameworkConfig:
     """How views become the objective's inputs: in-batch, MoCo-v2 queue, or MoCo-v3."""
 
     name: str = MISSING  # inbatch | moco_v2 | moco_v3
+    forward: str = "per_view"  # per_view: a pass per view, BN statistics per view (official) | joint
+    gather_negatives: bool = True  # in-batch negatives from every worker; false: each worker's own batch
     queue_size: int = 65_536  # moco_v2: a multiple of trainer.batch_size
     momentum: float = 0.999  # the momentum encoder's EMA rate (MoCo-v3 ResNet-50 0.996, ViT 0.99)
     shuffle_bn: bool = True  # moco_v2: keys with BatchNorm over a random mix of every worker's images
@@ -105,7 +108,7 @@ class AugmentConfig:
     crop_min: float | None = None  # smallest crop area of the global views (null: the recipe's own)
     size: int | None = None  # side of the global views in pixels (null: the recipe's); set model.image_size
     local_crops: int = 0  # imagenet_moco_v3: extra small crops per image
-    mean_std: str = "imagenet"  # cifar10 | cifar100 | stl10 | imagenet
+    mean_std: str = "imagenet"  # cifar10 | cifar10_exact | cifar100 | stl10 | imagenet (the official values)
 
 
 # ------------------------------------------------------------------ trainer
@@ -145,7 +148,7 @@ class TrainerConfig:
     batch_size: int = 128  # global: images per step over all workers
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp32
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 (with a GradScaler) | fp32
     channels_last: Any = "auto"  # auto (on GPU) | true | false
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
     num_to_keep: int = 2
@@ -190,6 +193,9 @@ class EvalConfig:
     knn_report_k: list[int] = field(default_factory=lambda: [10, 20, 100, 200])  # final results too
     knn_temperature: float = 0.07
     knn_bank_size: int = 50_000  # training images (centre crops) in the kNN bank and the final probe
+    # evaluation images: shorter side resized to size / centre_crop, centre size x size kept (null:
+    # the augment recipe's own, as the official test transforms: cifar 1, stl10 64/70, imagenet 224/256)
+    centre_crop: float | None = None
     final_linear_probe: bool = True  # at the end of pretraining: eval.protocol on cached features
     random_init_baseline: bool = True  # also judge the same encoder at random init (BN recomputed)
     cache_mb: int = 1024  # evaluation images kept in memory on rank 0 between passes

@@ -50,6 +50,7 @@ def _head(spec: dict[str, Any] | None, in_dim: int) -> nn.Module:
         int(spec["layers"]),
         batch_norm=bool(spec["batch_norm"]),
         last_batch_norm=bool(spec["last_batch_norm"]),
+        output_bias=bool(spec["output_bias"]),
     )
 
 
@@ -71,7 +72,8 @@ def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 
 
     Args:
         cfg: the resolved run config.
-        distributed: the world has more than one rank (objectives then gather negatives).
+        distributed: the world has more than one rank (objectives then gather negatives, unless
+            ``framework.gather_negatives`` is false).
         seed: seeds the MoCo-v2 queue's initial contents.
 
     Returns:
@@ -83,13 +85,14 @@ def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 
     check_combination(fw["name"], obj["name"], int(obj["K"]) + 1)
     backbone = backbone_of(m)
     hparams = dict(obj["hparams"])
-    if distributed and "gather" in objectives.hyperparameters(obj["name"]):
+    if distributed and fw["gather_negatives"] and "gather" in objectives.hyperparameters(obj["name"]):
         hparams["gather"] = True
     objective = objectives.build(obj["name"], **hparams)
     projector = _head(m["projector"], backbone.feature_dim)
     base = nn.Sequential(OrderedDict(backbone=backbone, projector=projector))
+    per_view = fw["forward"] == "per_view"
     if fw["name"] == "inbatch":
-        return InBatch(base, backbone, objective)
+        return InBatch(base, backbone, objective, per_view=per_view)
     if fw["name"] == "moco_v2":
         return MoCoV2(
             base,
@@ -100,6 +103,7 @@ def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 
             dim=int(m["projector"]["out"]),
             shuffle_bn=bool(fw["shuffle_bn"]),
             seed=seed,
+            per_view=per_view,
         )
     predictor = _head(m["predictor"], int(m["projector"]["out"]))
     online = nn.Sequential(OrderedDict(base=base, predictor=predictor))
@@ -110,5 +114,6 @@ def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 
         momentum_part=base,
         momentum=float(fw["momentum"]),
         cosine=bool(fw["momentum_cosine"]),
+        per_view=per_view,
         full_mode=bool((obj.get("hparams") or {}).get("full_mode", False)),
     )

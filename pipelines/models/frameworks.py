@@ -44,9 +44,17 @@ COMPATIBLE: dict[str, dict[str, int | None]] = {
 class Framework(nn.Module):
     """Common parts: the online encoder, a way to call it wrapped, and the last objective inputs."""
 
-    def __init__(self, online: nn.Module, backbone: nn.Module, objective: nn.Module) -> None:
-        """Hold the online encoder (``backbone`` is its first stage) and the objective."""
+    def __init__(
+        self, online: nn.Module, backbone: nn.Module, objective: nn.Module, per_view: bool = True
+    ) -> None:
+        """Hold the online encoder (``backbone`` is its first stage) and the objective.
+
+        ``per_view``: encode each view in a pass of its own, so BatchNorm statistics span one
+        view of the batch (the official code); else all views in one joint pass (statistics over
+        every view; one larger pass, faster on a GPU).
+        """
         super().__init__()
+        self.per_view = per_view
         self.online = online
         self.objective = objective
         self._backbone = [backbone]  # not registered twice: it lives inside ``online``
@@ -66,6 +74,14 @@ class Framework(nn.Module):
         """Run the (possibly wrapped) online encoder."""
         return (self._call_online or self.online)(x)
 
+    def encode_views(self, views: Tensor, encoder: Any = None) -> Tensor:
+        """``[B, V, ...]`` -> ``[V, B, D]`` through ``encoder`` (default: online), per view or joint."""
+        encoder = encoder or self.encode
+        B, V = views.shape[:2]
+        if self.per_view:
+            return torch.stack([encoder(views[:, v]) for v in range(V)])
+        return encoder(_view_major(views)).view(V, B, -1)
+
     def after_step(self) -> None:
         """Work after the optimizer step (queue writes); nothing by default."""
 
@@ -84,8 +100,7 @@ class InBatch(Framework):
 
     def forward(self, views: Tensor, local_views: Tensor | None = None) -> LossOutput:
         """Encode ``views [B, V, ...]`` and compute the objective on ``[V, B, D]``."""
-        B, V = views.shape[:2]
-        z = self.encode(_view_major(views)).view(V, B, -1)
+        z = self.encode_views(views)
         self.last_inputs = (z.detach(),)
         return self.objective(z)
 
@@ -100,8 +115,9 @@ class _Momentum(Framework):
         objective: nn.Module,
         momentum_part: nn.Module,
         momentum: float,
+        per_view: bool = True,
     ) -> None:
-        super().__init__(online, backbone, objective)
+        super().__init__(online, backbone, objective, per_view)
         self.momentum_encoder = copy.deepcopy(momentum_part)
         for p in self.momentum_encoder.parameters():
             p.requires_grad_(False)
@@ -150,9 +166,10 @@ class MoCoV2(_Momentum):
         dim: int,
         shuffle_bn: bool = True,
         seed: int = 0,
+        per_view: bool = True,
     ) -> None:
         """Build it; the queue starts as ``queue_size`` random unit vectors (seeded)."""
-        super().__init__(online, backbone, objective, online, momentum)
+        super().__init__(online, backbone, objective, online, momentum, per_view)
         gen = torch.Generator().manual_seed(seed)
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, dim, generator=gen), dim=1))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -162,13 +179,13 @@ class MoCoV2(_Momentum):
 
     def forward(self, views: Tensor, local_views: Tensor | None = None) -> LossOutput:
         """Queries of every view, momentum keys of every view, then the objective."""
-        B, V = views.shape[:2]
-        x = _view_major(views)
-        q = self.encode(x).view(V, B, -1)
+        q = self.encode_views(views)
         with torch.no_grad():
             self.update_momentum_encoder()
-            encode_keys = _shuffled_keys if self.shuffle_bn else (lambda enc, t: enc(t))
-            k = F.normalize(encode_keys(self.momentum_encoder, x).float(), dim=-1).view(V, B, -1)
+            shuffle = _shuffled_keys if self.shuffle_bn else (lambda enc, t: enc(t))
+            k = F.normalize(
+                self.encode_views(views, lambda t: shuffle(self.momentum_encoder, t)).float(), dim=-1
+            )
         queue = self.queue.clone()
         if self.multi_view:
             self.last_inputs = (q.detach(), k, queue)
@@ -208,9 +225,10 @@ class MoCoV3(_Momentum):
         momentum: float,
         cosine: bool = True,
         full_mode: bool = False,
+        per_view: bool = True,
     ) -> None:
         """Build it; ``momentum_part`` is the backbone + projector inside ``online``."""
-        super().__init__(online, backbone, objective, momentum_part, momentum)
+        super().__init__(online, backbone, objective, momentum_part, momentum, per_view)
         self.cosine = cosine
         self.full_mode = full_mode
 
@@ -221,17 +239,17 @@ class MoCoV3(_Momentum):
 
     def forward(self, views: Tensor, local_views: Tensor | None = None) -> LossOutput:
         """Queries of the 2 global views (and local crops), keys of the global views (all in full mode)."""
-        B, V = views.shape[:2]
-        q = [self.encode(_view_major(views)).view(V, B, -1)]
+        B = views.shape[0]
+        q = [self.encode_views(views)]
         if local_views is not None:
             L = local_views.shape[1]
-            q.append(self.encode(_view_major(local_views)).view(L, B, -1))
+            q.append(self.encode_views(local_views))
         with torch.no_grad():
             self.update_momentum_encoder()
-            k = [self.momentum_encoder(_view_major(views)).float().view(V, B, -1)]
+            k = [self.encode_views(views, self.momentum_encoder).float()]
             if local_views is not None:
                 if self.full_mode:
-                    k.append(self.momentum_encoder(_view_major(local_views)).float().view(L, B, -1))
+                    k.append(self.encode_views(local_views, self.momentum_encoder).float())
                 else:  # light mode reads only the global keys; fill the local slots cheaply
                     k.append(k[0][:1].expand(L, B, k[0].shape[-1]))
         q_all, k_all = torch.cat(q), torch.cat(k)

@@ -3,9 +3,10 @@
 Each worker builds the framework, wraps its online encoder in DDP (gloo on CPU, NCCL on GPU),
 restores the latest complete checkpoint if Ray hands one over, and streams its share of the
 ``train`` dataset. Per step: uint8 views to the device, photometric augmentation there, forward
-under bf16 autocast on GPU, a finite-loss check agreed by all ranks, backward, optimizer step,
-queue update. Rank 0 logs (console, TensorBoard, ``metrics.jsonl``), runs the kNN monitor and
-writes checkpoints; every rank calls ``ray.train.report`` at the same points.
+under bf16 autocast on GPU (or fp16 with a GradScaler), a finite-loss check agreed by all
+ranks, backward, optimizer step, queue update. Rank 0 logs (console, TensorBoard,
+``metrics.jsonl``), runs the kNN monitor and writes checkpoints; every rank calls
+``ray.train.report`` at the same points.
 """
 
 from __future__ import annotations
@@ -44,13 +45,18 @@ class Pretrainer:
         self.on_gpu = self.device.type == "cuda"
         precision = tr["precision"]
         self.bf16 = precision == "bf16" or (precision == "auto" and self.on_gpu)
+        self.fp16 = precision == "fp16"  # with a GradScaler (GPUs without bf16, e.g. the paper's V100s)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.fp16)
         self.channels_last = bool(
             tr["channels_last"] is True or (tr["channels_last"] == "auto" and self.on_gpu)
         )
         torch.manual_seed(self.seed)
         self.framework = build_framework(cfg, distributed=self.world > 1, seed=self.seed).to(self.device)
-        if cfg["model"].get("sync_bn") and self.world > 1:
-            self.framework.online = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.framework.online)
+        if cfg["model"]["sync_bn"] and self.world > 1:  # the momentum encoder too, as the official code
+            convert = torch.nn.SyncBatchNorm.convert_sync_batchnorm
+            self.framework.online = convert(self.framework.online)
+            if hasattr(self.framework, "momentum_encoder"):
+                self.framework.momentum_encoder = convert(self.framework.momentum_encoder)
         if self.channels_last:
             self.framework = self.framework.to(memory_format=torch.channels_last)
         if self.world > 1:  # Ray Train's DDP wrap (device_ids on GPU); one worker trains unwrapped
@@ -75,6 +81,7 @@ class Pretrainer:
             "step": self.step,
             "step_in_epoch": self.step_in_epoch,
             "rng": ckpt.rng_state(),
+            "scaler": self.scaler.state_dict(),
             "config": self.cfg,
         }
 
@@ -85,6 +92,8 @@ class Pretrainer:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.step_in_epoch = int(state["step_in_epoch"])
         torch.set_rng_state(state["rng"]["torch"])
+        if state.get("scaler"):  # fp16 runs (older checkpoints have none)
+            self.scaler.load_state_dict(state["scaler"])
 
     # ---------------------------------------------------------------- one step
     def prepare_batch(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
@@ -117,7 +126,8 @@ class Pretrainer:
         if self.channels_last:
             views = views.contiguous(memory_format=torch.channels_last)
         torch.manual_seed(seed_for(self.seed, self.step, "model", self.rank))
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        half = torch.float16 if self.fp16 else torch.bfloat16
+        with torch.autocast(device_type=self.device.type, dtype=half, enabled=self.bf16 or self.fp16):
             out = self.framework(views, local)
         names = sorted(out.terms)
         stats = torch.stack([out.loss.detach().float()] + [out.terms[n].detach().float() for n in names])
@@ -130,12 +140,13 @@ class Pretrainer:
         values = stats[:-1] / self.world if finite else raw
         if finite:
             self.optimizer.zero_grad(set_to_none=True)
-            out.loss.backward()
+            self.scaler.scale(out.loss).backward()  # unscaled when fp16 is off
         return values[0], {n: values[i + 1] for i, n in enumerate(names)}, finite
 
     def optimizer_step(self) -> None:
-        """Apply the gradients, update the queue, advance the step counters."""
-        self.optimizer.step()
+        """Apply the gradients (fp16: skipped when they overflowed), update the queue and counters."""
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.framework.after_step()
         self.step += 1
         self.step_in_epoch += 1

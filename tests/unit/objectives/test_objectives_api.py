@@ -110,3 +110,23 @@ def test_loss_is_a_scalar_and_terms_are_named():
     out = objectives.build("align_uniform_inbatch")(R(2, 8, 16))
     assert set(out.terms) == {"align", "uniform"}
     assert NCE(R(2, 8, 16)).terms == {}
+
+
+def test_cacr_inbatch_takes_the_official_ablation_names_as_aliases():
+    import objectives
+
+    z = torch.nn.functional.normalize(
+        torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(4)), dim=-1
+    )
+    for official, ours in (
+        ("without_w1", "uniform_attraction"),
+        ("without_w2", "uniform_repulsion"),
+        ("none", "uniform"),
+    ):
+        a = objectives.build("cacr_inbatch", t_pos=1.0, t_neg=0.9, weighting=official)(z)
+        b = objectives.build("cacr_inbatch", t_pos=1.0, t_neg=0.9, weighting=ours)(z)
+        torch.testing.assert_close(a.loss, b.loss)
+    full = objectives.build("cacr_inbatch", t_pos=1.0, t_neg=0.9)(z).loss
+    assert not torch.allclose(
+        full, objectives.build("cacr_inbatch", t_pos=1.0, t_neg=0.9, weighting="none")(z).loss
+    )
