@@ -5,6 +5,7 @@ A search starts every trial from one pretraining preset (``experiment``) plus ``
 distribution each (``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{randint: [lo, hi]}``,
 ``{choice: [...]}``, ``{grid: [...]}``). A search over several objectives lists ``arms``, each
 with its own ``experiment``, ``overrides`` and ``params``; Tune then runs a grid over the arms.
+``shared`` params (e.g. a grid of seeds) are sampled once per trial, whatever its arm.
 """
 
 from __future__ import annotations
@@ -75,7 +76,9 @@ def arms(search: dict[str, Any]) -> list[Arm]:
                 dict(arm.get("paper") or search.get("paper") or {}),
             )
         )
-    if not any(a.params for a in out):
+    for key, spec in (search.get("shared") or {}).items():
+        _check_distribution(f"search.shared.{key}", spec)
+    if not any(a.params for a in out) and not search.get("shared"):
         raise SearchConfigError("search.params is empty: give at least one key to search")
     return out
 
@@ -88,16 +91,15 @@ def param_space(search: dict[str, Any]) -> dict[str, Any]:
     all_arms = arms(search)
     if len(all_arms) > 1:
         space["arm"] = tune.grid_search([a.name for a in all_arms])
-    for arm in all_arms:
-        for key, spec in arm.params.items():
-            kind, values = next(iter(spec.items()))
-            name = f"{arm.name}{SEP}{key}"
-            if kind == "grid":
-                space[name] = tune.grid_search(list(values))
-            elif kind == "choice":
-                space[name] = tune.choice(list(values))
-            else:
-                space[name] = getattr(tune, kind)(*values)
+    named = [(f"{arm.name}{SEP}{key}", spec) for arm in all_arms for key, spec in arm.params.items()]
+    for name, spec in [*named, *(search.get("shared") or {}).items()]:
+        kind, values = next(iter(spec.items()))
+        if kind == "grid":
+            space[name] = tune.grid_search(list(values))
+        elif kind == "choice":
+            space[name] = tune.choice(list(values))
+        else:
+            space[name] = getattr(tune, kind)(*values)
     return space
 
 
@@ -111,7 +113,8 @@ def trial_arm(search: dict[str, Any], config: dict[str, Any]) -> Arm:
 def trial_values(search: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """``{dotted key: value}`` that a trial's Tune ``config`` sets (its own arm's keys only)."""
     arm = trial_arm(search, config)
-    return {key: config[f"{arm.name}{SEP}{key}"] for key in arm.params if f"{arm.name}{SEP}{key}" in config}
+    own = {key: config[f"{arm.name}{SEP}{key}"] for key in arm.params if f"{arm.name}{SEP}{key}" in config}
+    return {**own, **{key: config[key] for key in search.get("shared") or {} if key in config}}
 
 
 def _format(value: Any) -> str:

@@ -23,12 +23,14 @@ LAYERS: list[list[str]] = [
     ["pipelines.config", "pipelines.ray_session"],
     ["pipelines.training", "pipelines.probe"],
     ["pipelines.search"],
+    ["pipelines.studies"],  # the paper's tables: studies run as searches
     [
         "pipelines.pretrain",
         "pipelines.tune",
         "pipelines.linear_probe",
         "pipelines.prepare",
         "pipelines.export_backbone",
+        "pipelines.study",
     ],
 ]
 
