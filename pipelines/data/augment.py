@@ -4,7 +4,8 @@ Split in two so each part runs where it is cheapest:
 
 * :func:`crop_views` (CPU, inside Ray Data's ``map_batches``): random-resized crops and flips
   of every image, ``V`` times (boxes drawn for the batch at once, uint8 antialiased resampling
-  per view); returns uint8 tensors ``[B, V, 3, S, S]``.
+  per view), or an evaluation image's resize + centre crop; returns uint8 tensors
+  ``[B, V, 3, S, S]``.
 * :class:`Photometric` (the training device): colour jitter in a random order per image,
   grayscale, Gaussian blur, solarisation and normalisation, with per-image random parameters.
 
@@ -18,8 +19,12 @@ code's augmentations):
   grayscale 0.2, blur sigma in [0.1, 2] with p 0.5, flip.
 * ``imagenet_moco_v3``: two asymmetric global views (RRC 224 scale (0.08, 1), jitter
   (0.4, 0.4, 0.2, 0.1) p 0.8, grayscale 0.2; blur p 1.0 / p 0.1 and solarise p 0 / 0.2) plus
-  optional local crops (RRC 96, scale (0.05, 0.4), bicubic in the original, jitter p 0.8,
-  grayscale 0.2, blur p 0.5).
+  optional local crops (RRC 96, scale (0.05, 0.4), resized bicubically as in the original, jitter
+  p 0.8, grayscale 0.2, blur p 0.5).
+
+Evaluation images get one view without randomness: torchvision's ``Resize`` + ``CenterCrop``
+(:func:`pipelines.data.recipes.eval_view`; 32 -> 32 for CIFAR, 70 -> 64 for STL-10, 256 -> 224 for
+ImageNet, as the official test transforms).
 """
 
 from __future__ import annotations
@@ -78,10 +83,11 @@ def crop_views(
     recipes: list[ViewRecipe],
     rng: np.random.Generator,
 ) -> dict[str, Tensor]:
-    """Random-resized crops and flips of every image for every recipe.
+    """Random-resized crops and flips of every image for every recipe (evaluation ones: :func:`centre_view`).
 
     The boxes and flips of the whole batch are drawn at once (:func:`crop_boxes`); each view is
-    then resampled with torch's uint8 bilinear kernel with antialiasing, which is what
+    then resampled with torch's uint8 antialiased kernel of its recipe's ``interpolation``
+    (bilinear; bicubic for MoCo-v3's local crops), which is what
     ``torchvision.transforms.v2.functional.resized_crop(..., antialias=True)`` computes on a
     uint8 tensor (a test holds them equal). There is no batched op for crops of different sizes:
     ``roi_align`` over a padded float batch was measured 11x slower on 500x375 photos (24.9 vs
@@ -104,23 +110,54 @@ def crop_views(
     heights = np.array([a.shape[0] for a in arrays], dtype=np.float64)
     widths = np.array([a.shape[1] for a in arrays], dtype=np.float64)
     boxes = [
-        crop_boxes(heights, widths, r.scale, r.ratio, rng).astype(np.int64).tolist() for r in recipes
-    ]  # per view
-    flips = [(rng.uniform(size=B) < r.flip).tolist() for r in recipes]
+        None
+        if r.resize is not None
+        else crop_boxes(heights, widths, r.scale, r.ratio, rng).astype(np.int64).tolist()
+        for r in recipes
+    ]  # per view; evaluation views draw nothing
+    flips = [None if r.resize is not None else (rng.uniform(size=B) < r.flip).tolist() for r in recipes]
     for i, a in enumerate(arrays):
         image = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).unsqueeze(0)  # channels-last
-        for v, recipe in enumerate(recipes):
-            outputs[v][i] = resized_crop(image, boxes[v][i], recipe.size, flips[v][i])
+        for v, r in enumerate(recipes):
+            if r.resize is not None:
+                outputs[v][i] = centre_view(image, r.resize, r.size, r.interpolation)
+            else:
+                outputs[v][i] = resized_crop(image, boxes[v][i], r.size, flips[v][i], r.interpolation)
     return _group(outputs, recipes)
 
 
-def resized_crop(image: Tensor, box: list[int], size: int, flip: bool) -> Tensor:
-    """The ``(x1, y1, x2, y2)`` box of a uint8 ``[1, 3, H, W]`` image at ``size`` px, mirrored if asked."""
+def resized_crop(
+    image: Tensor, box: list[int], size: int, flip: bool, interpolation: str = "bilinear"
+) -> Tensor:
+    """The ``(x1, y1, x2, y2)`` box of a uint8 ``[1, 3, H, W]`` image at ``size`` px, mirrored if asked.
+
+    ``interpolation`` is ``bilinear`` or ``bicubic``, antialiased either way.
+    """
     x1, y1, x2, y2 = box
     crop = image[:, :, y1:y2, x1:x2]
     if (y2 - y1, x2 - x1) != (size, size):
-        crop = F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        crop = F.interpolate(crop, size=(size, size), mode=interpolation, antialias=True, align_corners=False)
     return (crop.flip(-1) if flip else crop)[0]
+
+
+def centre_view(image: Tensor, resize: int, size: int, interpolation: str = "bilinear") -> Tensor:
+    """``Resize(resize)`` then ``CenterCrop(size)`` of a uint8 ``[1, 3, H, W]`` image, as torchvision's.
+
+    The shorter side becomes ``resize`` and the longer ``int(resize * long / short)``; the crop's
+    corner is ``round((side - size) / 2)`` (torchvision's rounding, so a test holds them equal).
+    ``size <= resize``.
+    """
+    height, width = image.shape[-2:]
+    if height <= width:
+        new_h, new_w = resize, int(resize * width / height)
+    else:
+        new_h, new_w = int(resize * height / width), resize
+    if (new_h, new_w) != (height, width):
+        image = F.interpolate(
+            image, size=(new_h, new_w), mode=interpolation, antialias=True, align_corners=False
+        )
+    top, left = round((new_h - size) / 2), round((new_w - size) / 2)
+    return image[0, :, top : top + size, left : left + size]
 
 
 def _group(outputs: list[Tensor], recipes: list[ViewRecipe]) -> dict[str, Tensor]:

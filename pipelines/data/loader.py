@@ -24,7 +24,7 @@ import numpy as np
 from pipelines.data import imbalance, order, resilience
 from pipelines.data.decode import DEFAULT_MAX_PIXELS
 from pipelines.data.read_tasks import ReadPlan, stream
-from pipelines.data.recipes import ViewRecipe
+from pipelines.data.recipes import ViewRecipe, eval_view
 from pipelines.data.shard_index import index_shards, training_rows, warn_if_unshuffled, with_rows
 from pipelines.data.sources import open_source
 
@@ -61,6 +61,7 @@ def training_datasets(
     run: str | None = None,
     bank_size: int | None = None,
     whole_bank: bool = False,
+    eval_crop: float = 1.0,
 ) -> TrainingData:
     """Build the training and evaluation datasets from a dataset config.
 
@@ -73,13 +74,16 @@ def training_datasets(
             ``eval_split``, ``imbalance``, ``max_bad_fraction``, ``max_pixels``,
             ``max_train_images``, ``mix_row_groups``).
         recipes: the training views' recipes.
-        eval_size: side of the single centre view of evaluation images.
+        eval_size: side of the single centre view of evaluation images (``eval`` and ``bank``).
         seed: the run's seed.
         run: the run name (enables the :class:`DataMonitor` actor); ``None`` in tests without one.
         bank_size: when set, also build ``bank``: a seeded class-stratified sample of
             ``bank_size`` images of the (full, balanced) train split as single centre views, for
             the kNN monitor and the final probe; not split.
         whole_bank: build ``bank`` from the whole train split (the standalone linear probe).
+        eval_crop: the centre view's share of the resized shorter side
+            (:func:`~pipelines.data.recipes.eval_view`; a run's is
+            :func:`~pipelines.data.recipes.eval_crop_for`); 1: the centre square at ``eval_size``.
 
     Raises:
         ValueError: for a dataset that is read for training only through shards.
@@ -124,7 +128,7 @@ def training_datasets(
     train_plan = ReadPlan(
         with_rows(train_index, positions), int(dataset.get("mix_row_groups") or 1), shuffle=True, seed=seed
     )
-    centre = [ViewRecipe(eval_size, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0)]
+    centre = [eval_view(eval_size, eval_crop)]  # torchvision's Resize + CenterCrop
     plain = dict(store=source.store, recipes=centre, draft=None, run=None, **common)
     train_args = dict(store=source.store, recipes=recipes, draft=draft, run=run, unlabeled=True, **common)
     datasets = {

@@ -15,10 +15,16 @@ from typing import Any
 
 import numpy as np
 
+# ``augment.mean_std``: the official code's per-channel statistics (docs/data.md#normalisation).
+# The official CIFAR-10 std is the mean of each image's own std; ``cifar10_exact`` is the pixel std.
 MEAN_STD = {
-    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    "stl10": ((0.4409, 0.4279, 0.3868), (0.2683, 0.2610, 0.2687)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "cifar10_exact": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "stl10": (
+        (0.44087801806139126, 0.42790631331699347, 0.3867879370752931),
+        (0.26826768628079806, 0.2610450402318512, 0.26866836876860795),
+    ),
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 GREY = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale weights
@@ -39,6 +45,10 @@ class ViewRecipe:
         blur_p: probability of Gaussian blur.
         blur_sigma: blur sigma range.
         solarize_p: probability of solarisation (threshold 128/255).
+        interpolation: the resampling filter, ``bilinear`` or ``bicubic`` (both antialiased).
+        resize: set for an evaluation view (:func:`eval_view`): no random crop or flip, but the
+            shorter side resized to ``resize`` px and the centre ``size`` x ``size`` kept
+            (torchvision's ``Resize(resize)`` + ``CenterCrop(size)``).
     """
 
     size: int
@@ -51,6 +61,8 @@ class ViewRecipe:
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
+    interpolation: str = "bilinear"
+    resize: int | None = None
 
 
 CIFAR = ViewRecipe(32, (0.2, 1.0))
@@ -58,8 +70,14 @@ STL10 = ViewRecipe(64, (0.08, 1.0))
 MOCOV2 = ViewRecipe(224, (0.2, 1.0), jitter=(0.4, 0.4, 0.4, 0.1), jitter_p=0.8, blur_p=0.5)
 MOCOV3_1 = ViewRecipe(224, (0.08, 1.0), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, blur_p=1.0)
 MOCOV3_2 = replace(MOCOV3_1, blur_p=0.1, solarize_p=0.2)
-MOCOV3_LOCAL = ViewRecipe(96, (0.05, 0.4), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, blur_p=0.5)
+MOCOV3_LOCAL = ViewRecipe(
+    96, (0.05, 0.4), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p=0.8, blur_p=0.5, interpolation="bicubic"
+)
 RECIPES = ("cifar", "stl10", "imagenet_moco_v2", "imagenet_moco_v3")
+# Evaluation images (kNN bank, probe features, probe test images): the centre crop's side as a share
+# of the resized shorter side, as the official test transforms: CIFAR Resize(32) + CenterCrop(32),
+# STL-10 Resize(70) + CenterCrop(64), ImageNet Resize(256) + CenterCrop(224). eval.centre_crop overrides.
+EVAL_CROP = {"cifar": 1.0, "stl10": 64 / 70, "imagenet_moco_v2": 224 / 256, "imagenet_moco_v3": 224 / 256}
 
 
 def view_recipes(
@@ -101,6 +119,38 @@ def view_recipes(
         return [sized(MOCOV3_1), sized(MOCOV3_2)] + [local] * local_crops
     base = {"cifar": CIFAR, "stl10": STL10, "imagenet_moco_v2": MOCOV2}[name]
     return [sized(base)] * num_views
+
+
+def eval_view(size: int, centre_crop: float) -> ViewRecipe:
+    """The one view of an evaluation image: ``Resize(round(size / centre_crop))`` + ``CenterCrop(size)``.
+
+    Args:
+        size: the view's side in pixels.
+        centre_crop: the centre crop's side as a share of the resized shorter side, in (0, 1].
+
+    Raises:
+        ValueError: for a share outside (0, 1].
+    """
+    if not 0 < centre_crop <= 1:
+        raise ValueError(f"eval.centre_crop must be in (0, 1] (or null: the recipe's own); got {centre_crop}")
+    return ViewRecipe(
+        size, (1.0, 1.0), ratio=(1.0, 1.0), flip=0.0, resize=max(size, round(size / centre_crop))
+    )
+
+
+def eval_crop_for(augment: dict[str, Any], eval_cfg: dict[str, Any]) -> float:
+    """A run's ``eval.centre_crop``, or when null the share of its ``augment`` recipe (:data:`EVAL_CROP`)."""
+    share = eval_cfg.get("centre_crop")
+    return EVAL_CROP[augment["name"]] if share is None else float(share)
+
+
+def eval_view_for(augment: dict[str, Any], eval_cfg: dict[str, Any]) -> ViewRecipe:
+    """A run's evaluation view: the side of its global views, cut by :func:`eval_crop_for`.
+
+    Raises:
+        ValueError: for a bad ``augment`` group or ``eval.centre_crop``.
+    """
+    return eval_view(recipes_for(augment, 2)[0].size, eval_crop_for(augment, eval_cfg))
 
 
 def seed_for(seed: int, epoch: int, *parts: object) -> int:

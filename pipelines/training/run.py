@@ -27,7 +27,7 @@ from pipelines.core.run_files import CLASS_COUNTS, CONFIG_FILE, STOPPED
 from pipelines.core.storage import is_uri, write_atomic
 from pipelines.data.loader import training_datasets
 from pipelines.data.monitor import monitor
-from pipelines.data.recipes import MEAN_STD, recipes_for
+from pipelines.data.recipes import MEAN_STD, eval_crop_for, recipes_for
 from pipelines.evaluation.report import encoder_table
 from pipelines.ray_session import alive_nodes, connect
 from pipelines.training.worker import train_loop_per_worker
@@ -159,6 +159,7 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
             seed=int(tr["seed"]),
             run=name,
             bank_size=int(cfg["eval"]["knn_bank_size"]),
+            eval_crop=eval_crop_for(aug, cfg["eval"]),
         )
     except (ValueError, FileNotFoundError) as err:  # no shards, wrong format: one message, exit 2
         raise ConfigError(f"dataset={ds['name']} dataset.root={ds.get('root')}: {err}") from err

@@ -98,9 +98,11 @@ def test_an_empty_batch_keeps_the_output_layout():
 
 
 def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
-    """Every view is torchvision's own ``resized_crop`` (uint8, antialiased bilinear) of the box the
-    batch drew, mirrored when its flip was drawn: photos of two sizes, global and local views."""
+    """Every view is torchvision's own ``resized_crop`` (uint8, antialiased; bilinear, bicubic for the
+    local crops) of the box the batch drew, mirrored when its flip was drawn: photos of two sizes,
+    global and local views."""
     import torchvision.transforms.v2.functional as TF
+    from torchvision.transforms import InterpolationMode
 
     photos = [images(1, 375, 500, seed=3)[0], images(1, 500, 375, seed=4)[0], images(1, 32, 32, seed=5)[0]]
     recipes = R.view_recipes("imagenet_moco_v3", 2, local_crops=1)
@@ -122,6 +124,7 @@ def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
                 int(y2 - y1),
                 int(x2 - x1),
                 [r.size, r.size],
+                InterpolationMode(r.interpolation),
                 antialias=True,
             )
             if flips[v][i]:
