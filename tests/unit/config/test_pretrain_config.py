@@ -103,6 +103,27 @@ def test_baseline_temperatures_and_large_scale_settings(tmp_path) -> None:
     check_config(swapped)  # a baseline on top of the CACR preset needs no further overrides
 
 
+SMALL_SCALE = [p for p in PRESETS if p.split("_")[0] in ("cifar10", "cifar100", "stl10")]
+
+
+@pytest.mark.parametrize("preset", SMALL_SCALE)
+def test_small_scale_presets_probe_and_normalise_as_the_official_code_of_their_dataset(
+    preset, tmp_path
+) -> None:
+    """The probe's random-resized-crop scale: STL-10 (0.08, 1) (the official
+    small_scale_experiments/stl10/linear_eval.py:48), CIFAR (0.2, 1) (cifar10/ and
+    cifar100/linear_eval.py:48), kept when the protocol is named again; normalisation by dataset."""
+    dataset = preset.split("_")[0]
+    root = f"dataset.root={tmp_path}"
+    for cfg in (
+        composed(f"experiment={preset}", root),
+        composed(f"experiment={preset}", root, "eval/protocol=small_scale"),
+    ):
+        assert cfg["eval"]["protocol"]["name"] == "small_scale"
+        assert cfg["eval"]["protocol"]["crop_scale"] == ([0.08, 1.0] if dataset == "stl10" else [0.2, 1.0])
+        assert cfg["augment"]["mean_std"] == dataset
+
+
 def errors_of(cfg: dict) -> str:
     with pytest.raises(ConfigError) as info:
         check_config(cfg)
@@ -133,6 +154,8 @@ def errors_of(cfg: dict) -> str:
         (["eval.knn_k=0"], "eval.knn_k=0"),
         (["eval.knn_report_k=[10,0]"], "eval.knn_report_k=[10, 0]: must be a list of positive integers"),
         (["eval.few_shot_below=200"], "eval.few_shot_below=200"),
+        (["augment.mean_std=cifar"], "augment.mean_std='cifar'"),
+        (["eval.centre_crop=1.5"], "eval.centre_crop=1.5"),
     ],
 )
 def test_config_errors_name_the_key_and_the_fix(overrides: list[str], expected: str) -> None:
