@@ -14,14 +14,30 @@ Choices:
 * ``vit_s16`` / ``vit_b16`` use torchvision's ``VisionTransformer`` rather than timm: torchvision
   is already a dependency, and exported weights load into ``torchvision.models.vit_b_16``. The
   feature is the class token (``heads`` is an identity).
+* ``vit_s16_moco_v3`` / ``vit_b16_moco_v3`` are the same torchvision module set up as MoCo-v3's
+  ``vits.py`` sets up its timm ViT: 12 heads for ViT-S as well (``vit_small``), a fixed 2-D sin-cos
+  position embedding (:func:`sincos_position_embedding`, not trained), a frozen patch projection
+  (``--stop-grad-conv1``: ``conv_proj`` weight and bias never receive a gradient) and its
+  initialisation: Xavier-uniform Linear weights with Q, K and V treated as three matrices, zero
+  biases, a class token drawn from N(0, 1e-6²) and a Xavier-uniform patch projection.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-BACKBONES: tuple[str, ...] = ("small_alexnet", "resnet18", "resnet50", "vit_s16", "vit_b16")
+BACKBONES: tuple[str, ...] = (
+    "small_alexnet",
+    "resnet18",
+    "resnet50",
+    "vit_s16",
+    "vit_b16",
+    "vit_s16_moco_v3",
+    "vit_b16_moco_v3",
+)
 STEMS: tuple[str, ...] = ("imagenet", "cifar")
 NORMS: tuple[str, ...] = ("batch", "none")
 
@@ -31,8 +47,14 @@ _ALEXNET_POOLED_SIDE: dict[int, int] = {32: 3, 64: 7}
 # when one of its networks is built: importing it costs ~1.5 CPU-seconds (it pulls in torch._dynamo),
 # paid by every Ray process that imports this module (each trial's driver and workers).
 _RESNETS: dict[str, int] = {"resnet18": 512, "resnet50": 2048}
-# name -> (num_heads, hidden_dim, mlp_dim)
-_VITS: dict[str, tuple[int, int, int]] = {"vit_s16": (6, 384, 1536), "vit_b16": (12, 768, 3072)}
+# name -> (num_heads, hidden_dim, mlp_dim); vit_s16 has DeiT-S's 6 heads, MoCo-v3's vit_small has 12
+_VITS: dict[str, tuple[int, int, int]] = {
+    "vit_s16": (6, 384, 1536),
+    "vit_b16": (12, 768, 3072),
+    "vit_s16_moco_v3": (12, 384, 1536),
+    "vit_b16_moco_v3": (12, 768, 3072),
+}
+PATCH = 16
 
 
 class SmallAlexNet(nn.Module):
@@ -109,13 +131,63 @@ def _resnet(name: str, stem: str, zero_init_residual: bool) -> nn.Module:
     return model
 
 
+def sincos_position_embedding(grid: int, dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """MoCo-v3's fixed 2-D sin-cos position embedding, ``[1, 1 + grid², dim]`` (float32).
+
+    Row 0 (the class token) is zero. With ``ω_k = temperature^(-k / (dim/4))``, ``k < dim/4``, the
+    patch token ``m`` (row-major over the ``grid × grid`` patches, as the patch projection flattens
+    them) gets ``[sin(a·ω), cos(a·ω), sin(b·ω), cos(b·ω)]`` with ``a = m // grid`` and
+    ``b = m % grid``: the official code takes ``torch.meshgrid(grid_w, grid_h)`` (``ij`` indexing),
+    so its first ("w") half follows the patch's row.
+
+    Args:
+        grid: patches per side (image size / patch size).
+        dim: the token width, a multiple of 4.
+        temperature: the frequency base.
+
+    Raises:
+        ValueError: when ``dim`` is not a multiple of 4.
+    """
+    if dim % 4:
+        raise ValueError(f"the 2-D sin-cos position embedding needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = temperature ** (-torch.arange(quarter, dtype=torch.float64) / quarter)
+    index = torch.arange(grid * grid, dtype=torch.int64)
+    a = torch.div(index, grid, rounding_mode="floor").to(torch.float64)[:, None] * omega
+    b = (index % grid).to(torch.float64)[:, None] * omega
+    patches = torch.cat([a.sin(), a.cos(), b.sin(), b.cos()], dim=1)
+    return torch.cat([torch.zeros(1, dim, dtype=torch.float64), patches]).float()[None]
+
+
+def _moco_v3_vit(model: nn.Module, hidden_dim: int, grid: int) -> None:
+    """Set up a torchvision ``VisionTransformer`` as MoCo-v3's ``VisionTransformerMoCo`` (in place)."""
+    for module in model.modules():
+        if isinstance(module, nn.MultiheadAttention):  # timm's qkv Linear: Q, K, V as three matrices
+            bound = math.sqrt(6.0 / (module.in_proj_weight.shape[0] // 3 + module.in_proj_weight.shape[1]))
+            nn.init.uniform_(module.in_proj_weight, -bound, bound)
+            nn.init.zeros_(module.in_proj_bias)
+        elif isinstance(module, nn.Linear):  # attention output and MLP layers
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+    nn.init.normal_(model.class_token, std=1e-6)
+    proj = model.conv_proj
+    bound = math.sqrt(6.0 / (3 * PATCH * PATCH + hidden_dim))
+    nn.init.uniform_(proj.weight, -bound, bound)
+    nn.init.zeros_(proj.bias)
+    proj.weight.requires_grad_(False)
+    proj.bias.requires_grad_(False)
+    with torch.no_grad():
+        model.encoder.pos_embedding.copy_(sincos_position_embedding(grid, hidden_dim))
+    model.encoder.pos_embedding.requires_grad_(False)
+
+
 def _vit(name: str, image_size: int) -> nn.Module:
     from torchvision.models.vision_transformer import VisionTransformer
 
     num_heads, hidden_dim, mlp_dim = _VITS[name]
     model = VisionTransformer(
         image_size=image_size,
-        patch_size=16,
+        patch_size=PATCH,
         num_layers=12,
         num_heads=num_heads,
         hidden_dim=hidden_dim,
@@ -123,6 +195,8 @@ def _vit(name: str, image_size: int) -> nn.Module:
     )
     model.heads = nn.Identity()
     model.feature_dim = hidden_dim
+    if name.endswith("_moco_v3"):
+        _moco_v3_vit(model, hidden_dim, image_size // PATCH)
     return model
 
 

@@ -6,7 +6,12 @@ One builder covers the heads of the frameworks:
 * MoCo-v2 ``--mlp`` head: ``build_mlp(2048, 2048, 128, 2, batch_norm=False)``;
 * MoCo-v3 ResNet projector: ``build_mlp(2048, 4096, 256, 2, last_batch_norm=True)``;
 * MoCo-v3 ViT projector: the same with ``num_layers=3``;
-* MoCo-v3 predictor: ``build_mlp(256, 4096, 256, 2)``.
+* MoCo-v3 ResNet predictor: ``build_mlp(256, 4096, 256, 2, output_bias=False)``;
+* MoCo-v3 ViT predictor: ``build_mlp(256, 4096, 256, 2, last_batch_norm=True)``.
+
+MoCo-v3's ``_build_mlp`` (``moco/builder.py``) gives every Linear ``bias=False``, ends with an
+affine-free BatchNorm unless ``last_bn=False`` (only the ResNet predictor), and ``MoCo_ViT`` keeps
+that last BatchNorm on its predictor.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ def build_mlp(
     *,
     batch_norm: bool = True,
     last_batch_norm: bool = False,
+    output_bias: bool = True,
 ) -> nn.Sequential:
     """Build ``num_layers`` Linear layers: hidden ones with BatchNorm and ReLU, then the output layer.
 
     Each hidden layer is ``Linear(prev, hidden_dim, bias=not batch_norm)``, then
     ``BatchNorm1d(hidden_dim)`` when ``batch_norm``, then ``ReLU``. The output layer is
-    ``Linear(prev, out_dim, bias=not last_batch_norm)``, then ``BatchNorm1d(out_dim, affine=False)``
-    when ``last_batch_norm``.
+    ``Linear(prev, out_dim, bias=output_bias and not last_batch_norm)``, then
+    ``BatchNorm1d(out_dim, affine=False)`` when ``last_batch_norm``.
 
     Args:
         in_dim: input feature size.
@@ -37,6 +43,7 @@ def build_mlp(
         num_layers: number of Linear layers, at least 1.
         batch_norm: BatchNorm after each hidden Linear (which then has no bias).
         last_batch_norm: non-affine BatchNorm after the output Linear (which then has no bias).
+        output_bias: a bias on the output Linear when no BatchNorm follows it (MoCo-v3: none).
 
     Returns:
         The head as an ``nn.Sequential``.
@@ -54,7 +61,7 @@ def build_mlp(
             layers.append(nn.BatchNorm1d(hidden_dim))
         layers.append(nn.ReLU(inplace=True))
         prev = hidden_dim
-    layers.append(nn.Linear(prev, out_dim, bias=not last_batch_norm))
+    layers.append(nn.Linear(prev, out_dim, bias=output_bias and not last_batch_norm))
     if last_batch_norm:
         layers.append(nn.BatchNorm1d(out_dim, affine=False))
     return nn.Sequential(*layers)

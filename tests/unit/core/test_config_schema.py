@@ -144,6 +144,7 @@ def test_with_defaults_fills_the_schema_and_refuses_a_wrong_type():
         "out": 64,
         "batch_norm": True,
         "last_batch_norm": False,
+        "output_bias": True,
     }
     with pytest.raises(ValidationError, match="image_size"):
         with_defaults("model", {"name": "resnet18", "image_size": "big"})

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import functools
+import math
+import pathlib
 
+import numpy as np
 import pytest
 import torch
 import torchvision
+import yaml
 from torch import nn
 
 from pipelines.models.backbones import BACKBONES, build_backbone
+from pipelines.models.build import build_framework
 from pipelines.models.heads import build_mlp
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 def n_params(module: nn.Module) -> int:
@@ -77,6 +84,8 @@ assert VIT_S16_224 == 22_050_664 - imagenet_head(384) == 21_665_664
         ("resnet50", 224, 25_557_032 - imagenet_head(2048)),
         ("vit_s16", 224, VIT_S16_224),
         ("vit_b16", 224, 86_567_656 - imagenet_head(768)),
+        ("vit_s16_moco_v3", 224, VIT_S16_224),  # 12 heads instead of 6: the same parameters
+        ("vit_b16_moco_v3", 224, 86_567_656 - imagenet_head(768)),
     ],
 )
 def test_parameter_counts_match_published_numbers(name, image_size, expected):
@@ -114,7 +123,15 @@ def test_vit_s16_forward_at_224():
 
 
 def test_backbone_names():
-    assert BACKBONES == ("small_alexnet", "resnet18", "resnet50", "vit_s16", "vit_b16")
+    assert BACKBONES == (
+        "small_alexnet",
+        "resnet18",
+        "resnet50",
+        "vit_s16",
+        "vit_b16",
+        "vit_s16_moco_v3",
+        "vit_b16_moco_v3",
+    )
 
 
 # ---------------------------------------------------------------- ResNets
@@ -174,6 +191,97 @@ def test_vit_b16_keys_are_torchvision_vit_b_16_minus_heads():
     theirs = set(torchvision.models.vit_b_16().state_dict())
     assert any(k.startswith("heads.") for k in theirs)
     assert ours == {k for k in theirs if not k.startswith("heads.")}
+
+
+def numpy_sincos(grid: int, dim: int) -> np.ndarray:
+    """MoCo-v3's build_2d_sincos_position_embedding (vits.py) in NumPy float64, class-token row first.
+
+    The official code builds ``meshgrid(grid_w, grid_h)`` with ``ij`` indexing, flattens both and
+    concatenates sin/cos of the first, then sin/cos of the second, each times ω = 1 / 10000^(k/(dim/4)).
+    """
+    quarter = dim // 4
+    omega = 1.0 / 10000.0 ** (np.arange(quarter, dtype=np.float64) / quarter)
+    first, second = np.meshgrid(
+        np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij"
+    )
+    out_first = np.einsum("m,d->md", first.ravel(), omega)
+    out_second = np.einsum("m,d->md", second.ravel(), omega)
+    patches = np.concatenate(
+        [np.sin(out_first), np.cos(out_first), np.sin(out_second), np.cos(out_second)], 1
+    )
+    return np.concatenate([np.zeros((1, dim)), patches])[None]
+
+
+@pytest.mark.parametrize(("name", "image_size"), [("vit_s16_moco_v3", 224), ("vit_b16_moco_v3", 64)])
+def test_moco_v3_vit_position_embedding_is_the_fixed_2d_sincos(name, image_size):
+    backbone = default(name, image_size)
+    pos = backbone.encoder.pos_embedding
+    grid, dim = image_size // 16, backbone.feature_dim
+    expected = torch.from_numpy(numpy_sincos(grid, dim)).float()
+    assert pos.shape == (1, grid * grid + 1, dim)
+    torch.testing.assert_close(pos.detach(), expected, rtol=0, atol=1e-6)
+    assert bool((pos[0, 0] == 0).all())
+    assert not pos.requires_grad
+    # the torchvision ViT's own embedding is trained and random
+    assert default("vit_s16", 224).encoder.pos_embedding.requires_grad
+
+
+def test_moco_v3_vit_trains_neither_the_position_embedding_nor_the_patch_projection():
+    from pipelines.training.optim import build_optimizer
+
+    torch.manual_seed(0)
+    backbone = build_backbone("vit_s16_moco_v3", image_size=224)
+    frozen = {
+        "encoder.pos_embedding": backbone.encoder.pos_embedding,
+        "conv_proj.weight": backbone.conv_proj.weight,
+        "conv_proj.bias": backbone.conv_proj.bias,
+    }
+    before = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    optimizer = build_optimizer(backbone, {"name": "adamw"}, lr=1e-3)
+    out = backbone(torch.randn(2, 3, 224, 224))
+    assert out.shape == (2, 384) and bool(torch.isfinite(out).all())
+    out.square().sum().backward()
+    assert all(p.grad is None for p in frozen.values())
+    assert backbone.class_token.grad is not None and backbone.encoder.ln.weight.grad is not None
+    optimizer.step()
+    after = backbone.state_dict()
+    for key in frozen:
+        assert torch.equal(after[key], before[key]), key
+    assert not torch.equal(after["encoder.ln.weight"], before["encoder.ln.weight"])
+
+
+def test_moco_v3_vit_initialisation_follows_vits_py():
+    torch.manual_seed(0)
+    backbone = default("vit_b16_moco_v3", 64)
+    dim = 768
+    layer = backbone.encoder.layers[0]
+    assert (
+        layer.self_attention.num_heads == 12
+        and default("vit_s16_moco_v3", 224).encoder.layers[0].self_attention.num_heads == 12
+    )
+    assert default("vit_s16", 224).encoder.layers[0].self_attention.num_heads == 6  # DeiT-S
+
+    def uniform(tensor: torch.Tensor, bound: float) -> None:
+        # U(-b, b): every value inside, the extremes near b, the std b / sqrt(3)
+        t = tensor.detach().double()
+        assert t.abs().max() <= bound and t.abs().max() > 0.99 * bound
+        assert abs(t.std().item() - bound / math.sqrt(3)) < 0.01 * bound
+
+    uniform(layer.self_attention.in_proj_weight, math.sqrt(6 / (dim + dim)))  # Q, K, V each D x D
+    uniform(layer.self_attention.out_proj.weight, math.sqrt(6 / (dim + dim)))
+    uniform(layer.mlp[0].weight, math.sqrt(6 / (dim + 3072)))
+    uniform(layer.mlp[3].weight, math.sqrt(6 / (3072 + dim)))
+    uniform(backbone.conv_proj.weight, math.sqrt(6 / (3 * 16 * 16 + dim)))
+    for bias in (
+        layer.self_attention.in_proj_bias,
+        layer.self_attention.out_proj.bias,
+        layer.mlp[0].bias,
+        layer.mlp[3].bias,
+        backbone.conv_proj.bias,
+    ):
+        assert bool((bias == 0).all())
+    token = backbone.class_token.detach().double()
+    assert 0.8e-6 < token.std().item() < 1.2e-6
 
 
 # ---------------------------------------------------------------- SmallAlexNet
@@ -282,11 +390,29 @@ def describe(head: nn.Sequential) -> list[tuple]:
                 ("bn", 256, False),
             ],
         ),
-        # MoCo-v3 predictor
+        # MoCo-v3 ResNet predictor: no BN after the output layer, and no bias either (official _build_mlp)
+        (
+            (256, 4096, 256, 2),
+            dict(batch_norm=True, last_batch_norm=False, output_bias=False),
+            [("linear", 256, 4096, False), ("bn", 4096, True), ("relu",), ("linear", 4096, 256, False)],
+        ),
+        # a BN-hidden head whose output layer keeps its bias (the default)
         (
             (256, 4096, 256, 2),
             dict(batch_norm=True, last_batch_norm=False),
             [("linear", 256, 4096, False), ("bn", 4096, True), ("relu",), ("linear", 4096, 256, True)],
+        ),
+        # MoCo-v3 ViT predictor: the official last BN (affine-free) after a bias-free output layer
+        (
+            (256, 4096, 256, 2),
+            dict(batch_norm=True, last_batch_norm=True),
+            [
+                ("linear", 256, 4096, False),
+                ("bn", 4096, True),
+                ("relu",),
+                ("linear", 4096, 256, False),
+                ("bn", 256, False),
+            ],
         ),
         # MoCo-v3 ViT projector (ViT-B features)
         (
@@ -307,6 +433,48 @@ def describe(head: nn.Sequential) -> list[tuple]:
 )
 def test_mlp_structure(args, kwargs, expected):
     assert describe(build_mlp(*args, **kwargs)) == expected
+
+
+def official_moco_v3_mlp(num_layers: int, input_dim: int, output_dim: int, last_bn: bool) -> list[tuple]:
+    """moco-v3's ``_build_mlp`` (moco/builder.py) in ``describe`` form, written from its text.
+
+    Every Linear has ``bias=False``; each hidden one is followed by an affine BatchNorm and a ReLU;
+    the output one by an affine-free BatchNorm when ``last_bn``. The hidden width is 4096
+    (``--moco-mlp-dim``), the output 256 (``--moco-dim``).
+    """
+    out, prev = [], input_dim
+    for _ in range(num_layers - 1):
+        out += [("linear", prev, 4096, False), ("bn", 4096, True), ("relu",)]
+        prev = 4096
+    out.append(("linear", prev, output_dim, False))
+    return out + ([("bn", output_dim, False)] if last_bn else [])
+
+
+# model file -> (feature dim, projector layers, last BN on the predictor): MoCo_ResNet builds a 2-layer
+# projector and the predictor with last_bn=False; MoCo_ViT a 3-layer projector and the default last_bn=True
+MOCO_V3_MODELS = {
+    "resnet50_moco_v3": (2048, 2, False),
+    "vit_s16": (384, 3, True),
+    "vit_b16": (768, 3, True),
+    "vit_s16_moco_v3": (384, 3, True),
+    "vit_b16_moco_v3": (768, 3, True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MOCO_V3_MODELS))
+def test_shipped_moco_v3_heads_are_the_official_ones(name):
+    feature_dim, projector_layers, predictor_last_bn = MOCO_V3_MODELS[name]
+    data = yaml.safe_load((ROOT / "configs" / "model" / f"{name}.yaml").read_text())
+    model = {k: v for k, v in data.items() if k != "defaults"}
+    model["image_size"] = 32 if "vit" in name else 64  # small inputs: the heads do not depend on them
+    cfg = {
+        "model": model,
+        "framework": {"name": "moco_v3"},
+        "objective": {"name": "cacr_moco_v3", "K": 1, "hparams": {"temperature": 1.0}},
+    }
+    online = build_framework(cfg).online
+    assert describe(online.base.projector) == official_moco_v3_mlp(projector_layers, feature_dim, 256, True)
+    assert describe(online.predictor) == official_moco_v3_mlp(2, 256, 256, predictor_last_bn)
 
 
 def test_one_layer_head_is_affine_map():
