@@ -3,12 +3,17 @@
     python pipelines/export_backbone.py ~/cacr-runs/<run> --to torchvision --out r50.pth
     python pipelines/export_backbone.py <run>/checkpoint_e0200_s00078000 --to detectron2 --out r50.pkl
     python pipelines/export_backbone.py backbone.pt --model resnet50 --to detectron2 --out r50.pkl
+    python pipelines/export_backbone.py <vit run> --to timm --out vit.pth
+    python pipelines/export_backbone.py r-50-1000ep.pth.tar --model resnet50 --to torchvision --out r50.pth
 
 ``torchvision``: the state dict, checked to load with ``strict=True`` into the torchvision model
 (``resnet18`` / ``resnet50`` / ``vit_b_16`` or the ViT-S/16 ``VisionTransformer``) whose classifier
-is set aside. ``detectron2``: a ``.pkl`` with detectron2's ResNet names, for its
-``MODEL.WEIGHTS`` (with ``MODEL.PIXEL_MEAN/STD`` in RGB order and ``INPUT.FORMAT RGB``, as MoCo's
-detection recipe does).
+is set aside. ``timm``: the same tensors in timm's names, for ``timm.create_model(<name>,
+num_classes=0)`` (the command prints the call). ``detectron2``: a ``.pkl`` with detectron2's ResNet
+names, for its ``MODEL.WEIGHTS`` (with ``MODEL.PIXEL_MEAN/STD`` in RGB order and ``INPUT.FORMAT
+RGB``, as MoCo's detection recipe does). A bare source file may also be an official CACR-SSL or
+MoCo checkpoint (``module.encoder_q.*`` / ``module.base_encoder.*`` keys): its online encoder is
+exported.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 import yaml
 
 from pipelines.core.errors import ConfigError
-from pipelines.evaluation.export import load_state, torchvision_model, write_detectron2
+from pipelines.evaluation.export import TIMM_NAMES, load_state, to_timm, torchvision_model, write_detectron2
 from pipelines.probe.run import find_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -31,9 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, export, and say what was written; 2 on bad input."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("source", help="a run folder, a checkpoint folder or a backbone.pt file")
-    parser.add_argument("--to", choices=("torchvision", "detectron2"), required=True)
+    parser.add_argument("--to", choices=("torchvision", "timm", "detectron2"), required=True)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--model", help="model.name when the source is a bare backbone.pt")
+    parser.add_argument(
+        "--model",
+        help="model.name when the source is a bare weights file (backbone.pt, an official checkpoint)",
+    )
     parser.add_argument(
         "--image-size", type=int, help="ViT input size (position embeddings); default: the run's, else 224"
     )
@@ -44,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
             weights, name, image_size = src, args.model, args.image_size or 224
             if not name:
                 raise ConfigError(
-                    f"{src} is a bare weights file: add --model resnet18|resnet50|vit_s16|vit_b16"
+                    f"{src} is a bare weights file: add --model "
+                    "resnet18|resnet50|vit_s16|vit_b16|vit_s16_moco_v3|vit_b16_moco_v3"
                 )
         else:
             run_dir, checkpoint = find_checkpoint(src)
@@ -72,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         target = torchvision_model(name, image_size)
         target.load_state_dict(state, strict=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
+        if args.to == "timm":
+            torch.save(to_timm(state, name), args.out)
+            print(f"wrote {args.out}: loads with strict=True into {_timm_call(name, image_size)}", flush=True)
+            return 0
         torch.save(state, args.out)
         head = "heads" if name.startswith("vit") else "fc"
         print(
@@ -83,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, RuntimeError) as err:
         print(f"export error: {err}", file=sys.stderr, flush=True)
         return 2
+
+
+def _timm_call(name: str, image_size: int) -> str:
+    """The ``timm.create_model`` call whose model takes the timm export of ``name``."""
+    extra = ", num_heads=12" if name == "vit_s16_moco_v3" else ""  # MoCo-v3's ViT-S: 12 heads, not 6
+    if name.startswith("vit") and image_size != 224:
+        extra += f", img_size={image_size}"
+    return f"timm.create_model({TIMM_NAMES[name]!r}, num_classes=0{extra})"
 
 
 if __name__ == "__main__":

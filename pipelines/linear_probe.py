@@ -5,10 +5,13 @@
     python pipelines/linear_probe.py run=<run>/checkpoint_e0200_s00078000 eval/protocol=moco_v2
     python pipelines/linear_probe.py run=<run> eval.protocol.val_fraction=0.1   # select the epoch on val
     python pipelines/linear_probe.py run=<webvision run> eval/protocol=moco_v2 eval_dataset.root=<in1k shards>
+    python pipelines/linear_probe.py run=<resnet50 run> backbone=r-50-1000ep.pth.tar eval/protocol=moco_v3
 
 The probe starts from the run's own ``eval`` settings; what the command line sets replaces them.
 With ``eval_dataset.root`` it judges on another dataset's shards, with that dataset's classes
-(the paper's protocol for WebVision and ImageNet-22K runs: a linear probe on ImageNet-1K).
+(the paper's protocol for WebVision and ImageNet-22K runs: a linear probe on ImageNet-1K). With
+``backbone=<file>`` it judges that file's weights instead of the checkpoint's (a ``backbone.pt``,
+an export, or an official CACR-SSL / MoCo checkpoint), with the run's model, data and settings.
 
 Adds ``linear_probes.<protocol>`` to the run's ``results.json`` and rewrites ``results.md`` and
 ``report.png``; prints a short table at the end.

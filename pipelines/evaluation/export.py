@@ -1,11 +1,16 @@
-"""Backbone export: torchvision-compatible state dicts and detectron2's ResNet format.
+"""Backbone export (torchvision, timm and detectron2 layouts) and reading official checkpoints.
 
 ``backbone.pt`` in every checkpoint is the online backbone's state dict with torchvision's own
 names (``conv1``, ``layer1.0.bn1``, ... for ResNets; ``conv_proj``, ``encoder.layers...`` for ViTs),
 so it loads with ``strict=True`` into ``torchvision.models.resnet50()`` / ``resnet18()`` /
-``vit_b_16()`` once the classifier (``fc`` / ``heads``) is set aside. :func:`to_detectron2` renames
-a ResNet's keys to detectron2's (``stem.conv1``, ``res2.0.conv1.norm``, ``res2.0.shortcut`` ...), the
-layout detectron2's ``DetectionCheckpointer`` reads from a ``.pkl`` file.
+``vit_b_16()`` once the classifier (``fc`` / ``heads``) is set aside. :func:`to_timm` renames a
+ViT's keys to timm's (``patch_embed.proj``, ``blocks.0.attn.qkv`` ...; a ResNet's are timm's
+already), :func:`to_detectron2` a ResNet's to detectron2's (``stem.conv1``, ``res2.0.conv1.norm``,
+``res2.0.shortcut`` ...), the layout detectron2's ``DetectionCheckpointer`` reads from a ``.pkl``.
+
+:func:`load_state` also reads the checkpoints the official code writes (CACR-SSL and MoCo-v2:
+``state_dict`` keys ``module.encoder_q.*``; CACR-SSL's ImageNet code and MoCo-v3:
+``module.base_encoder.*``), keeping the online encoder without its head, in torchvision's names.
 """
 
 from __future__ import annotations
@@ -20,36 +25,152 @@ from torch import Tensor, nn
 from pipelines.core.checkpoints import UnsafeCheckpointError, safe_load
 
 CLASSIFIER = {"resnet": "fc", "vit": "heads"}
+# the online encoder's prefix in the official checkpoints' ``state_dict`` (DDP adds ``module.``):
+# MoCo-v2 / CACR-SSL large-scale ``encoder_q``, MoCo-v3 / CACR-SSL ImageNet ``base_encoder``
+OFFICIAL_PREFIXES = ("module.encoder_q.", "module.base_encoder.", "base_encoder.")
+OFFICIAL_HEADS = ("fc.", "head.")  # the projector took the classifier's place: not part of the backbone
+# our model.name -> timm's model name; timm.create_model(name, num_classes=0) takes the state dict
+TIMM_NAMES = {
+    "resnet18": "resnet18",
+    "resnet50": "resnet50",
+    "vit_s16": "vit_small_patch16_224",
+    "vit_b16": "vit_base_patch16_224",
+    "vit_s16_moco_v3": "vit_small_patch16_224",  # with num_heads=12 (MoCo-v3's vit_small)
+    "vit_b16_moco_v3": "vit_base_patch16_224",
+}
+# torchvision ViT name -> timm ViT name (one block's keys; the MLP's Linears are 0 and 3 of its Sequential)
+_VIT_TO_TIMM = (
+    (r"^class_token$", "cls_token"),
+    (r"^conv_proj\.", "patch_embed.proj."),
+    (r"^encoder\.pos_embedding$", "pos_embed"),
+    (r"^encoder\.ln\.", "norm."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"blocks.\1.norm1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"blocks.\1.norm2."),
+    (
+        r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_(weight|bias)$",
+        r"blocks.\1.attn.qkv.\2",
+    ),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.", r"blocks.\1.attn.proj."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.0\.", r"blocks.\1.mlp.fc1."),
+    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.3\.", r"blocks.\1.mlp.fc2."),
+)
+_TIMM_TO_VIT = (
+    (r"^cls_token$", "class_token"),
+    (r"^patch_embed\.proj\.", "conv_proj."),
+    (r"^pos_embed$", "encoder.pos_embedding"),
+    (r"^norm\.", "encoder.ln."),
+    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
+    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
+    (
+        r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$",
+        r"encoder.layers.encoder_layer_\1.self_attention.in_proj_\2",
+    ),
+    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
+    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
+    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
+)
+
+
+def _rename(state: dict[str, Tensor], rules: tuple[tuple[str, str], ...], what: str) -> dict[str, Tensor]:
+    out = {}
+    for key, value in state.items():
+        for pattern, replacement in rules:
+            new, n = re.subn(pattern, replacement, key)
+            if n:
+                out[new] = value
+                break
+        else:
+            raise ValueError(f"{what}: no counterpart for the key {key!r}")
+    return out
 
 
 def load_state(path: str | Path) -> dict[str, Tensor]:
-    """Load a state dict without executing pickled code (``weights_only=True``).
+    """Load a backbone's state dict without executing pickled code (``weights_only=True``).
+
+    Reads a plain state dict of tensors (``backbone.pt``, an export) as it is, and an official
+    CACR-SSL / MoCo checkpoint (a dict whose ``state_dict`` holds the training model's tensors) as
+    its online encoder: the keys under the first of :data:`OFFICIAL_PREFIXES` found, without that
+    prefix and without the head (``fc.*`` / ``head.*``); a timm ViT's names become torchvision's.
 
     Raises:
-        ValueError: when the file is not a plain state dict of tensors (tampered or foreign).
+        ValueError: in one line naming the file, when it holds more than tensors and plain
+            containers (tampered or foreign), or neither a state dict nor such a checkpoint.
     """
     try:
-        state = safe_load(path)
+        saved = safe_load(path)
     except UnsafeCheckpointError as err:
         raise ValueError(str(err)) from err
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors")
-    return state
+    wrapped = isinstance(saved, dict) and isinstance(saved.get("state_dict"), dict)
+    state = saved["state_dict"] if wrapped else saved
+    if not isinstance(state, dict) or not state or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(
+            f"{path} holds neither a state dict of tensors nor an official checkpoint (a dict whose "
+            "'state_dict' holds tensors)"
+        )
+    prefix = next((p for p in OFFICIAL_PREFIXES if any(k.startswith(p) for k in state)), None)
+    if prefix is None:
+        if not wrapped:
+            return state
+        raise ValueError(
+            f"{path}: an unknown checkpoint layout: its state_dict has no keys under "
+            f"{', '.join(p + '*' for p in OFFICIAL_PREFIXES)} (first key: {next(iter(state))!r})"
+        )
+    backbone = {
+        key[len(prefix) :]: value
+        for key, value in state.items()
+        if key.startswith(prefix) and not key[len(prefix) :].startswith(OFFICIAL_HEADS)
+    }
+    if "patch_embed.proj.weight" in backbone:  # MoCo-v3's ViTs are timm's
+        backbone = from_timm(backbone, what=str(path))
+    return backbone
+
+
+def to_timm(state: dict[str, Tensor], name: str) -> dict[str, Tensor]:
+    """The state dict a backbone of ``model.name`` has in timm's ``TIMM_NAMES[name]`` model.
+
+    ResNets keep their names (timm's are torchvision's); ViTs are renamed key by key.
+
+    Raises:
+        ValueError: for a model without a timm counterpart, or a key the renaming does not know.
+    """
+    if name not in TIMM_NAMES:
+        raise ValueError(f"model.name={name!r} has no timm counterpart (one of {', '.join(TIMM_NAMES)})")
+    if name.startswith("resnet"):
+        return dict(state)
+    return _rename(state, _VIT_TO_TIMM, f"timm export of {name}")
+
+
+def from_timm(state: dict[str, Tensor], what: str = "timm state dict") -> dict[str, Tensor]:
+    """A timm ViT's state dict in torchvision's ``VisionTransformer`` names (the inverse of :func:`to_timm`).
+
+    Raises:
+        ValueError: naming ``what`` and the first key with no torchvision counterpart.
+    """
+    return _rename(state, _TIMM_TO_VIT, what)
 
 
 def torchvision_model(name: str, image_size: int = 224) -> nn.Module:
-    """The torchvision model a backbone of ``model.name`` loads into, classifier replaced by identity."""
+    """The torchvision model a backbone of ``model.name`` loads into, classifier replaced by identity.
+
+    A ``*_moco_v3`` ViT loads into the plain torchvision ViT of its size (its fixed position
+    embedding and frozen patch projection are values, not layers).
+    """
     import torchvision
 
     if name in ("resnet18", "resnet50"):
         model = getattr(torchvision.models, name)()
         model.fc = nn.Identity()
         return model
-    if name == "vit_b16":
+    if name in ("vit_b16", "vit_b16_moco_v3"):
         model = torchvision.models.vit_b_16(image_size=image_size)
-    elif name == "vit_s16":  # ViT-S/16 (DeiT-S sizes); torchvision has the class but no builder
+    elif name in ("vit_s16", "vit_s16_moco_v3"):  # torchvision has the class but no ViT-S builder
         model = torchvision.models.vision_transformer.VisionTransformer(
-            image_size=image_size, patch_size=16, num_layers=12, num_heads=6, hidden_dim=384, mlp_dim=1536
+            image_size=image_size,
+            patch_size=16,
+            num_layers=12,
+            num_heads=6 if name == "vit_s16" else 12,  # DeiT-S; MoCo-v3's vit_small has 12
+            hidden_dim=384,
+            mlp_dim=1536,
         )
     else:
         model = None

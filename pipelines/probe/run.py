@@ -24,7 +24,7 @@ from pipelines.core.errors import ConfigError, run_command
 from pipelines.core.run_files import CLASS_COUNTS, RESULTS_JSON
 from pipelines.core.storage import is_uri
 from pipelines.data.loader import training_datasets
-from pipelines.data.recipes import MEAN_STD, recipes_for
+from pipelines.data.recipes import MEAN_STD, eval_crop_for, recipes_for
 from pipelines.evaluation.breakdown import is_imbalanced
 from pipelines.evaluation.export import load_state
 from pipelines.evaluation.judge import BatchCache, Judge
@@ -68,7 +68,7 @@ def probe_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     seed = int(cfg["trainer"]["seed"])
     backbone = build_framework(cfg, seed=seed).backbone
-    backbone.load_state_dict(load_state(Path(info["checkpoint"]) / ckpt.BACKBONE), strict=True)
+    backbone.load_state_dict(load_state(info["weights"]), strict=True)
     backbone.to(device).eval()
 
     def open_stream(name: str) -> Any:
@@ -98,6 +98,8 @@ def probe_loop_per_worker(config: dict[str, Any]) -> None:
 
     judged = judge.judge(backbone, protocol, progress)
     judged.update(checkpoint=info["checkpoint"], seconds=time.perf_counter() - t0)
+    if info["weights_given"]:  # backbone=: another file than the checkpoint's own backbone.pt
+        judged["weights"] = info["weights"]
     judged["judged_on"] = info["judged_on"]
     run_dir = Path(info["run_dir"])
     path = run_dir / RESULTS_JSON
@@ -137,7 +139,8 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(
             f"the run's dataset.root={root} does not exist: pass dataset_root=<where it is now>"
         )
-    check_backbone(run_cfg, checkpoint)
+    weights = _weights_file(cfg.get("backbone"))
+    check_backbone(run_cfg, checkpoint, weights)
 
     from ray.data import ExecutionOptions
     from ray.train import DataConfig, RunConfig, ScalingConfig
@@ -152,6 +155,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         eval_size=recipes[0].size,
         seed=int(run_cfg["trainer"]["seed"]),
         whole_bank=True,
+        eval_crop=eval_crop_for(aug, ev),
     )
     marker = json.loads((checkpoint / ckpt.COMPLETE).read_text())
     mean, std = MEAN_STD[aug.get("mean_std") or "imagenet"]
@@ -170,7 +174,10 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         "mean": list(mean),
         "std": list(std),
         "spe": max(1, int(marker["step"]) // max(1, int(marker["epoch"]))),
-        "key": probe_key(protocol.name, dataset, other, _existing_probes(run_dir)),
+        "key": probe_key(protocol.name, dataset, other, _existing_probes(run_dir))
+        + (f" of {weights.name}" if weights else ""),
+        "weights": str(weights or checkpoint / ckpt.BACKBONE),
+        "weights_given": weights is not None,
         "judged_on": {
             "root": str(dataset["root"]),
             "train_split": dataset["train_split"],
@@ -181,7 +188,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     }
     how = "random-resized crops" if protocol.augment else "cached centre-crop features"
     print(
-        f"linear probe {protocol.name} ({protocol.epochs} epochs, {how}) of {checkpoint}\n  on "
+        f"linear probe {protocol.name} ({protocol.epochs} epochs, {how}) of {info['weights']}\n  on "
         f"{dataset['root']} ({dataset['train_split']} -> {dataset['eval_split']}, "
         f"{len(data.classes)} classes)",
         flush=True,
@@ -200,6 +207,20 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         ),
     ).fit()
     return {**json.loads((run_dir / RESULTS_JSON).read_text()), "probe_key": info["key"]}
+
+
+def _weights_file(path: str | None) -> Path | None:
+    """The ``backbone=`` file as an absolute path (None: the checkpoint's own ``backbone.pt``).
+
+    Raises:
+        ConfigError: naming ``backbone=`` when the file does not exist.
+    """
+    if not path:
+        return None
+    weights = Path(path).expanduser().resolve()
+    if not weights.is_file():
+        raise ConfigError(f"backbone={path}: no such file; pass a backbone.pt or an official checkpoint")
+    return weights
 
 
 def _existing_probes(run_dir: Path) -> dict[str, Any]:

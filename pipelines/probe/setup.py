@@ -79,13 +79,22 @@ def judged_dataset(run_dataset: dict[str, Any], other: dict[str, Any] | None) ->
     return dataset, True
 
 
-def check_backbone(run_cfg: dict[str, Any], checkpoint: Path) -> None:
-    """Refuse, before any Ray work, a ``backbone.pt`` that does not fit the run's ``model``.
+def check_backbone(run_cfg: dict[str, Any], checkpoint: Path, weights: Path | None = None) -> None:
+    """Refuse, before any Ray work, backbone weights that do not fit the run's ``model``.
+
+    Args:
+        run_cfg: the run's saved config.
+        checkpoint: the checkpoint folder whose ``backbone.pt`` is judged.
+        weights: another weights file judged instead (``backbone=``): a state dict or an official
+            CACR-SSL / MoCo checkpoint, read by :func:`~pipelines.evaluation.export.load_state`.
 
     Raises:
-        ConfigError: naming the checkpoint, the model and the first keys or shapes that differ.
+        ConfigError: naming the weights file, the model and the first keys or shapes that differ.
+        ValueError: in one line naming the file, when it is neither a state dict nor an official
+            checkpoint, or holds more than tensors.
     """
-    state = load_state(checkpoint / ckpt.BACKBONE)
+    path = weights or checkpoint / ckpt.BACKBONE
+    state = load_state(path)
     expected = backbone_of(run_cfg["model"]).state_dict()
     missing = sorted(set(expected) - set(state))
     extra = sorted(set(state) - set(expected))
@@ -105,10 +114,14 @@ def check_backbone(run_cfg: dict[str, Any], checkpoint: Path) -> None:
             )
             if x
         )
+        hint = (
+            "judge it with a run of its model"
+            if weights
+            else "was config.yaml edited? Probe the run that wrote it"
+        )
         raise ConfigError(
-            f"{checkpoint / ckpt.BACKBONE} does not fit the run's model (model.name={model.get('name')}, "
-            f"image_size={model.get('image_size')}): {what}; was config.yaml edited? Probe the run that "
-            "wrote it"
+            f"{path} does not fit the run's model (model.name={model.get('name')}, "
+            f"image_size={model.get('image_size')}): {what}; {hint}"
         )
 
 
