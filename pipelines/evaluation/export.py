@@ -38,37 +38,35 @@ TIMM_NAMES = {
     "vit_s16_moco_v3": "vit_small_patch16_224",  # with num_heads=12 (MoCo-v3's vit_small)
     "vit_b16_moco_v3": "vit_base_patch16_224",
 }
-# torchvision ViT name -> timm ViT name (one block's keys; the MLP's Linears are 0 and 3 of its Sequential)
-_VIT_TO_TIMM = (
-    (r"^class_token$", "cls_token"),
-    (r"^conv_proj\.", "patch_embed.proj."),
-    (r"^encoder\.pos_embedding$", "pos_embed"),
-    (r"^encoder\.ln\.", "norm."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_1\.", r"blocks.\1.norm1."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.ln_2\.", r"blocks.\1.norm2."),
-    (
-        r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.in_proj_(weight|bias)$",
-        r"blocks.\1.attn.qkv.\2",
-    ),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.self_attention\.out_proj\.", r"blocks.\1.attn.proj."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.0\.", r"blocks.\1.mlp.fc1."),
-    (r"^encoder\.layers\.encoder_layer_(\d+)\.mlp\.3\.", r"blocks.\1.mlp.fc2."),
+# torchvision ViT key <-> timm ViT key: {i} is a block's index, {p} weight or bias, a final $ a
+# whole key (else a prefix); the MLP's Linears are 0 and 3 of torchvision's Sequential
+_VIT_NAMES = (
+    ("class_token$", "cls_token$"),
+    ("conv_proj.", "patch_embed.proj."),
+    ("encoder.pos_embedding$", "pos_embed$"),
+    ("encoder.ln.", "norm."),
+    ("encoder.layers.encoder_layer_{i}.ln_1.", "blocks.{i}.norm1."),
+    ("encoder.layers.encoder_layer_{i}.ln_2.", "blocks.{i}.norm2."),
+    ("encoder.layers.encoder_layer_{i}.self_attention.in_proj_{p}$", "blocks.{i}.attn.qkv.{p}$"),
+    ("encoder.layers.encoder_layer_{i}.self_attention.out_proj.", "blocks.{i}.attn.proj."),
+    ("encoder.layers.encoder_layer_{i}.mlp.0.", "blocks.{i}.mlp.fc1."),
+    ("encoder.layers.encoder_layer_{i}.mlp.3.", "blocks.{i}.mlp.fc2."),
 )
-_TIMM_TO_VIT = (
-    (r"^cls_token$", "class_token"),
-    (r"^patch_embed\.proj\.", "conv_proj."),
-    (r"^pos_embed$", "encoder.pos_embedding"),
-    (r"^norm\.", "encoder.ln."),
-    (r"^blocks\.(\d+)\.norm1\.", r"encoder.layers.encoder_layer_\1.ln_1."),
-    (r"^blocks\.(\d+)\.norm2\.", r"encoder.layers.encoder_layer_\1.ln_2."),
-    (
-        r"^blocks\.(\d+)\.attn\.qkv\.(weight|bias)$",
-        r"encoder.layers.encoder_layer_\1.self_attention.in_proj_\2",
-    ),
-    (r"^blocks\.(\d+)\.attn\.proj\.", r"encoder.layers.encoder_layer_\1.self_attention.out_proj."),
-    (r"^blocks\.(\d+)\.mlp\.fc1\.", r"encoder.layers.encoder_layer_\1.mlp.0."),
-    (r"^blocks\.(\d+)\.mlp\.fc2\.", r"encoder.layers.encoder_layer_\1.mlp.3."),
-)
+
+
+def _rules(source: int) -> tuple[tuple[str, str], ...]:
+    """Regex rules renaming keys from ``_VIT_NAMES`` column ``source`` (0: torchvision, 1: timm)."""
+    rules = []
+    for names in _VIT_NAMES:
+        a, b = names[source], names[1 - source]
+        pattern = "^" + re.escape(a).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{p\}", r"(?P<p>weight|bias)")
+        rules.append(
+            (pattern.replace(r"\$", "$"), b.rstrip("$").replace("{i}", r"\g<i>").replace("{p}", r"\g<p>"))
+        )
+    return tuple(rules)
+
+
+_VIT_TO_TIMM, _TIMM_TO_VIT = _rules(0), _rules(1)
 
 
 def _rename(state: dict[str, Tensor], rules: tuple[tuple[str, str], ...], what: str) -> dict[str, Tensor]:

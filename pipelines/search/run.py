@@ -24,6 +24,13 @@ from pipelines.ray_session import alive_nodes, connect
 from pipelines.search.callbacks import ReleaseTrialResources, release_trial_resources
 from pipelines.search.results import METRIC, best_config_file, best_row, plot_params, trial_rows, write_tables
 from pipelines.search.space import SEP, SearchConfigError, arms, param_space, trial_overrides
+from pipelines.search.stop import (
+    SearchInterruptedError,
+    SearchTerminatedError,
+    graceful_stop,
+    interrupted,
+    raise_stopped,
+)
 from pipelines.search.trial import compose_pretrain, keep_views_per_step, run_trial
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -39,6 +46,11 @@ class SearchOutcome:
     files: dict[str, Path]
 
 
+# a stopped search: its message (no prefix) and exit code
+STOPS: dict[type[Exception], tuple[str, int]] = {
+    SearchTerminatedError: ("", SearchTerminatedError.exit_code),
+    SearchInterruptedError: ("", SearchInterruptedError.exit_code),
+}
 TRIAL_DRIVER_CPU = 0.01  # the Tune function trainable that builds the trial's TorchTrainer
 
 
@@ -182,7 +194,8 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
             ),
         )
     t0 = time.perf_counter()
-    grid = tuner.fit()
+    with graceful_stop() as seen:
+        grid = tuner.fit()
     for run_dir in (folder / "trials").glob("*"):  # whatever a callback could not reach
         release_trial_resources(run_dir)
     rows = trial_rows(grid, spec_search, max_epochs)
@@ -200,6 +213,8 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
     plot = plot_params(rows, spec_search, folder / "best_metric.png")
     if plot:
         files["plot"] = plot
+    if interrupted(grid):
+        raise_stopped(folder.name, seen)
     print(f"search {folder.name}: {len(rows)} trials in {time.perf_counter() - t0:.0f}s", flush=True)
     return SearchOutcome(folder, rows, best, files)
 
@@ -239,5 +254,9 @@ def summary(outcome: SearchOutcome) -> str:
 
 
 def main_with_errors(cfg: dict[str, Any]) -> int:
-    """Run :func:`search` and print the summary; a config problem exits 2 with one message."""
-    return run_command(lambda: summary(search(cfg)))
+    """Run :func:`search` and print the summary.
+
+    A config problem exits 2 with one message; a search stopped by SIGINT or SIGTERM exits 130 or
+    143 with one line saying how to resume it.
+    """
+    return run_command(lambda: summary(search(cfg)), STOPS)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.core.errors import run_command
-from pipelines.search.run import search
+from pipelines.search.run import STOPS, search
 from pipelines.studies.spec import as_search, cells
 from pipelines.studies.table import Stat, collect, write_study
 
@@ -52,5 +52,5 @@ def summary(outcome: StudyOutcome) -> str:
 
 
 def main_with_errors(cfg: dict[str, Any]) -> int:
-    """Run :func:`run_study` and print the table; a config problem exits 2 with one message."""
-    return run_command(lambda: summary(run_study(cfg)))
+    """Run :func:`run_study` and print the table; errors and stops exit as a search's do."""
+    return run_command(lambda: summary(run_study(cfg)), STOPS)

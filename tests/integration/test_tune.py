@@ -124,8 +124,10 @@ def test_concurrency_follows_the_cluster_and_each_trials_scaling() -> None:
         concurrency({"CPU": 1}, cfg, 0.5, None)
 
 
-def test_killing_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp_path) -> None:
-    """The `tune.py` command on the test cluster, SIGKILLed once a trial has a checkpoint, run again."""
+@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
+def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp_path, stop) -> None:
+    """The `tune.py` command on the test cluster, killed (SIGKILL) or stopped (SIGTERM, as a scheduler
+    or a closed terminal does) once a trial has a checkpoint, then run again."""
     (tmp_path / "search").mkdir()
     spec = {**TINY, "params": {"objective.hparams.t_neg": {"grid": [0.5, 2.0]}}, "asha": {"grace_period": 4}}
     (tmp_path / "search" / "resume.yaml").write_text(yaml.safe_dump({**spec, "name": "resume"}))
@@ -150,9 +152,14 @@ def test_killing_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp_
         time.sleep(0.5)
     before = {p.parent.parent.name: p.parent.name for p in trials.glob("*/checkpoint_e*/COMPLETE")}
     assert before, "no trial reached a checkpoint"
-    os.kill(first.pid, signal.SIGKILL)  # the driver dies; its trials go with it
-    first.wait(30)
-    print("killed the driver with checkpoints", before)
+    os.kill(first.pid, getattr(signal, stop))  # SIGKILL: the driver dies, its trials go with it
+    first.wait(120)
+    out = (tmp_path / "first.log").read_text()
+    print(f"sent {stop} to the driver with checkpoints", before, "exit code", first.returncode)
+    if stop == "SIGTERM":  # a clean stop: Tune saved its state; one line says how to resume; no abort
+        assert first.returncode == 143, out[-3000:]
+        assert "search resume stopped by SIGTERM: its state is saved; run the same command again" in out
+        assert not any(bad in out for bad in ("Aborted", "core dumped", "Fatal Python error")), out[-3000:]
     wait_until_free(ray_cluster, 90)
 
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
