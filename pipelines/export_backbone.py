@@ -29,8 +29,6 @@ from pipelines.core.errors import ConfigError
 from pipelines.evaluation.export import TIMM_NAMES, load_state, to_timm, torchvision_model, write_detectron2
 from pipelines.probe.run import find_checkpoint
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 
 def main(argv: list[str] | None = None) -> int:
     """Parse the arguments, export, and say what was written; 2 on bad input."""
@@ -60,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             weights = checkpoint / "backbone.pt"
             model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
             name = args.model or model["name"]
-            image_size = args.image_size or int(model.get("image_size") or 224)
+            image_size = args.image_size or int(model["image_size"])
             if float(model["width"]) != 1.0:
                 raise ConfigError(
                     f"{run_dir} used model.width={model['width']}: a scaled network has no torchvision "

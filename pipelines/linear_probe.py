@@ -20,7 +20,6 @@ Adds ``linear_probes.<protocol>`` to the run's ``results.json`` and rewrites ``r
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -28,9 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines.core.config_schema import register
 from pipelines.probe.run import main_with_errors
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
 
 register()  # the config groups' typed schemas, before Hydra composes
 

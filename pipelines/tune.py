@@ -12,16 +12,12 @@ by kNN top-1 after each epoch, stopped early by ASHA. Re-running the same comman
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.core.config_schema import register
 from pipelines.search.run import main_with_errors
-
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-
 
 register()  # the config groups' typed schemas, before Hydra composes
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from pipelines.core.config_schema import GROUPS, with_defaults
@@ -50,3 +51,34 @@ def with_schema_defaults(saved: dict[str, Any]) -> dict[str, Any]:
         if "/" not in group and isinstance(saved.get(group), dict):
             out[group] = with_defaults(group, saved[group])
     return out
+
+
+# option names this version renamed: (group, key path) -> {old: new}
+RENAMED: dict[tuple[str, ...], dict[str, str]] = {
+    ("augment", "name"): {"imagenet_mocov2": "imagenet_moco_v2", "imagenet_mocov3": "imagenet_moco_v3"},
+    ("eval", "protocol", "name"): {"mocov2": "moco_v2", "mocov3": "moco_v3"},
+}
+
+
+def migrate_saved(saved: dict[str, Any]) -> dict[str, Any]:
+    """A run's saved config as this version reads it, meaning what the run really ran with.
+
+    Renamed option names take their new names. A config saved before the typed schema (it has no
+    ``framework.forward``) encoded every view in one joint pass and normalised CIFAR-10 with the
+    pixel std, so it gets ``framework.forward: joint`` and ``augment.mean_std: cifar10_exact``:
+    resuming it under today's defaults is then refused as a change, naming both keys, instead of
+    going on silently with different training. Keys added since take their defaults.
+    """
+    out = copy.deepcopy(saved)
+    for path, names in RENAMED.items():
+        node = out
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if isinstance(node, dict) and node.get(path[-1]) in names:
+            node[path[-1]] = names[node[path[-1]]]
+    framework, augment = out.get("framework"), out.get("augment")
+    if isinstance(framework, dict) and "forward" not in framework:  # saved before the typed schema
+        framework["forward"] = "joint"
+        if isinstance(augment, dict) and augment.get("mean_std") == "cifar10":
+            augment["mean_std"] = "cifar10_exact"  # the std it used: (0.2470, 0.2435, 0.2616)
+    return with_schema_defaults(out)

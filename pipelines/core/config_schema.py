@@ -17,6 +17,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from pipelines.core.limits import MAX_PIXELS
+
 SCHEMA = "schema"  # the name of each group's schema entry in the ConfigStore
 
 
@@ -45,7 +47,7 @@ class DatasetConfig:
     num_classes: int | None = None  # null: from the source
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
     max_bad_fraction: float = 0.01  # stop the run when more of the images read than this are bad
-    max_pixels: int = 64_000_000  # larger images are bad (decompression bombs)
+    max_pixels: int = MAX_PIXELS  # larger images are bad (decompression bombs)
     mix_row_groups: int = 4  # training reads: rows of this many row groups mixed, new order each epoch
     max_train_images: int | None = None  # train on a fixed class-stratified sample of N images
 

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-DEFAULT_MAX_PIXELS = 64_000_000  # about 8000 x 8000; larger is treated as a decompression bomb
+from pipelines.core.limits import MAX_PIXELS
+
+DEFAULT_MAX_PIXELS = MAX_PIXELS
 
 
 def decode_image(

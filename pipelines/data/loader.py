@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 
 from pipelines.data import imbalance, order, resilience
-from pipelines.data.decode import DEFAULT_MAX_PIXELS
 from pipelines.data.read_tasks import ReadPlan, stream
 from pipelines.data.recipes import ViewRecipe, eval_view
 from pipelines.data.shard_index import index_shards, training_rows, warn_if_unshuffled, with_rows
@@ -108,8 +107,8 @@ def training_datasets(
     resilience.configure()  # before the datasets exist: each keeps the context it was made in
     classes = source.classes()
     num_classes = len(classes)
-    spec = dataset.get("imbalance") or {}
-    by_key = (spec.get("rule") or "none") != "none"  # the imbalance rule selects in key order
+    spec = dataset["imbalance"]
+    by_key = spec["rule"] != "none"  # the imbalance rule selects in key order
     train_index = index_shards(source, dataset["train_split"], with_keys=by_key)
     eval_index = index_shards(source, dataset["eval_split"])
     if not train_index.items:
@@ -121,12 +120,12 @@ def training_datasets(
         groups = order.group_counts(positions, train_index.sizes)  # positions are sorted
         kept = order.training_sample(labels[positions], int(limit), seed, num_classes, groups)
         positions = positions[kept]
-    max_pixels = int(dataset.get("max_pixels") or DEFAULT_MAX_PIXELS)
+    max_pixels = int(dataset["max_pixels"])
     common = dict(seed=seed, num_classes=num_classes, max_pixels=max_pixels)
     size = recipes[0].size
     draft = (int(size / np.sqrt(min(r.scale[0] for r in recipes))),) * 2 if size > 64 else None
     train_plan = ReadPlan(
-        with_rows(train_index, positions), int(dataset.get("mix_row_groups") or 1), shuffle=True, seed=seed
+        with_rows(train_index, positions), int(dataset["mix_row_groups"]), shuffle=True, seed=seed
     )
     centre = [eval_view(eval_size, eval_crop)]  # torchvision's Resize + CenterCrop
     plain = dict(store=source.store, recipes=centre, draft=None, run=None, **common)

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from pipelines.core.config_schema import ImbalanceConfig, with_defaults
 from pipelines.data import imbalance, order
 from pipelines.data.read_tasks import row_keys
 from pipelines.data.sources.shards import Shards, key_column
@@ -65,34 +64,34 @@ def training_rows(
 ) -> tuple[np.ndarray, list[int]]:
     """Sorted positions (repeats allowed) of the rows a training epoch reads, and the class counts.
 
-    Applies the imbalance rule (``spec["rule"]``) and class-balanced resampling
+    ``spec`` is the whole ``dataset.imbalance`` group (every key; tests fill theirs with
+    ``with_defaults``). Applies the imbalance rule (``spec["rule"]``) and class-balanced resampling
     (``spec["balanced"]``); without either, every row. The rule picks its images over the rows
     sorted by ``keys`` when given, so the images kept do not depend on the order the shards were
     written in (for CIFAR pickles, key order is the original order the paper's code selects in).
     """
-    spec = with_defaults(ImbalanceConfig, spec)
     positions = np.arange(len(labels))
     counts = imbalance.class_counts(labels[labels >= 0], num_classes)
-    rule = spec.get("rule") or "none"
+    rule = spec["rule"]
     unlabelled = int((labels < 0).sum())
-    if unlabelled and (rule != "none" or spec.get("balanced")):
+    if unlabelled and (rule != "none" or spec["balanced"]):
         raise ValueError(
             f"dataset.imbalance needs a labelled split, and this one holds {unlabelled:,} unlabelled "
             "images: set dataset.train_split to a labelled split (e.g. train) or drop dataset.imbalance"
         )
     if rule != "none":
-        target = imbalance.target_counts(rule, counts, ratio=spec.get("ratio"), mu=spec["mu"])
+        target = imbalance.target_counts(rule, counts, ratio=spec["ratio"], mu=spec["mu"])
         default_order, default_seed = imbalance.default_order(rule)
         by_key = np.argsort(keys.astype(str), kind="stable") if keys is not None else positions
         kept = imbalance.select(
             labels[by_key],
             target,
-            order=spec.get("order") or default_order,
-            seed=spec.get("seed") if spec.get("seed") is not None else default_seed,
+            order=spec["order"] or default_order,
+            seed=spec["seed"] if spec["seed"] is not None else default_seed,
         )
         positions = np.sort(by_key[np.asarray(kept, dtype=np.int64)])
         counts = imbalance.class_counts(labels[positions], num_classes)
-    if spec.get("balanced"):
+    if spec["balanced"]:
         draws = imbalance.balanced_indices(labels[positions], seed=seed)
         positions = np.sort(positions[draws])
         counts = imbalance.class_counts(labels[positions], num_classes)

@@ -69,7 +69,7 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
     at_k = [(label, j["knn_top1_at_k"]) for label, j in rows if j.get("knn_top1_at_k")]
     if at_k:
         ks = list(at_k[0][1])
-        used = sorted({str(j.get("knn_k") or "?") for _, j in rows if j.get("knn_top1_at_k")})
+        used = sorted({str(j["knn_k"]) if "knn_k" in j else "?" for _, j in rows if j.get("knn_top1_at_k")})
         banks = sorted({str(j["knn_bank"]) for _, j in rows if j.get("knn_bank")})
         note = f"the table's kNN column: k = {' or '.join(used)}"
         if banks:

@@ -55,6 +55,7 @@ class Framework(nn.Module):
         """
         super().__init__()
         self.per_view = per_view
+        self.channels_last = False  # set by the trainer on GPUs: every encoder input in that layout
         self.online = online
         self.objective = objective
         self._backbone = [backbone]  # not registered twice: it lives inside ``online``
@@ -79,8 +80,12 @@ class Framework(nn.Module):
         encoder = encoder or self.encode
         B, V = views.shape[:2]
         if self.per_view:
-            return torch.stack([encoder(views[:, v]) for v in range(V)])
-        return encoder(_view_major(views)).view(V, B, -1)
+            return torch.stack([encoder(self._layout(views[:, v])) for v in range(V)])
+        return encoder(self._layout(_view_major(views))).view(V, B, -1)
+
+    def _layout(self, images: Tensor) -> Tensor:
+        """``images [N, C, H, W]`` in the channels-last layout when asked (it is defined for 4-D only)."""
+        return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def after_step(self) -> None:
         """Work after the optimizer step (queue writes); nothing by default."""

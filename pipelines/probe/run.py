@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import yaml
 
+from pipelines.config.changes import migrate_saved
 from pipelines.config.checks import check_eval
 from pipelines.core import checkpoints as ckpt
 from pipelines.core.errors import ConfigError, run_command
@@ -126,7 +127,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("run is not set: add run=<run folder or checkpoint folder>")
     run_dir, checkpoint = find_checkpoint(cfg["run"])
     errors: list[str] = []
-    run_cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    run_cfg = migrate_saved(yaml.safe_load((run_dir / "config.yaml").read_text()))
     ev = probe_eval(run_cfg.get("eval"), cfg["eval"], list(cfg.get("overrides") or []))
     check_eval(errors, ev)
     if errors:
@@ -158,7 +159,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         eval_crop=eval_crop_for(aug, ev),
     )
     marker = json.loads((checkpoint / ckpt.COMPLETE).read_text())
-    mean, std = MEAN_STD[aug.get("mean_std") or "imagenet"]
+    mean, std = MEAN_STD[aug["mean_std"]]
     counts_file = run_dir / CLASS_COUNTS
     counts = (
         json.loads(counts_file.read_text())["counts"]

@@ -68,12 +68,12 @@ def judged_dataset(run_dataset: dict[str, Any], other: dict[str, Any] | None) ->
             raise ConfigError(f"eval_dataset.root={other['root']}: no such folder; pass prepared shards")
     dataset = {
         **run_dataset,
-        "name": other.get("name") or "shards",
+        "name": other["name"],
         "root": root,
-        "train_split": other.get("train_split") or "train",
-        "eval_split": other.get("eval_split") or "val",
+        "train_split": other["train_split"],
+        "eval_split": other["eval_split"],
         "num_classes": None,
-        "imbalance": {"rule": "none"},
+        "imbalance": {**run_dataset["imbalance"], "rule": "none", "balanced": False},
         "max_train_images": None,
     }
     return dataset, True

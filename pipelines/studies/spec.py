@@ -17,6 +17,7 @@ from typing import Any
 from pipelines.core.errors import ConfigError
 
 METRICS = {"linear_top1": "linear probe top-1", "knn_top1": "kNN top-1"}
+DEFAULT_METRIC = "linear_top1"
 SHOTS = ("many", "medium", "few")
 
 
@@ -33,6 +34,11 @@ class Cell:
     def arm(self) -> str:
         """The search arm's name: letters, digits and ``_`` only (it names Tune parameters)."""
         return re.sub(r"[^A-Za-z0-9_]+", "_", f"{self.row}__{self.column}").strip("_")
+
+
+def metric_of(study: dict[str, Any]) -> str:
+    """The study's ``metric`` (default: the final linear probe's top-1)."""
+    return str(study.get("metric") or DEFAULT_METRIC)
 
 
 def _cell(row: str, column: str, value: Any) -> Cell:
@@ -63,7 +69,7 @@ def cells(study: dict[str, Any]) -> list[Cell]:
     seeds = study.get("seeds")
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise ConfigError(f"study.seeds={seeds!r}: a non-empty list of integers, e.g. [0, 1, 2]")
-    if study.get("metric", "linear_top1") not in METRICS:
+    if metric_of(study) not in METRICS:
         raise ConfigError(f"study.metric={study.get('metric')!r}: choose one of {', '.join(METRICS)}")
     out = []
     for row, spec in rows.items():

@@ -19,7 +19,7 @@ from typing import Any
 
 from pipelines.core.run_files import RESULTS_JSON
 from pipelines.core.storage import write_atomic
-from pipelines.studies.spec import METRICS, SHOTS, Cell, cells
+from pipelines.studies.spec import METRICS, SHOTS, Cell, cells, metric_of
 
 
 @dataclass
@@ -61,12 +61,15 @@ def trial_values(results: dict[str, Any], metric: str) -> dict[str, float | None
 
 
 def collect(study: dict[str, Any], rows: list[Any], trials_dir: Path) -> dict[str, dict[str, Stat]]:
-    """``{cell arm: {"value" | shot group: Stat}}`` from the trials that completed."""
-    metric = study.get("metric", "linear_top1")
+    """``{cell arm: {"value" | shot group: Stat}}`` from the trials that finished (wrote ``results.json``).
+
+    A trial finishes at its own last epoch, so cells may differ in ``trainer.epochs``.
+    """
+    metric = metric_of(study)
     stats: dict[str, dict[str, Stat]] = {c.arm: {k: Stat() for k in ("value", *SHOTS)} for c in cells(study)}
     for row in rows:
         path = trials_dir / row.trial_id / RESULTS_JSON
-        if row.status != "completed" or row.arm not in stats or not path.exists():
+        if row.status == "error" or row.arm not in stats or not path.exists():  # finished: has results
             continue
         for key, value in trial_values(json.loads(path.read_text()), metric).items():
             if value is not None:
@@ -112,7 +115,7 @@ def headers(study: dict[str, Any]) -> list[str]:
 def write_study(study: dict[str, Any], stats: dict[str, dict[str, Stat]], folder: Path) -> dict[str, Path]:
     """Write ``study.md``, ``study.csv`` and ``study.png`` into ``folder``; return their paths."""
     head, body = headers(study), table_rows(study, stats)
-    metric = METRICS[study.get("metric", "linear_top1")]
+    metric = METRICS[metric_of(study)]
     md = [
         f"# {study.get('title') or study['name']}",
         "",
@@ -159,7 +162,7 @@ def _figure(study: dict[str, Any], stats: dict[str, dict[str, Stat]], path: Path
         xs = [j + (i - (len(rows) - 1) / 2) * width for j in range(len(columns))]
         ax.bar(xs, [x.mean or 0.0 for x in s], width, yerr=[x.std or 0.0 for x in s], capsize=4, label=row)
     ax.set_xticks(range(len(columns)), columns)
-    ax.set_ylabel(METRICS[study.get("metric", "linear_top1")] + " (%)")
+    ax.set_ylabel(METRICS[metric_of(study)] + " (%)")
     ax.set_title(study.get("title") or study["name"], fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -59,6 +59,7 @@ class Pretrainer:
                 self.framework.momentum_encoder = convert(self.framework.momentum_encoder)
         if self.channels_last:
             self.framework = self.framework.to(memory_format=torch.channels_last)
+            self.framework.channels_last = True  # the views, one 4-D batch at a time
         if self.world > 1:  # Ray Train's DDP wrap (device_ids on GPU); one worker trains unwrapped
             import ray.train.torch
 
@@ -123,8 +124,6 @@ class Pretrainer:
         Returns:
             ``(loss, terms, finite)``: ``loss`` and ``terms`` averaged over ranks (detached).
         """
-        if self.channels_last:
-            views = views.contiguous(memory_format=torch.channels_last)
         torch.manual_seed(seed_for(self.seed, self.step, "model", self.rank))
         half = torch.float16 if self.fp16 else torch.bfloat16
         with torch.autocast(device_type=self.device.type, dtype=half, enabled=self.bf16 or self.fp16):

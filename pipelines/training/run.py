@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from pipelines.config.changes import config_changes, with_schema_defaults
+from pipelines.config.changes import config_changes, migrate_saved
 from pipelines.config.checks import check_config
 from pipelines.config.paths import check_shared_storage
 from pipelines.core.checkpoints import IncompleteCheckpointError, UnsafeCheckpointError
@@ -68,7 +68,7 @@ def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
     if not saved_path.exists():
         return False
     saved = yaml.safe_load(saved_path.read_text())
-    changes = config_changes(with_schema_defaults(saved), cfg)
+    changes = config_changes(migrate_saved(saved), cfg)
     if changes:
         raise ConfigError(
             f"run {cfg['trainer']['name']!r} already exists in {run_dir} with other settings:\n  "

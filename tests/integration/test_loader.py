@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pipelines.core.config_schema import with_defaults
 from pipelines.data.decode import TooManyBadImagesError
 from pipelines.data.loader import training_datasets
 from pipelines.data.monitor import monitor
@@ -20,15 +21,18 @@ CIFAR = str(replicas.SHARED / "cifar10-jpeg")
 
 
 def cifar_cfg(**imbalance):
-    return {
-        "name": "cifar10_jpeg",
-        "root": CIFAR,
-        "train_split": "test",
-        "eval_split": "test",
-        "imbalance": {"rule": "none", **imbalance},
-        "max_bad_fraction": 0.01,
-        "max_pixels": 64_000_000,
-    }
+    return with_defaults(
+        "dataset",
+        {
+            "name": "cifar10_jpeg",
+            "root": CIFAR,
+            "train_split": "test",
+            "eval_split": "test",
+            "imbalance": {"rule": "none", **imbalance},
+            "max_bad_fraction": 0.01,
+            "max_pixels": 64_000_000,
+        },
+    )
 
 
 def histogram(ds, num_classes=10):
@@ -80,14 +84,17 @@ def _bad_shards(tmp_path):
 
 def test_bad_rows_are_dropped_counted_and_reported(ray_cluster, tmp_path):
     root, cases = _bad_shards(tmp_path)
-    cfg = {
-        "name": "shards",
-        "root": str(root),
-        "train_split": "train",
-        "eval_split": "test",
-        "imbalance": {"rule": "none"},
-        "max_bad_fraction": 0.5,
-    }
+    cfg = with_defaults(
+        "dataset",
+        {
+            "name": "shards",
+            "root": str(root),
+            "train_split": "train",
+            "eval_split": "test",
+            "imbalance": {"rule": "none"},
+            "max_bad_fraction": 0.5,
+        },
+    )
     mon = monitor("bad-rows-test", max_bad_fraction=0.6, min_seen=1)
     data = training_datasets(cfg, view_recipes("cifar", 2), eval_size=16, run="bad-rows-test")
     assert len(data.unreadable) == 1 and "train-00001.parquet" in data.unreadable[0]["path"]
@@ -196,14 +203,17 @@ def test_stl10_unlabeled_rows_pretrain_but_stay_out_of_banks_and_counts(ray_clus
 
     rep = replicas.stl10(tmp_path / "raw")  # 7 labelled train images, 6 unlabelled, 4 test
     prepare_dataset("stl10", str(tmp_path / "raw"), str(tmp_path / "out"), splits=["train+unlabeled", "test"])
-    cfg = {
-        "name": "shards",
-        "root": str(tmp_path / "out"),
-        "train_split": "train+unlabeled",
-        "eval_split": "test",
-        "imbalance": {"rule": "none"},
-        "max_bad_fraction": 0.01,
-    }
+    cfg = with_defaults(
+        "dataset",
+        {
+            "name": "shards",
+            "root": str(tmp_path / "out"),
+            "train_split": "train+unlabeled",
+            "eval_split": "test",
+            "imbalance": {"rule": "none"},
+            "max_bad_fraction": 0.01,
+        },
+    )
     labelled = np.bincount(rep["train"][1], minlength=10).tolist()
     data = training_datasets(cfg, view_recipes("stl10", 2), eval_size=16, bank_size=5)
     assert data.train_counts == labelled and data.train_size == 13  # every image pretrains

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from pipelines.core.config_schema import with_defaults
 from pipelines.core.storage import Store
 from pipelines.data import shuffle_writer as sw
 from pipelines.data.loader import training_datasets
@@ -52,16 +53,19 @@ def class_sorted_tree(root: Path, per_class: list[int], val_per_class: int = 3) 
 
 
 def feed_cfg(root: Path, **extra) -> dict:
-    return {
-        "name": "shards",
-        "root": str(root),
-        "train_split": "train",
-        "eval_split": "val",
-        "imbalance": {"rule": "none"},
-        "max_bad_fraction": 0.01,
-        "mix_row_groups": 4,
-        **extra,
-    }
+    return with_defaults(
+        "dataset",
+        {
+            "name": "shards",
+            "root": str(root),
+            "train_split": "train",
+            "eval_split": "val",
+            "imbalance": {"rule": "none"},
+            "max_bad_fraction": 0.01,
+            "mix_row_groups": 4,
+            **extra,
+        },
+    )
 
 
 def read_epoch_like_train_workers(dataset, workers: int = 2) -> list[list[tuple[np.ndarray, np.ndarray]]]:

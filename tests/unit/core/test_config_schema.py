@@ -97,10 +97,29 @@ def _schema_keys() -> set[str]:
     return keys
 
 
+def _schema_get(node: ast.AST, keys: set[str]) -> str | None:
+    """The key of a ``x.get("<schema key>")`` call, else ``None``."""
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "get"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+        and node.args[0].value in keys
+    ):
+        return node.args[0].value
+    return None
+
+
 def code_fallbacks(source: str, keys: set[str]) -> list[str]:
-    """``x.get("<schema key>", <literal>)`` calls: a second copy of a default."""
+    """``x.get("<schema key>", <literal>)`` and ``x.get("<schema key>") or <literal>``: a second default."""
     found = []
     for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.Or) and len(node.values) == 2:
+            key, fallback = _schema_get(node.values[0], keys), node.values[1]
+            literal = isinstance(fallback, ast.Constant) and fallback.value not in (None, "", 0, False)
+            if key and literal:
+                found.append(f"line {node.lineno}: .get({key!r}) or {fallback.value!r}")
         if (
             isinstance(node, ast.Call)
             and isinstance(node.func, ast.Attribute)
@@ -128,10 +147,14 @@ def test_no_code_carries_a_second_copy_of_a_config_default():
 def test_the_fallback_check_finds_a_default_written_in_code():
     keys = _schema_keys()
     assert {"cache_mb", "max_bad_fraction", "knn_bank_size", "log_every_steps"} <= keys
-    code = 'a = ev.get("cache_mb", 1024)\nb = spec.get("cache_mb")\nc = tr.get("log_every_steps", 20)\n'
+    code = (
+        'a = ev.get("cache_mb", 1024)\nb = spec.get("cache_mb")\nc = tr.get("log_every_steps", 20)\n'
+        'd = ds.get("mix_row_groups") or 1\ne = ds.get("root") or ""\n'
+    )
     assert code_fallbacks(code, keys) == [
         "line 1: .get('cache_mb', 1024)",
         "line 3: .get('log_every_steps', 20)",
+        "line 4: .get('mix_row_groups') or 1",
     ]
 
 
@@ -185,3 +208,48 @@ def test_one_spelling_of_moco_v2_and_moco_v3_in_config_names():
     names = [p.stem for p in (ROOT / "configs").rglob("*.yaml")]
     assert not [n for n in names if re.search(r"mocov\d", n)]
     assert {"imagenet_moco_v2", "imagenet_moco_v3", "moco_v2", "moco_v3", "resnet50_moco_v3"} <= set(names)
+
+
+def test_a_run_saved_before_the_schema_resumes_only_with_what_it_ran_with():
+    from pipelines.config.changes import migrate_saved
+
+    cfg = composed(
+        ROOT / "configs", "experiment=cifar10_cacr_k4", "dataset.root=/x", "trainer.storage_path=/y"
+    )
+    old = {
+        **cfg,
+        "framework": {"name": "inbatch"},  # no forward: saved before the schema (one joint pass)
+        "augment": {**cfg["augment"], "mean_std": "cifar10"},  # then the pixel std
+    }
+    assert sorted(config_changes(migrate_saved(old), cfg)) == [
+        "augment.mean_std: 'cifar10_exact' -> 'cifar10'",
+        "framework.forward: 'joint' -> 'per_view'",
+    ]
+    same = composed(
+        ROOT / "configs",
+        "experiment=cifar10_cacr_k4",
+        "dataset.root=/x",
+        "trainer.storage_path=/y",
+        "framework.forward=joint",
+        "augment.mean_std=cifar10_exact",
+    )
+    assert config_changes(migrate_saved(old), same) == []  # resumable with its own settings
+
+
+def test_renamed_option_names_in_a_saved_run_read_as_their_new_names():
+    from pipelines.config.changes import migrate_saved
+
+    cfg = composed(
+        ROOT / "configs", "experiment=imagenet100_moco_v2_cacr", "dataset.root=/x", "trainer.storage_path=/y"
+    )
+    old = {
+        **cfg,
+        "augment": {**cfg["augment"], "name": "imagenet_mocov2"},
+        "eval": {**cfg["eval"], "protocol": {**cfg["eval"]["protocol"], "name": "mocov2"}},
+    }
+    migrated = migrate_saved(old)
+    assert (
+        migrated["augment"]["name"] == "imagenet_moco_v2"
+        and migrated["eval"]["protocol"]["name"] == "moco_v2"
+    )
+    assert config_changes(migrated, cfg) == []

@@ -134,14 +134,15 @@ def test_ratio_text_rounds_for_people_and_names_the_empty_case() -> None:
 
 
 def test_unlabelled_images_pretrain_but_refuse_an_imbalance_rule() -> None:
+    from pipelines.core.config_schema import ImbalanceConfig, with_defaults
     from pipelines.data.shard_index import training_rows
 
     labels = np.array([0, -1, 1, 1, -1, 0, 2])
-    positions, counts = training_rows(labels, 3, {"rule": "none"}, seed=0)
+    positions, counts = training_rows(labels, 3, with_defaults(ImbalanceConfig), seed=0)
     assert positions.tolist() == list(range(7)) and counts == [2, 2, 1]  # counts: labelled images only
     for spec in ({"rule": "exponential", "ratio": 2}, {"rule": "none", "balanced": True}):
         with pytest.raises(ValueError, match=r"2 unlabelled images: set dataset\.train_split"):
-            training_rows(labels, 3, spec, seed=0)
+            training_rows(labels, 3, with_defaults(ImbalanceConfig, spec), seed=0)
 
 
 def test_the_data_monitor_counts_a_retried_report_once_and_remembers_a_bounded_number() -> None:

@@ -108,3 +108,13 @@ def test_fp16_steps_through_a_grad_scaler_that_skips_overflowing_steps_and_is_ch
     other = _fp16_trainer(tmp_path)
     other.restore(t.state())
     assert other.scaler.get_scale() == 2.0**125
+
+
+def test_channels_last_trains_on_five_dimensional_view_batches(tmp_path) -> None:
+    cfg = composed("experiment=smoke", "trainer.channels_last=true", f"trainer.storage_path={tmp_path}")
+    t = Pretrainer(cfg, {"lr": 0.1, "num_views": 3, "mean": [0.5] * 3, "std": [0.25] * 3})
+    seen = []
+    t.framework.online.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    loss, _, finite = t.forward_backward(views(B=4, V=3, seed=3))  # [B, V, 3, S, S]: was a RuntimeError
+    assert finite and torch.isfinite(loss) and len(seen) == 3  # per view
+    assert all(x.is_contiguous(memory_format=torch.channels_last) and x.ndim == 4 for x in seen)
