@@ -77,7 +77,9 @@ class ModelConfig:
     zero_init_residual: bool = False
     sync_bn: bool = False  # SyncBatchNorm across workers (GPU only)
     projector: HeadConfig = field(default_factory=HeadConfig)
-    predictor: HeadConfig | None = None  # MoCo-v3 needs one
+    # MoCo-v3 needs one: a head with HeadConfig's keys, checked when it is built. Untyped, because
+    # OmegaConf 2.3 cannot merge a mapping into a typed node that is null (model.predictor={...})
+    predictor: Any = None
 
 
 @dataclass

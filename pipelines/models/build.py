@@ -8,7 +8,7 @@ from typing import Any
 from torch import nn
 
 import objectives
-from pipelines.core.config_schema import with_defaults
+from pipelines.core.config_schema import HeadConfig, with_defaults
 from pipelines.models.backbones import build_backbone
 from pipelines.models.frameworks import COMPATIBLE, Framework, InBatch, MoCoV2, MoCoV3
 from pipelines.models.heads import build_mlp
@@ -105,7 +105,7 @@ def build_framework(cfg: dict[str, Any], distributed: bool = False, seed: int = 
             seed=seed,
             per_view=per_view,
         )
-    predictor = _head(m["predictor"], int(m["projector"]["out"]))
+    predictor = _head(with_defaults(HeadConfig, m["predictor"]), int(m["projector"]["out"]))
     online = nn.Sequential(OrderedDict(base=base, predictor=predictor))
     return MoCoV3(
         online,

@@ -28,7 +28,6 @@ from pipelines.search.stop import (
     SearchInterruptedError,
     SearchTerminatedError,
     graceful_stop,
-    interrupted,
     raise_stopped,
 )
 from pipelines.search.trial import compose_pretrain, keep_views_per_step, run_trial
@@ -213,7 +212,7 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
     plot = plot_params(rows, spec_search, folder / "best_metric.png")
     if plot:
         files["plot"] = plot
-    if interrupted(grid):
+    if seen:
         raise_stopped(folder.name, seen)
     print(f"search {folder.name}: {len(rows)} trials in {time.perf_counter() - t0:.0f}s", flush=True)
     return SearchOutcome(folder, rows, best, files)

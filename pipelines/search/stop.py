@@ -7,6 +7,7 @@ search runs, SIGTERM is passed on to Tune as SIGINT.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,23 +28,31 @@ class SearchTerminatedError(SearchInterruptedError):
 
 @contextmanager
 def graceful_stop() -> Iterator[dict[str, Any]]:
-    """Within the block SIGTERM reaches Tune as SIGINT; yields ``{"signal": <name>}`` once one came."""
+    """Around ``Tuner.fit()``: SIGTERM reaches Tune as SIGINT; yields ``{"signal": name}`` once one came.
+
+    Tune (Ray 2.60, ``ray.tune.tune._setup_signal_catching``) installs its own SIGINT handler for
+    the run and puts the previous one back only when a stop signal interrupts it, so after
+    ``fit()`` our handler being in place again means the run was stopped. The integration test
+    (a search stopped by SIGTERM, another run to the end) fails if a Ray upgrade changes that.
+    """
     seen: dict[str, Any] = {}
 
     def on_term(signum: int, frame: Any) -> None:
         seen["signal"] = "SIGTERM"
         signal.raise_signal(signal.SIGINT)  # Tune's handler: stop the trials, save the state
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    def on_int(signum: int, frame: Any) -> None:  # only outside Tune's run
+        seen.setdefault("signal", "SIGINT")
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term), signal.signal(signal.SIGINT, on_int)
     try:
         yield seen
     finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def interrupted(grid: Any) -> bool:
-    """Whether Tune returned before every trial ended (a stop signal rather than the last trial)."""
-    return grid.num_terminated + grid.num_errors < len(grid)
+        if signal.getsignal(signal.SIGINT) is on_int and not os.environ.get("TUNE_DISABLE_SIGINT_HANDLER"):
+            seen.setdefault("signal", "SIGINT")  # Tune handed SIGINT back: it was stopped
+        signal.signal(signal.SIGTERM, previous[0])
+        signal.signal(signal.SIGINT, previous[1])
 
 
 def raise_stopped(name: str, seen: dict[str, Any]) -> None:

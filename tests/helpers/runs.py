@@ -12,12 +12,14 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipelines.config.paths import resolve_paths
+from pipelines.core.config_schema import register
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def smoke(tmp_path: Path, *overrides: str) -> dict:
     """The resolved ``experiment=smoke`` config with runs kept under ``tmp_path``."""
+    register()  # also in processes without the test session's conftest (the multi-node helper)
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = compose(
             "pretrain", overrides=["experiment=smoke", f"trainer.storage_path={tmp_path}", *overrides]

@@ -42,6 +42,7 @@ def fit_two_steps(cfg: dict, workers: int, global_batch: int) -> dict:
             "objective.K=2",
             "framework.queue_size=32",
             "framework.momentum=0.9",
+            "framework.gather_negatives=true",  # the official per-worker negatives differ by design
         ],
         [
             "framework=moco_v3",

@@ -253,3 +253,15 @@ def test_renamed_option_names_in_a_saved_run_read_as_their_new_names():
         and migrated["eval"]["protocol"]["name"] == "moco_v2"
     )
     assert config_changes(migrated, cfg) == []
+
+
+def test_a_predictor_can_be_given_on_the_command_line_to_a_model_without_one():
+    from pipelines.models.build import build_framework
+
+    head = "{layers: 2, hidden: 32, out: 16, batch_norm: false, last_batch_norm: false}"
+    overrides = ["experiment=smoke", "framework=moco_v3", "objective=cacr_moco_v3", "objective.K=1"]
+    cfg = composed(ROOT / "configs", *overrides, f"model.predictor={head}")
+    assert cfg["model"]["predictor"]["hidden"] == 32  # the model's own predictor is null
+    predictor = build_framework(cfg).online.predictor
+    assert [type(m).__name__ for m in predictor] == ["Linear", "ReLU", "Linear"]  # no BatchNorm asked
+    assert predictor[2].bias is not None  # output_bias: the schema's default
