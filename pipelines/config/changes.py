@@ -23,6 +23,7 @@ RESUMABLE_CHANGES = (
     "eval",
     "ray",
     "dataset.root",
+    "experiment_name",  # only the default of trainer.name (renamed presets keep resuming old runs)
 )
 
 

@@ -265,3 +265,14 @@ def test_a_predictor_can_be_given_on_the_command_line_to_a_model_without_one():
     predictor = build_framework(cfg).online.predictor
     assert [type(m).__name__ for m in predictor] == ["Linear", "ReLU", "Linear"]  # no BatchNorm asked
     assert predictor[2].bias is not None  # output_bias: the schema's default
+
+
+def test_an_old_run_resumes_under_a_renamed_preset_with_its_old_name():
+    from pipelines.config.changes import migrate_saved
+
+    new = composed(
+        ROOT / "configs", "experiment=imagenet100_moco_v2_cacr", "trainer.name=imagenet100_mocov2_cacr"
+    )
+    old = {**new, "experiment_name": "imagenet100_mocov2_cacr"}
+    assert new["experiment_name"] == "imagenet100_moco_v2_cacr"
+    assert config_changes(migrate_saved(old), new) == []
