@@ -98,11 +98,8 @@ def plain_round(cfg: dict, args: dict) -> dict:
     return json.loads((folder / "out.json").read_text())
 
 
-def _ray_loop(config: dict) -> None:
-    import ray.train
-
-    result = step_loop(config["cfg"], config["steps"], config["warmup"], config["batch"], started=0.0)
-    ray.train.report(result)
+def _ray_loop(config: dict) -> dict:
+    return step_loop(config["cfg"], config["steps"], config["warmup"], config["batch"], started=0.0)
 
 
 def ray_round(cfg: dict, args: dict) -> dict:
@@ -120,7 +117,7 @@ def ray_round(cfg: dict, args: dict) -> dict:
             scaling_config=ScalingConfig(num_workers=2, resources_per_worker={"CPU": 1}),
             run_config=RunConfig(storage_path=tempfile.mkdtemp(), name="overhead"),
         )
-        result = trainer.fit().metrics
+        result = trainer.fit().return_value
     finally:
         ray.shutdown()
     return {

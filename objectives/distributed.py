@@ -14,6 +14,8 @@ With no process group initialised, or a world of one, gathering is the identity.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_nn
@@ -43,7 +45,13 @@ def gather_rows(x: Tensor, dim: int = 0) -> tuple[Tensor, int]:
     rank, size = world()
     if size == 1:
         return x, 0
-    parts = dist_nn.all_gather(x.contiguous())  # backward: summed over ranks, local part kept
+    with warnings.catch_warnings():
+        # torch 2.14 marks this public call deprecated in favour of a private module
+        # (torch.distributed._functional_collectives); the public one stays until it is removed
+        warnings.filterwarnings(
+            "ignore", message=".*nn.functional.all_gather is deprecated", category=FutureWarning
+        )
+        parts = dist_nn.all_gather(x.contiguous())  # backward: summed over ranks, local part kept
     return torch.cat(parts, dim=dim), rank * x.shape[dim]
 
 
