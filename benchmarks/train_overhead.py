@@ -43,7 +43,7 @@ def demo_config() -> dict:
         return OmegaConf.to_container(compose("pretrain", overrides=["experiment=demo"]), resolve=True)
 
 
-def step_loop(cfg: dict, steps: int, warmup: int, batch: int, started: float | None = None) -> dict:
+def step_loop(cfg: dict, steps: int, warmup: int, batch: int) -> dict:
     """Build the framework under DDP and time ``steps`` optimizer steps after ``warmup`` ones."""
     from pipelines.models.build import build_framework
 
@@ -71,10 +71,12 @@ def step_loop(cfg: dict, steps: int, warmup: int, batch: int, started: float | N
         if first is None:
             first = time.time()
     elapsed = time.perf_counter() - t0
-    out = {"steps_per_s": steps / elapsed, "build_s": built - t_build, "first_step_at": first}
-    if started is not None:
-        out["loop_began_at"] = t_build
-    return out
+    return {
+        "steps_per_s": steps / elapsed,
+        "build_s": built - t_build,
+        "first_step_at": first,
+        "loop_began_at": t_build,
+    }
 
 
 def _plain_worker(rank: int, world: int, init: str, cfg: dict, args: dict, out: str) -> None:
@@ -99,7 +101,7 @@ def plain_round(cfg: dict, args: dict) -> dict:
 
 
 def _ray_loop(config: dict) -> dict:
-    return step_loop(config["cfg"], config["steps"], config["warmup"], config["batch"], started=0.0)
+    return step_loop(config["cfg"], config["steps"], config["warmup"], config["batch"])
 
 
 def ray_round(cfg: dict, args: dict) -> dict:

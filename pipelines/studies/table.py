@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
-import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,12 @@ class Stat:
     @property
     def mean(self) -> float | None:
         """The mean, ``None`` without values."""
-        return sum(self.values) / len(self.values) if self.values else None
+        return statistics.fmean(self.values) if self.values else None
 
     @property
     def std(self) -> float | None:
         """The sample standard deviation (``n - 1``), ``None`` below two values."""
-        n = len(self.values)
-        if n < 2:
-            return None
-        m = sum(self.values) / n
-        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (n - 1))
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
 
     def text(self) -> str:
         """``71.20 ± 0.35 (n=3)``, ``71.20 (n=1)`` or ``-``."""

@@ -97,6 +97,15 @@ def test_an_empty_batch_keeps_the_output_layout():
     assert out["views"].shape == (0, 2, 3, 224, 224) and out["local_views"].shape == (0, 2, 3, 96, 96)
 
 
+def replay_draws(photos: list, recipes: list, seed: int) -> tuple[list, list]:
+    """The boxes and flips ``crop_views`` drew with ``RNG(seed)``: boxes per recipe, then flips per recipe."""
+    rng = RNG(seed)
+    h = np.array([p.shape[0] for p in photos], float)
+    w = np.array([p.shape[1] for p in photos], float)
+    boxes = [A.crop_boxes(h, w, r.scale, r.ratio, rng) for r in recipes]
+    return boxes, [rng.uniform(size=len(photos)) < r.flip for r in recipes]
+
+
 def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
     """Every view is torchvision's own ``resized_crop`` (uint8, antialiased; bilinear, bicubic for the
     local crops) of the box the batch drew, mirrored when its flip was drawn: photos of two sizes,
@@ -107,11 +116,7 @@ def test_crops_equal_torchvision_resized_crop_of_the_same_boxes():
     photos = [images(1, 375, 500, seed=3)[0], images(1, 500, 375, seed=4)[0], images(1, 32, 32, seed=5)[0]]
     recipes = R.view_recipes("imagenet_moco_v3", 2, local_crops=1)
     out = A.crop_views(photos, recipes, RNG(11))
-    rng = RNG(11)  # replay the draws: boxes per recipe, then flips per recipe
-    h = np.array([p.shape[0] for p in photos], float)
-    w = np.array([p.shape[1] for p in photos], float)
-    boxes = [A.crop_boxes(h, w, r.scale, r.ratio, rng) for r in recipes]
-    flips = [rng.uniform(size=len(photos)) < r.flip for r in recipes]
+    boxes, flips = replay_draws(photos, recipes, 11)
     got = [out["views"][:, 0], out["views"][:, 1], out["local_views"][:, 0]]
     mirrored = 0
     for v, r in enumerate(recipes):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from pipelines.data import augment as A
 from pipelines.data import recipes as R
+from tests.unit.data.test_augment import replay_draws
 
 ROOT = Path(__file__).resolve().parents[3]
 RNG = np.random.default_rng
@@ -154,11 +155,7 @@ def test_local_crops_are_resized_bicubically_as_the_official_code_does():
     photos = [noise(375, 500, seed=3), noise(500, 375, seed=4)]
     recipes = R.view_recipes("imagenet_moco_v3", 2, local_crops=2)
     out = A.crop_views(photos, recipes, RNG(5))
-    rng = RNG(5)  # replay the draws: boxes per recipe, then flips per recipe
-    h = np.array([p.shape[0] for p in photos], float)
-    w = np.array([p.shape[1] for p in photos], float)
-    boxes = [A.crop_boxes(h, w, r.scale, r.ratio, rng) for r in recipes]
-    flips = [rng.uniform(size=len(photos)) < r.flip for r in recipes]
+    boxes, flips = replay_draws(photos, recipes, 5)
     for v in (2, 3):
         for i, photo in enumerate(photos):
             x1, y1, x2, y2 = (int(c) for c in boxes[v][i])
