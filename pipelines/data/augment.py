@@ -104,9 +104,9 @@ def crop_views(
     """
     arrays = list(images)
     B = len(arrays)
-    outputs = [torch.empty(B, 3, r.size, r.size, dtype=torch.uint8) for r in recipes]
+    out, slots = _outputs(B, recipes)
     if B == 0:  # e.g. a batch whose images were all bad: same keys, zero rows
-        return _group(outputs, recipes)
+        return out
     heights = np.array([a.shape[0] for a in arrays], dtype=np.float64)
     widths = np.array([a.shape[1] for a in arrays], dtype=np.float64)
     boxes = [
@@ -119,11 +119,12 @@ def crop_views(
     for i, a in enumerate(arrays):
         image = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).unsqueeze(0)  # channels-last
         for v, r in enumerate(recipes):
+            key, j = slots[v]
             if r.resize is not None:
-                outputs[v][i] = centre_view(image, r.resize, r.size, r.interpolation)
+                out[key][i, j] = centre_view(image, r.resize, r.size, r.interpolation)
             else:
-                outputs[v][i] = resized_crop(image, boxes[v][i], r.size, flips[v][i], r.interpolation)
-    return _group(outputs, recipes)
+                out[key][i, j] = resized_crop(image, boxes[v][i], r.size, flips[v][i], r.interpolation)
+    return out
 
 
 def resized_crop(
@@ -160,14 +161,24 @@ def centre_view(image: Tensor, resize: int, size: int, interpolation: str = "bil
     return image[0, :, top : top + size, left : left + size]
 
 
-def _group(outputs: list[Tensor], recipes: list[ViewRecipe]) -> dict[str, Tensor]:
-    """Stack per-view outputs: the first recipe's size as ``views``, other sizes as ``local_views``."""
-    size = recipes[0].size
-    result = {"views": torch.stack([o for o, r in zip(outputs, recipes, strict=True) if r.size == size], 1)}
-    local = [o for o, r in zip(outputs, recipes, strict=True) if r.size != size]
-    if local:
-        result["local_views"] = torch.stack(local, 1)
-    return result
+def _outputs(B: int, recipes: list[ViewRecipe]) -> tuple[dict[str, Tensor], list[tuple[str, int]]]:
+    """Empty outputs for ``B`` images and, per recipe, where its view goes: ``(key, index)``.
+
+    Views of the first recipe's size go to ``views`` ``[B, V, 3, S, S]``, the others (local crops)
+    to ``local_views`` ``[B, L, 3, s, s]``; each crop is written straight into its slot, so no
+    stacking copy follows.
+    """
+    groups: dict[str, list[int]] = {}
+    slots = []
+    for r in recipes:
+        key = "views" if r.size == recipes[0].size else "local_views"
+        groups.setdefault(key, []).append(r.size)
+        slots.append((key, len(groups[key]) - 1))
+    out = {
+        key: torch.empty(B, len(sizes), 3, sizes[0], sizes[0], dtype=torch.uint8)
+        for key, sizes in groups.items()
+    }
+    return out, slots
 
 
 # ------------------------------------------------------------------ photometry (device, float)

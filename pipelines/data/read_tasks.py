@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.core.storage import Store
@@ -112,20 +113,31 @@ def row_keys(table: Any, path: str, group: int) -> np.ndarray:
     return np.asarray([f"{path}#{group}:{i}" for i in range(table.num_rows)], dtype=object)
 
 
-def read_row_group(store: Store, path: str, row_group: int) -> dict[str, np.ndarray]:
-    """``image``, ``label`` and ``key`` of one row group as numpy columns."""
+def read_row_group(store: Store, path: str, row_group: int) -> Any:
+    """``image``, ``label`` and ``key`` of one row group as an Arrow table (bytes stay in Arrow)."""
     with store.fs.open_input_file(path) as f:
         pf = pq.ParquetFile(f)
         col = key_column(pf.schema_arrow.names)
         table = pf.read_row_group(row_group, columns=["image", "label"] + ([col] if col else []))
+    keys = pa.array(row_keys(table, path, row_group).tolist(), type=pa.string())
+    return pa.table({"image": table["image"], "label": table["label"], "key": keys})
+
+
+def to_columns(table: Any) -> dict[str, np.ndarray]:
+    """An Arrow table of rows as numpy columns (only here do the image bytes become Python objects)."""
     return {
         "image": np.asarray(table["image"].to_pylist(), dtype=object),
         "label": table["label"].to_numpy(),
-        "key": row_keys(table, path, row_group),
+        "key": np.asarray(table["key"].to_pylist(), dtype=object),
     }
 
 
 BLOCK_BYTES = 64 * 2**20  # views made at once: bounds the decoded photos and crops in a task
+# Ray Data emits a task's output as a block once its buffer passes this size, and slices only at
+# 1.5x it: at 3/4 of BLOCK_BYTES every full piece leaves the task as its own block when it is
+# made (Ray's default, 128 MiB, joined two or three pieces: a 256-photo row group became one
+# block, and the first batch of an epoch waited for the task's whole slot).
+OUTPUT_BLOCK_BYTES = 3 * BLOCK_BYTES // 4
 
 
 def rows_per_block(recipes: list[ViewRecipe]) -> int:
@@ -156,22 +168,27 @@ class ReadPlan:
         return len(self.items)
 
 
-def read_item(store: Store, item: dict[str, Any]) -> dict[str, np.ndarray]:
-    """One item's rows: its row group, or the chosen ``rows`` of it."""
-    rows = read_row_group(store, str(item["file"]), int(item["row_group"]))
-    return rows if item.get("rows") is None else {k: v[item["rows"]] for k, v in rows.items()}
+def read_item(store: Store, item: dict[str, Any]) -> Any:
+    """One item's rows as an Arrow table: its row group, or the chosen ``rows`` of it."""
+    table = read_row_group(store, str(item["file"]), int(item["row_group"]))
+    return table if item.get("rows") is None else table.take(np.asarray(item["rows"], dtype=np.int64))
 
 
 def read_slot(store: Store, plan: ReadPlan, slot: int, epoch: int) -> dict[str, np.ndarray]:
-    """The rows of one slot in ``epoch`` (:func:`pipelines.data.order.slot_group`)."""
+    """The rows of one slot in ``epoch`` (:func:`pipelines.data.order.slot_group`).
+
+    The slot's share of its mixed row groups is chosen on the Arrow tables, so only the rows
+    this task decodes are copied out as Python bytes.
+    """
     if not plan.shuffle:
-        return read_item(store, plan.items[slot])
+        return to_columns(read_item(store, plan.items[slot]))
     members, index, parts = order.slot_group(len(plan.items), plan.mix, plan.seed, epoch, slot)
-    pieces = [read_item(store, plan.items[int(i)]) for i in members]
-    rows = {k: np.concatenate([p[k] for p in pieces]) for k in ("image", "label", "key")}
-    n = len(rows["label"])
+    rows = pa.concat_tables(
+        [read_item(store, plan.items[int(i)]) for i in members], promote_options="permissive"
+    )
+    n = rows.num_rows
     keep = order.mix_order(n, plan.seed, epoch, slot - index)[order.part(n, index, parts)]
-    return {k: v[keep] for k, v in rows.items()}
+    return to_columns(rows.take(np.asarray(keep, dtype=np.int64)))
 
 
 def read_decode_view(
@@ -184,8 +201,7 @@ def read_decode_view(
     The epoch (for the order and the crops) comes from the run's monitor when there is one.
     Images are decoded and cropped :func:`rows_per_block` at a time and each piece is yielded
     as it is made, so the task never holds a whole slot of decoded photos and crops at
-    once. Ray Data 2.60 still joins a task's pieces into one output block (measured: a row
-    group of 256 photos left as one 256-row block), so a task's output is its slot's views.
+    once; with :data:`OUTPUT_BLOCK_BYTES` each full piece also leaves as its own block.
     """
     monitor = find_monitor(run) if run is not None else None
     epoch = epoch_of(monitor) if monitor is not None else 0
@@ -201,6 +217,8 @@ def stream(plan: ReadPlan, fn_kwargs: dict[str, Any]) -> Any:
     """The Ray Dataset of a read plan: one input row per slot, read, decoded and cropped in tasks."""
     import ray.data
 
-    return ray.data.from_items([{"slot": i} for i in range(plan.slots)]).map_batches(
+    ds = ray.data.from_items([{"slot": i} for i in range(plan.slots)]).map_batches(
         read_decode_view, batch_size=1, batch_format="numpy", fn_kwargs={"plan": plan, **fn_kwargs}
     )
+    ds.context.target_max_block_size = OUTPUT_BLOCK_BYTES  # this dataset's own context (a copy)
+    return ds

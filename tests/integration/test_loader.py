@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pathlib
 
 import numpy as np
 import pyarrow as pa
@@ -162,40 +163,54 @@ def test_every_worker_process_of_the_job_gets_the_scheduler_settings(ray_cluster
     assert settings == {"wait_s": 0.01, "limits_refresh_s": 0.1}
 
 
+def one_row_group_of_photos(folder: pathlib.Path, n: int = 100) -> dict:
+    """``n`` small JPEG photos in one row group, and the training feed's arguments at 5 x 224 px."""
+    from pipelines.core.storage import Store
+    from pipelines.data.read_tasks import ReadPlan
+
+    table = pa.table(
+        {
+            "image": [encode(pattern(40, 30, seed=i), "JPEG") for i in range(n)],
+            "label": [i % 3 for i in range(n)],
+            "key": [f"photo{i}" for i in range(n)],
+        }
+    )
+    pq.write_table(table, folder / "one.parquet", row_group_size=n)
+    return dict(
+        store=Store.open("/"),
+        plan=ReadPlan([{"file": str(folder / "one.parquet"), "row_group": 0}]),
+        recipes=view_recipes("imagenet_moco_v2", 5),
+        seed=0,
+        run=None,
+        num_classes=3,
+        max_pixels=64_000_000,
+        draft=(448, 448),
+    )
+
+
 def test_a_row_group_of_photos_is_decoded_and_cropped_in_pieces_bounded_in_bytes(tmp_path):
     """100 photos in one row group at 5 x 224 px: pieces of 89 and 11 (64 MiB / 752,640 bytes per
     image), every label in order, each piece's views within the bound."""
-    from pipelines.core.storage import Store
-    from pipelines.data.read_tasks import BLOCK_BYTES, ReadPlan, read_decode_view, rows_per_block
+    from pipelines.data.read_tasks import BLOCK_BYTES, read_decode_view, rows_per_block
 
-    recipes = view_recipes("imagenet_moco_v2", 5)
-    assert rows_per_block(recipes) == (64 * 2**20) // (5 * 3 * 224 * 224) == 89
-    keys = [f"photo{i}" for i in range(100)]
-    table = pa.table(
-        {
-            "image": [encode(pattern(40, 30, seed=i), "JPEG") for i in range(100)],
-            "label": [i % 3 for i in range(100)],
-            "key": keys,
-        }
-    )
-    pq.write_table(table, tmp_path / "one.parquet", row_group_size=100)
-    plan = ReadPlan([{"file": str(tmp_path / "one.parquet"), "row_group": 0}])
-    blocks = list(
-        read_decode_view(
-            {"slot": np.array([0])},
-            store=Store.open("/"),
-            plan=plan,
-            recipes=recipes,
-            seed=0,
-            run=None,
-            num_classes=3,
-            max_pixels=64_000_000,
-            draft=(448, 448),
-        )
-    )
+    args = one_row_group_of_photos(tmp_path)
+    assert rows_per_block(args["recipes"]) == (64 * 2**20) // (5 * 3 * 224 * 224) == 89
+    blocks = list(read_decode_view({"slot": np.array([0])}, **args))
     assert [len(b["label"]) for b in blocks] == [89, 11]
     assert all(b["views"].nbytes <= BLOCK_BYTES and b["views"].shape[1:] == (5, 3, 224, 224) for b in blocks)
     assert np.concatenate([b["label"] for b in blocks]).tolist() == [i % 3 for i in range(100)]
+
+
+def test_each_full_piece_leaves_its_read_task_as_its_own_block(ray_cluster, tmp_path):
+    """Under Ray, the same row group reaches the consumer as two blocks (89 + 11 rows), so the first
+    batch waits for one piece, not for the task's whole slot. Ray's default block target (128 MiB)
+    joined them into one 100-row block (75 MB)."""
+    from pipelines.data.read_tasks import stream
+
+    args = one_row_group_of_photos(tmp_path)
+    ds = stream(args.pop("plan"), args)
+    blocks = [len(b["label"]) for b in ds.iter_batches(batch_size=None, batch_format="numpy")]
+    assert blocks == [89, 11]
 
 
 def test_stl10_unlabeled_rows_pretrain_but_stay_out_of_banks_and_counts(ray_cluster, tmp_path):
