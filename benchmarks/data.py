@@ -16,12 +16,14 @@ processes (Ray: a 2-CPU local cluster; DataLoaders: ``num_workers=2``):
 * ``ray_data_stock``: the same pipeline with Ray's own scheduler settings.
 * ``ray_data_joined_blocks``: the same pipeline with Ray's default output block target (128 MiB),
   which joins a read task's pieces into one block (the pipeline emits each piece on its own).
+* ``ray_data_two_tasks_per_core``: the same pipeline with read tasks of half a CPU each.
 * ``machine_limit``: the same read, decode and crop functions in a tight loop in 2 forked
   processes, no framework (:mod:`benchmarks.machine_limit`): the ceiling every arm is a
   fraction of.
 
 Scenarios: (a) the CIFAR-10 JPEG test shards (10,000 images) at 32 px, (b) 1,024 generated
-ImageNet-sized JPEGs (500x375 and 375x500, row groups of 256) at 224 px, each at 1x and 10x
+ImageNet-sized JPEGs (500x375 and 375x500, row groups as ``prepare`` writes them: 8 MiB,
+~70 photos) at 224 px, each at 1x and 10x
 (the same shards listed ten times). The machine's speed drifts by 20 % or more over minutes,
 so pipelines take turns: each round runs one epoch of every pipeline, and a ratio is the
 median over rounds of the per-round ratio. Peak memory is the largest rise of the machine's
@@ -66,10 +68,12 @@ from pipelines.data.augment import crop_views  # noqa: E402
 from pipelines.data.decode import decode_image  # noqa: E402
 from pipelines.data.read_tasks import OUTPUT_BLOCK_BYTES, ReadPlan, stream  # noqa: E402
 from pipelines.data.recipes import view_recipes  # noqa: E402
+from pipelines.data.shard_writer import parquet_bytes  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg"
 MIX = 4  # row groups mixed per read, as dataset.mix_row_groups in the shipped configs
+ROWS_PER_GROUP = 0  # photos' row-group rows (--photo-rows-per-group); 0: prepare's own rule
 STORE_MB = 2500  # at 1,000 MiB Ray Data let one 224-px task (193 MB of views) run at a time
 
 
@@ -186,7 +190,7 @@ def imagenet_like(n: int, folder: pathlib.Path, seed: int = 0) -> str:
     table = pa.table(
         {"image": images, "label": [i % 10 for i in range(n)], "key": [f"img{i}" for i in range(n)]}
     )
-    pq.write_table(table, path, row_group_size=256)
+    path.write_bytes(parquet_bytes(table, ROWS_PER_GROUP or None))  # prepare's row groups unless told
     return str(path)
 
 
@@ -207,14 +211,16 @@ PIPELINES = (
     "ray_data",
     "ray_data_stock",
     "ray_data_joined_blocks",
+    "ray_data_two_tasks_per_core",
     "machine_limit",
 )
 OURS = {"wait_s": scheduling.WAIT_S, "limits_refresh_s": scheduling.LIMITS_REFRESH_S}
 RAY_BLOCK_BYTES = 128 * 2**20  # Ray Data's default target_max_block_size
-VARIANTS = {  # Ray arms: (scheduler settings, output block target)
-    "ray_data": (OURS, OUTPUT_BLOCK_BYTES),
-    "ray_data_stock": (scheduling.RAY_DEFAULTS, OUTPUT_BLOCK_BYTES),
-    "ray_data_joined_blocks": (OURS, RAY_BLOCK_BYTES),
+VARIANTS = {  # Ray arms: (scheduler settings, output block target, CPUs per read task)
+    "ray_data": (OURS, OUTPUT_BLOCK_BYTES, 1.0),
+    "ray_data_stock": (scheduling.RAY_DEFAULTS, OUTPUT_BLOCK_BYTES, 1.0),
+    "ray_data_joined_blocks": (OURS, RAY_BLOCK_BYTES, 1.0),
+    "ray_data_two_tasks_per_core": (OURS, OUTPUT_BLOCK_BYTES, 0.5),
 }
 BASELINES = {  # ratio key -> the arm it divides by
     "x_dataloader": "torch_dataloader",
@@ -259,9 +265,9 @@ class RayPipeline:
         )
 
     def epoch(self, batch: int, variant: str):
-        timings, block_bytes = VARIANTS[variant]
+        timings, block_bytes, task_cpus = VARIANTS[variant]
         scheduling.apply(**timings)  # read live by the executor, which runs in this process
-        ds = stream(*self.args)
+        ds = stream(*self.args, task_cpus=task_cpus)
         ds.context.target_max_block_size = block_bytes
         return ds.iter_batches(batch_size=batch, batch_format="numpy", prefetch_batches=2)
 
@@ -400,9 +406,14 @@ def main() -> None:
     parser.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES))
     parser.add_argument("--scales", nargs="+", type=int, default=[1, 10])
     parser.add_argument("--store-mb", type=int, default=STORE_MB, help="Ray object store (MiB)")
+    parser.add_argument(
+        "--photo-rows-per-group", type=int, default=0, help="photos per row group (default: prepare's rule)"
+    )
     parser.add_argument("--out", type=pathlib.Path, default=None)
     args = parser.parse_args()
     rounds = args.rounds or (2 if args.quick else 4)
+    global ROWS_PER_GROUP
+    ROWS_PER_GROUP = args.photo_rows_per_group
     name = "data" if args.scenarios == list(SCENARIOS) else "data-" + "-".join(args.scenarios)
     out_path = args.out or (None if args.quick else ROOT / f"benchmarks/results/{name}.json")
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -426,7 +437,11 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "rounds": rounds,
         "object_store_mb": args.store_mb,
-        "ray_arms": {k: {"scheduling": t, "target_max_block_size": b} for k, (t, b) in VARIANTS.items()},
+        "photo_rows_per_group": args.photo_rows_per_group or "prepare's rule (about 8 MiB of images)",
+        "ray_arms": {
+            k: {"scheduling": t, "target_max_block_size": b, "task_cpus": c}
+            for k, (t, b, c) in VARIANTS.items()
+        },
         "baselines": BASELINES,
         "targets": {
             "ray_data x_dataloader (photos)": ">= 1.5",

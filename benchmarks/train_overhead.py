@@ -72,11 +72,81 @@ def step_loop(cfg: dict, steps: int, warmup: int, batch: int) -> dict:
             first = time.time()
     elapsed = time.perf_counter() - t0
     return {
+        "timed_window": [time.time() - elapsed, time.time()],
         "steps_per_s": steps / elapsed,
         "build_s": built - t_build,
         "first_step_at": first,
         "loop_began_at": t_build,
     }
+
+
+class CpuSampler:
+    """Samples every process's CPU seconds (``/proc/<pid>/stat``) in a thread, by process kind.
+
+    :meth:`used` gives the CPU seconds each kind of process spent inside a wall-clock window
+    (the timed steps), which is where a Ray round's missing speed goes on a small machine.
+    """
+
+    def __init__(self, every_s: float = 0.25) -> None:
+        import threading
+
+        self.every_s, self.samples = every_s, []
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def kind(pid: str) -> str:
+        try:
+            cmd = (
+                pathlib.Path(f"/proc/{pid}/cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+            )
+        except OSError:
+            return "gone"
+        for name in ("RayTrainWorker", "TrainController", "raylet", "gcs_server", "dashboard", "log_monitor"):
+            if name in cmd:
+                return name
+        if "ray::" in cmd or "default_worker" in cmd:
+            return "other ray workers"
+        if "runtime_env" in cmd:
+            return "runtime_env agent"
+        if "train_overhead.py" in cmd or "multiprocessing" in cmd:
+            return "benchmark (driver / plain workers)"
+        return "other"
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            now, cpu = time.time(), {}
+            for entry in pathlib.Path("/proc").iterdir():
+                if entry.name.isdigit():
+                    try:
+                        fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                        cpu[entry.name] = (int(fields[11]) + int(fields[12])) / self.tick
+                    except (OSError, IndexError):
+                        pass
+            self.samples.append((now, cpu))
+            time.sleep(self.every_s)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def used(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds per process kind between the samples nearest ``start`` and ``end``."""
+        first = min(self.samples, key=lambda s: abs(s[0] - start))[1]
+        last = min(self.samples, key=lambda s: abs(s[0] - end))[1]
+        out: dict[str, float] = {}
+        for pid, total in last.items():
+            k = self.kind(pid)
+            out[k] = out.get(k, 0.0) + total - first.get(pid, 0.0)
+        return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0.005}
 
 
 def _plain_worker(rank: int, world: int, init: str, cfg: dict, args: dict, out: str) -> None:
@@ -142,8 +212,12 @@ def main() -> None:
     args = {"steps": a.steps, "warmup": a.warmup, "batch": a.batch}
     plain, ray_runs = [], []
     for r in range(a.rounds):
-        plain.append(plain_round(cfg, args))
-        ray_runs.append(ray_round(cfg, args))
+        for runs, one_round in ((plain, plain_round), (ray_runs, ray_round)):
+            with CpuSampler() as cpu:
+                runs.append(one_round(cfg, args))
+            runs[-1]["cpu_s_in_timed_steps"] = cpu.used(*runs[-1]["timed_window"])
+            used = runs[-1]["cpu_s_in_timed_steps"]
+            print(f"  {one_round.__name__}: CPU seconds during the timed steps: {used}")
         ratio = ray_runs[-1]["steps_per_s"] / plain[-1]["steps_per_s"]
         done = f"plain {plain[-1]['steps_per_s']:.2f} steps/s, ray {ray_runs[-1]['steps_per_s']:.2f}"
         print(f"round {r + 1}: {done} ({ratio:.3f}x)")

@@ -213,12 +213,23 @@ def read_decode_view(
             yield decode_and_view(piece, monitor=monitor, epoch=epoch, **decode_args)
 
 
-def stream(plan: ReadPlan, fn_kwargs: dict[str, Any]) -> Any:
-    """The Ray Dataset of a read plan: one input row per slot, read, decoded and cropped in tasks."""
+def stream(plan: ReadPlan, fn_kwargs: dict[str, Any], task_cpus: float = 1.0) -> Any:
+    """The Ray Dataset of a read plan: one input row per slot, read, decoded and cropped in tasks.
+
+    Args:
+        plan: what to read.
+        fn_kwargs: :func:`read_decode_view`'s arguments besides ``slots`` and ``plan``.
+        task_cpus: CPUs each read task reserves (below 1, more tasks run at once than there
+            are cores).
+    """
     import ray.data
 
     ds = ray.data.from_items([{"slot": i} for i in range(plan.slots)]).map_batches(
-        read_decode_view, batch_size=1, batch_format="numpy", fn_kwargs={"plan": plan, **fn_kwargs}
+        read_decode_view,
+        batch_size=1,
+        batch_format="numpy",
+        num_cpus=task_cpus,
+        fn_kwargs={"plan": plan, **fn_kwargs},
     )
     ds.context.target_max_block_size = OUTPUT_BLOCK_BYTES  # this dataset's own context (a copy)
     return ds

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -32,7 +33,14 @@ from pipelines.data.sources.base import Chunk, Source
 
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int64()), ("key", pa.string())])
 MANIFEST = "manifest.json"
-ROW_GROUP_ROWS = 1000  # rows per Parquet row group: the unit a training task reads
+# A Parquet row group is the unit one training read task decodes, so its size sets how finely the
+# work is shared out: at most ROW_GROUP_ROWS rows (small images: CIFAR's 1,000 PNGs are ~2.5 MB)
+# and about ROW_GROUP_BYTES of encoded images (ImageNet-sized JPEGs: ~80 rows), measured in
+# docs/benchmarks.md (a 256-photo row group was one 1-second task, and an epoch of a few such
+# groups left a core idle while the last ran).
+ROW_GROUP_ROWS = 1000
+ROW_GROUP_BYTES = 8 * 2**20
+MIN_ROW_GROUP_ROWS = 16
 
 
 def shard_path(chunk: Chunk) -> str:
@@ -126,10 +134,26 @@ def read_chunk(
     return rows
 
 
-def parquet_bytes(table: pa.Table, row_group_size: int = ROW_GROUP_ROWS) -> bytes:
-    """A table as an uncompressed Parquet file (images are compressed already)."""
+def row_group_rows(table: pa.Table) -> int:
+    """Rows per row group for ``table``.
+
+    About :data:`ROW_GROUP_BYTES` of its encoded images, within [:data:`MIN_ROW_GROUP_ROWS`,
+    :data:`ROW_GROUP_ROWS`].
+    """
+    if table.num_rows == 0:
+        return ROW_GROUP_ROWS
+    per_row = max(1, pc.sum(pc.binary_length(table["image"])).as_py() // table.num_rows)
+    return int(min(ROW_GROUP_ROWS, max(MIN_ROW_GROUP_ROWS, ROW_GROUP_BYTES // per_row)))
+
+
+def parquet_bytes(table: pa.Table, row_group_size: int | None = None) -> bytes:
+    """A table as an uncompressed Parquet file (images are compressed already).
+
+    Row groups of ``row_group_size`` rows (default: :func:`row_group_rows`).
+    """
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="NONE", row_group_size=row_group_size)
+    rows = row_group_size or row_group_rows(table)
+    pq.write_table(table, buf, compression="NONE", row_group_size=rows)
     return buf.getvalue()
 
 

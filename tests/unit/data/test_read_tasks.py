@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 
 from pipelines.core.storage import Store
 from pipelines.data.read_tasks import ReadPlan, read_slot
+from pipelines.data.shard_writer import parquet_bytes
 
 
 def write_shards(folder) -> tuple[list[dict], dict[str, tuple[bytes, int]]]:
@@ -58,3 +59,14 @@ def test_chosen_rows_are_taken_with_repeats_and_in_order(tmp_path):
     assert rows["key"].tolist() == keys
     assert rows["image"].tolist() == [expected[k][0] for k in keys]
     assert rows["label"].tolist() == [expected[k][1] for k in keys]
+
+
+def test_prepared_row_groups_hold_about_8_mib_of_images_between_16_and_1000_rows(tmp_path):
+    """The unit of a read task: 1,000 small images, ~80 ImageNet-sized photos, never fewer than 16."""
+    for image_bytes, rows, expected in ((2_500, 3_000, 1000), (100_000, 300, 83), (4_000_000, 40, 16)):
+        table = pa.table({"image": [b"x" * image_bytes] * rows, "label": [0] * rows, "key": ["k"] * rows})
+        path = tmp_path / f"{image_bytes}.parquet"
+        path.write_bytes(parquet_bytes(table))
+        meta = pq.ParquetFile(path).metadata
+        assert meta.row_group(0).num_rows == expected
+        assert sum(meta.row_group(g).num_rows for g in range(meta.num_row_groups)) == rows

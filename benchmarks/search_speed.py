@@ -1,0 +1,182 @@
+"""Search speed: concurrent trials' total images/s against one run alone; each search's wall time.
+
+    python benchmarks/search_speed.py concurrency            # 1 trial alone, then 2 at once, 3 rounds
+    python benchmarks/search_speed.py searches               # every configs/search/*.yaml, timed
+    python benchmarks/search_speed.py searches --only cacr_k
+
+``concurrency``: the trials of ``configs/search/cacr_temperatures.yaml`` (its per-trial overrides,
+shortened with ``--epochs`` and ``--images``), run as a search of one trial (the single run), then
+as a search of ``--trials`` trials at a time (no ASHA, so every trial runs every epoch), in turn,
+``--rounds`` times. A trial's rate is the median of its epochs' images/s as its training loop
+measured them (data waits included, start-up excluded); the concurrent figure is the sum over
+the trials, and the ratio is the median over rounds of the per-round ratio (target >= 0.8). The
+wall time of each search (start-up included) is reported too. Writes
+``benchmarks/results/search_concurrency.json``.
+
+``searches``: each shipped search run from scratch as a user would (``python pipelines/tune.py
+search=<name>`` in a fresh folder), its wall time and best trial. Writes
+``benchmarks/results/searches.json`` (target: each <= 35 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TARGET_RATIO = 0.8
+TARGET_SEARCH_S = 35 * 60
+
+
+def trial_rates(folder: pathlib.Path) -> dict[str, float]:
+    """Each trial's median epoch images/s (its loop's own figure), from ``trials/*/metrics.jsonl``."""
+    rates = {}
+    for metrics in sorted(folder.glob("trials/*/metrics.jsonl")):
+        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        epochs = [r["epoch/throughput_images_per_s"] for r in rows if "epoch/throughput_images_per_s" in r]
+        if epochs:
+            rates[metrics.parent.name] = statistics.median(epochs[1:] or epochs)  # epoch 1 warms up
+    return rates
+
+
+def run_search(name: str, overrides: list[str], storage: pathlib.Path, extra: list[str] = ()) -> dict:
+    """``python pipelines/tune.py`` with ``overrides``; wall time, exit code and the folder."""
+    cmd = [sys.executable, str(ROOT / "pipelines/tune.py"), *overrides, f"tune.name={name}"]
+    cmd += [f"tune.storage_path={storage}", "tune.verbose=0", *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
+    return {"wall_s": wall, "folder": storage / name}
+
+
+def concurrency(args: argparse.Namespace) -> dict:
+    """Rounds of one trial alone, then ``args.trials`` at once; per-round ratios of total images/s."""
+    base = yaml.safe_load((ROOT / "configs/search/cacr_temperatures.yaml").read_text())
+    per_trial = [
+        *base["overrides"],
+        f"trainer.epochs={args.epochs}",
+        f"dataset.max_train_images={args.images}",
+    ]
+    values = [0.9, 0.6, 1.3, 0.45, 1.8, 0.3][: args.trials]
+
+    def spec(folder: pathlib.Path, grid: list[float]) -> list[str]:
+        """A search file of ``grid`` in ``folder``/search; the arguments that select it."""
+        name = f"speed_{len(grid)}"
+        search = {
+            "name": name,
+            "experiment": base["experiment"],
+            "overrides": per_trial,
+            "params": {"objective.hparams.t_neg": {"grid": grid}},
+            "num_samples": 1,
+            "asha": None,
+        }
+        (folder / "search").mkdir(parents=True, exist_ok=True)
+        (folder / "search" / f"{name}.yaml").write_text(yaml.safe_dump(search, sort_keys=False))
+        return ["--config-dir", str(folder), f"search={name}"]
+
+    rounds = []
+    with tempfile.TemporaryDirectory(prefix="cacr-search-speed-") as tmp:
+        for r in range(args.rounds):
+            single = run_search(f"single{r}", spec(pathlib.Path(tmp), values[:1]), pathlib.Path(tmp))
+            together = run_search(
+                f"together{r}",
+                spec(pathlib.Path(tmp), values),
+                pathlib.Path(tmp),
+                [f"tune.max_concurrent_trials={args.trials}"],
+            )
+            one, many = trial_rates(single["folder"]), trial_rates(together["folder"])
+            row = {
+                "single_img_per_s": sum(one.values()),
+                "concurrent_img_per_s_per_trial": sorted(many.values()),
+                "concurrent_total_img_per_s": sum(many.values()),
+                "single_wall_s": single["wall_s"],
+                "concurrent_wall_s": together["wall_s"],
+            }
+            row["ratio"] = row["concurrent_total_img_per_s"] / row["single_img_per_s"]
+            row["wall_ratio"] = args.trials * row["single_wall_s"] / row["concurrent_wall_s"]
+            rounds.append(row)
+            print(
+                f"round {r + 1}: one trial {row['single_img_per_s']:.0f} img/s "
+                f"({row['single_wall_s']:.0f} s); "
+                f"{args.trials} at once {row['concurrent_total_img_per_s']:.0f} img/s in all "
+                f"({row['concurrent_wall_s']:.0f} s): {row['ratio']:.2f}x",
+                flush=True,
+            )
+    ratio = statistics.median(r["ratio"] for r in rounds)
+    wall = statistics.median(r["wall_ratio"] for r in rounds)
+    print(
+        f"\n{args.trials} trials at once: {ratio:.2f}x one trial's images/s in all "
+        f"(target >= {TARGET_RATIO}); "
+        f"wall time {wall:.2f}x faster than running them one after another"
+    )
+    return {
+        "benchmark": "search_concurrency",
+        "per_trial_overrides": per_trial,
+        "trials": args.trials,
+        "ratio_total_over_single": ratio,
+        "wall_speedup_over_sequential": wall,
+        "target_ratio": TARGET_RATIO,
+        "meets_target": ratio >= TARGET_RATIO,
+        "rounds": rounds,
+    }
+
+
+def best_of(folder: pathlib.Path) -> dict:
+    """The best row of a search's ``results.csv`` (first row: the table is sorted by score)."""
+    with (folder / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    return {"trials": len(rows), "best": rows[0] if rows else None}
+
+
+def searches(args: argparse.Namespace) -> dict:
+    """Every shipped search (or ``--only``), run from scratch in turn; wall time and best trial."""
+    names = args.only or sorted(p.stem for p in (ROOT / "configs/search").glob("*.yaml"))
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="cacr-searches-") as tmp:
+        for name in names:
+            print(f"search={name} ...", flush=True)
+            res = run_search(name, [f"search={name}"], pathlib.Path(tmp))
+            out[name] = {"wall_s": res["wall_s"], "minutes": res["wall_s"] / 60, **best_of(res["folder"])}
+            ok = "within" if res["wall_s"] <= TARGET_SEARCH_S else "OVER"
+            print(f"  {name}: {res['wall_s'] / 60:.1f} min ({ok} the 35-minute target)", flush=True)
+    return {"benchmark": "searches", "target_s": TARGET_SEARCH_S, "searches": out}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    c = sub.add_parser("concurrency", help="total images/s of trials at once against one alone")
+    c.add_argument("--trials", type=int, default=2)
+    c.add_argument("--rounds", type=int, default=3)
+    c.add_argument("--epochs", type=int, default=3)
+    c.add_argument("--images", type=int, default=3000)
+    s = sub.add_parser("searches", help="wall time of each shipped search")
+    s.add_argument("--only", nargs="+", default=None)
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    result = concurrency(args) if args.mode == "concurrency" else searches(args)
+    result.update(date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"), cpus=os.cpu_count())
+    name = "search_concurrency" if args.mode == "concurrency" else "searches"
+    if args.mode == "searches" and args.only:
+        name += "-" + "-".join(args.only)
+    out = ROOT / "benchmarks" / "results" / f"{name}.json"
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
