@@ -90,7 +90,7 @@ class CpuSampler:
     def __init__(self, every_s: float = 0.25) -> None:
         import threading
 
-        self.every_s, self.samples = every_s, []
+        self.every_s, self.samples, self.kinds = every_s, [], {}
         self.tick = os.sysconf("SC_CLK_TCK")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -106,11 +106,14 @@ class CpuSampler:
             )
         except OSError:
             return "gone"
-        for name in ("RayTrainWorker", "TrainController", "raylet", "gcs_server", "dashboard", "log_monitor"):
+        for name in ("RayTrainWorker", "TrainController"):
             if name in cmd:
                 return name
         if "ray::" in cmd or "default_worker" in cmd:
             return "other ray workers"
+        for name in ("raylet", "gcs_server", "dashboard", "log_monitor"):
+            if name in cmd:
+                return name
         if "runtime_env" in cmd:
             return "runtime_env agent"
         if "train_overhead.py" in cmd or "multiprocessing" in cmd:
@@ -125,6 +128,7 @@ class CpuSampler:
                     try:
                         fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
                         cpu[entry.name] = (int(fields[11]) + int(fields[12])) / self.tick
+                        self.kinds[entry.name] = self.kind(entry.name)  # Ray renames its workers once started
                     except (OSError, IndexError):
                         pass
             self.samples.append((now, cpu))
@@ -144,7 +148,7 @@ class CpuSampler:
         last = min(self.samples, key=lambda s: abs(s[0] - end))[1]
         out: dict[str, float] = {}
         for pid, total in last.items():
-            k = self.kind(pid)
+            k = self.kinds.get(pid, "other")
             out[k] = out.get(k, 0.0) + total - first.get(pid, 0.0)
         return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0.005}
 

@@ -57,3 +57,8 @@ def two_steps(config: dict) -> dict:
         )
     queue = getattr(t.framework, "queue", None)
     return {"steps": steps, "queue": None if queue is None else queue.tolist(), "world": t.world}
+
+
+def two_steps_each(config: dict) -> list[dict]:
+    """:func:`two_steps` for each of ``config["settings"]`` in turn, in one worker group."""
+    return [two_steps(setting) for setting in config["settings"]]

@@ -15,54 +15,61 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(600)
 
 
-def fit_two_steps(cfg: dict, workers: int, global_batch: int) -> dict:
+SETTINGS = {
+    "inbatch_cross_rank_negatives": ["objective=cacr_inbatch", "objective.K=2"],
+    "moco_v2_queue": [
+        "framework=moco_v2",
+        "objective=cacr_moco_v2",
+        "objective.K=2",
+        "framework.queue_size=32",
+        "framework.momentum=0.9",
+        "framework.gather_negatives=true",  # the official per-worker negatives differ by design
+    ],
+    "moco_v3_global_batch": [
+        "framework=moco_v3",
+        "objective=cacr_moco_v3",
+        "objective.K=1",
+        "framework.momentum=0.9",
+        "model.projector={layers: 2, hidden: 32, out: 16, batch_norm: false, last_batch_norm: false}",
+        "model.predictor={layers: 2, hidden: 32, out: 16, batch_norm: false, last_batch_norm: false}",
+    ],
+}
+
+
+def fit_two_steps(folder: Path, workers: int, global_batch: int) -> dict[str, dict]:
+    """Two steps of every setting in one ``TorchTrainer`` run of ``workers`` workers (one worker
+    group start for all three); per setting, what :func:`tests.helpers.train_loops.two_steps` returns."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from tests.helpers.train_loops import two_steps
+    from tests.helpers.train_loops import two_steps_each
 
-    plan = check_config(cfg)
-    run = {"lr": plan.lr, "num_views": plan.num_views, "mean": [0.5] * 3, "std": [0.25] * 3}
+    settings = []
+    for name, setting in SETTINGS.items():
+        overrides = ["model.norm=none", "trainer.batch_size=16", f"trainer.num_workers={workers}", *setting]
+        cfg = smoke(folder / name, *overrides)
+        plan = check_config(cfg)
+        run = {"lr": plan.lr, "num_views": plan.num_views, "mean": [0.5] * 3, "std": [0.25] * 3}
+        settings.append({"cfg": cfg, "run": run, "global_batch": global_batch})
     trainer = TorchTrainer(
-        two_steps,
-        train_loop_config={"cfg": cfg, "run": run, "global_batch": global_batch},
+        two_steps_each,
+        train_loop_config={"settings": settings},
         scaling_config=ScalingConfig(num_workers=workers, resources_per_worker={"CPU": 0.5}),
-        run_config=RunConfig(name=f"ddp-{workers}", storage_path=cfg["trainer"]["storage_path"]),
+        run_config=RunConfig(name=f"ddp-{workers}", storage_path=str(folder)),
     )
-    return trainer.fit().return_value
+    return dict(zip(SETTINGS, trainer.fit().return_value, strict=True))
 
 
-@pytest.mark.parametrize(
-    "setting",
-    [
-        ["objective=cacr_inbatch", "objective.K=2"],
-        [
-            "framework=moco_v2",
-            "objective=cacr_moco_v2",
-            "objective.K=2",
-            "framework.queue_size=32",
-            "framework.momentum=0.9",
-            "framework.gather_negatives=true",  # the official per-worker negatives differ by design
-        ],
-        [
-            "framework=moco_v3",
-            "objective=cacr_moco_v3",
-            "objective.K=1",
-            "framework.momentum=0.9",
-            "model.projector={layers: 2, hidden: 32, out: 16, batch_norm: false, last_batch_norm: false}",
-            "model.predictor={layers: 2, hidden: 32, out: 16, batch_norm: false, last_batch_norm: false}",
-        ],
-    ],
-    ids=["inbatch_cross_rank_negatives", "moco_v2_queue", "moco_v3_global_batch"],
-)
-def test_two_workers_equal_one_worker_with_the_double_batch(ray_cluster, tmp_path, setting) -> None:
-    overrides = ["model.norm=none", "trainer.batch_size=16", "trainer.num_workers=1", *setting]
-    one = fit_two_steps(smoke(tmp_path / "one", *overrides), workers=1, global_batch=16)
-    two = fit_two_steps(
-        smoke(tmp_path / "two", *overrides[:-0] or overrides, "trainer.num_workers=2"),
-        workers=2,
-        global_batch=16,
-    )
+@pytest.fixture(scope="module")
+def ddp_runs(ray_cluster, tmp_path_factory) -> dict[int, dict[str, dict]]:
+    """Every setting's two steps with one worker and with two, the same global batch of 16."""
+    folder = tmp_path_factory.mktemp("ddp")
+    return {workers: fit_two_steps(folder / str(workers), workers, global_batch=16) for workers in (1, 2)}
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_two_workers_equal_one_worker_with_the_double_batch(ddp_runs, setting) -> None:
+    one, two = ddp_runs[1][setting], ddp_runs[2][setting]
     assert (one["world"], two["world"]) == (1, 2)
     for a, b in zip(one["steps"], two["steps"], strict=True):
         assert a["finite"] and b["finite"]

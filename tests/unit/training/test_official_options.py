@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 import torch
 
@@ -42,7 +44,18 @@ def test_moco_v2_presets_take_the_official_per_worker_negatives_and_per_view_pas
         cfg = composed(f"experiment={preset}", f"dataset.root={tmp_path}", f"trainer.storage_path={tmp_path}")
         assert cfg["framework"]["gather_negatives"] is False and cfg["framework"]["forward"] == "per_view"
     demo = composed("experiment=demo")
-    assert demo["framework"]["gather_negatives"] is True and demo["framework"]["forward"] == "per_view"
+    assert demo["framework"]["gather_negatives"] is True
+
+
+def test_every_preset_but_the_demo_takes_the_official_per_view_passes(tmp_path) -> None:
+    """The demo alone normalises all views together (docs/training.md: +7.60 kNN points over random
+    init in its 6 epochs, against +6.95 with per-view passes)."""
+    folder = pathlib.Path(__file__).resolve().parents[3] / "configs" / "experiment"
+    presets = sorted(p.stem for p in folder.glob("*.yaml"))
+    assert len(presets) > 20
+    for preset in presets:
+        cfg = composed(f"experiment={preset}", f"dataset.root={tmp_path}", f"trainer.storage_path={tmp_path}")
+        assert cfg["framework"]["forward"] == ("joint" if preset == "demo" else "per_view"), preset
 
 
 @pytest.mark.parametrize(("framework", "objective", "gathers"), [("inbatch", "cacr_inbatch", True)])
