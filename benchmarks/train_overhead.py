@@ -31,6 +31,8 @@ import torch.multiprocessing as mp
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.cpu_sampler import CpuSampler  # noqa: E402
+
 
 def demo_config() -> dict:
     from hydra import compose, initialize_config_dir
@@ -78,79 +80,6 @@ def step_loop(cfg: dict, steps: int, warmup: int, batch: int) -> dict:
         "first_step_at": first,
         "loop_began_at": t_build,
     }
-
-
-class CpuSampler:
-    """Samples every process's CPU seconds (``/proc/<pid>/stat``) in a thread, by process kind.
-
-    :meth:`used` gives the CPU seconds each kind of process spent inside a wall-clock window
-    (the timed steps), which is where a Ray round's missing speed goes on a small machine.
-    """
-
-    def __init__(self, every_s: float = 0.25) -> None:
-        import threading
-
-        self.every_s, self.samples, self.kinds = every_s, [], {}
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def kind(pid: str) -> str:
-        try:
-            cmd = (
-                pathlib.Path(f"/proc/{pid}/cmdline")
-                .read_bytes()
-                .replace(b"\0", b" ")
-                .decode(errors="replace")
-            )
-        except OSError:
-            return "gone"
-        for name in ("RayTrainWorker", "TrainController"):
-            if name in cmd:
-                return name
-        if "ray::" in cmd or "default_worker" in cmd:
-            return "other ray workers"
-        for name in ("raylet", "gcs_server", "dashboard", "log_monitor"):
-            if name in cmd:
-                return name
-        if "runtime_env" in cmd:
-            return "runtime_env agent"
-        if "train_overhead.py" in cmd or "multiprocessing" in cmd:
-            return "benchmark (driver / plain workers)"
-        return "other"
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            now, cpu = time.time(), {}
-            for entry in pathlib.Path("/proc").iterdir():
-                if entry.name.isdigit():
-                    try:
-                        fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                        cpu[entry.name] = (int(fields[11]) + int(fields[12])) / self.tick
-                        self.kinds[entry.name] = self.kind(entry.name)  # Ray renames its workers once started
-                    except (OSError, IndexError):
-                        pass
-            self.samples.append((now, cpu))
-            time.sleep(self.every_s)
-
-    def __enter__(self) -> CpuSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def used(self, start: float, end: float) -> dict[str, float]:
-        """CPU seconds per process kind between the samples nearest ``start`` and ``end``."""
-        first = min(self.samples, key=lambda s: abs(s[0] - start))[1]
-        last = min(self.samples, key=lambda s: abs(s[0] - end))[1]
-        out: dict[str, float] = {}
-        for pid, total in last.items():
-            k = self.kinds.get(pid, "other")
-            out[k] = out.get(k, 0.0) + total - first.get(pid, 0.0)
-        return {k: round(v, 2) for k, v in sorted(out.items(), key=lambda kv: -kv[1]) if v > 0.005}
 
 
 def _plain_worker(rank: int, world: int, init: str, cfg: dict, args: dict, out: str) -> None:

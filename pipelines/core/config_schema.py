@@ -159,6 +159,7 @@ class TrainerConfig:
     max_failures: int = 0  # worker failures survived (restarts from the latest checkpoint)
     log_every_steps: int = 20
     prefetch_batches: int = 2
+    read_task_cpus: float = 1.0  # CPUs each Ray Data read task reserves (searches: tune.data_cpus_per_trial)
     seed: int = 0
     debug_nan_at_step: int | None = None  # test hook: poison the batch at this step
 

@@ -56,6 +56,7 @@ class RunLog:
         row = {
             "step": step,
             **({"epoch": epoch} if epoch is not None else {}),
+            "time": round(time.time(), 3),  # Unix seconds: when rank 0 logged the row
             **{k: float(v) for k, v in values.items()},
         }
         with self.jsonl.open("a") as f:

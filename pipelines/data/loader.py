@@ -4,7 +4,8 @@ The read tasks themselves (read, decode, crop) are in :mod:`pipelines.data.read_
 
 ``training_datasets`` returns the datasets and the ``DataConfig`` to hand to a ``TorchTrainer``:
 the ``train`` dataset is split across workers (each streams its own part through
-``ray.train.get_dataset_shard("train")``), the ``eval`` dataset is not split.
+``ray.train.get_dataset_shard("train")``; a single worker reads it whole), the ``eval`` dataset
+is not split.
 
 Rows leave the pipeline as ``{"views": uint8 [B, V, 3, S, S], "label": int64 [B]}`` (plus
 ``"local_views"`` for MoCo-v3 local crops); photometric augmentation and normalisation run on
@@ -61,6 +62,8 @@ def training_datasets(
     bank_size: int | None = None,
     whole_bank: bool = False,
     eval_crop: float = 1.0,
+    workers: int = 2,
+    task_cpus: float = 1.0,
 ) -> TrainingData:
     """Build the training and evaluation datasets from a dataset config.
 
@@ -83,6 +86,10 @@ def training_datasets(
         eval_crop: the centre view's share of the resized shorter side
             (:func:`~pipelines.data.recipes.eval_view`; a run's is
             :func:`~pipelines.data.recipes.eval_crop_for`); 1: the centre square at ``eval_size``.
+        workers: the Train workers that read ``train``: with more than one it is split between
+            them (each streams its own part through Ray's split coordinator actor); one worker
+            reads it whole in its own process, without that actor.
+        task_cpus: CPUs each read task reserves (:func:`~pipelines.data.read_tasks.stream`).
 
     Raises:
         ValueError: for a dataset that is read for training only through shards.
@@ -131,14 +138,14 @@ def training_datasets(
     plain = dict(store=source.store, recipes=centre, draft=None, run=None, **common)
     train_args = dict(store=source.store, recipes=recipes, draft=draft, run=run, unlabeled=True, **common)
     datasets = {
-        "train": stream(train_plan, train_args),
-        "eval": stream(ReadPlan(eval_index.items), plain),
+        "train": stream(train_plan, train_args, task_cpus),
+        "eval": stream(ReadPlan(eval_index.items), plain, task_cpus),
     }
     if bank_size or whole_bank:
         bank = np.flatnonzero(labels >= 0)  # unlabelled images are for pretraining only
         if not whole_bank and int(bank_size) < len(bank):
             bank = order.stratified_sample(labels, int(bank_size), seed, num_classes, train_index.sizes)
-        datasets["bank"] = stream(ReadPlan(with_rows(train_index, bank)), plain)
+        datasets["bank"] = stream(ReadPlan(with_rows(train_index, bank)), plain, task_cpus)
     stats = imbalance.summary(counts)
     unlabelled = int((labels[positions] < 0).sum())
     print(
@@ -151,7 +158,10 @@ def training_datasets(
     ordered = ray.data.ExecutionOptions(preserve_order=True)  # same order for the same seed and epoch
     return TrainingData(
         datasets,
-        DataConfig(datasets_to_split=["train"], execution_options={k: ordered for k in datasets}),
+        DataConfig(
+            datasets_to_split=["train"] if workers > 1 else [],
+            execution_options={k: ordered for k in datasets},
+        ),
         classes,
         counts,
         train_index.unreadable + eval_index.unreadable,

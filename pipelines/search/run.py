@@ -53,13 +53,24 @@ STOPS: dict[type[Exception], tuple[str, int]] = {
 TRIAL_DRIVER_CPU = 0.01  # the Tune function trainable that builds the trial's TorchTrainer
 
 
+def read_task_cpus(data_cpus: float) -> float:
+    """CPUs a trial's Ray Data read task reserves: its share ``data_cpus``, at most one.
+
+    A whole CPU per read task (the default outside searches) let only one task run at a time
+    beside two trials on 2 cores, so the trials waited for data half of the time
+    (docs/searches.md).
+    """
+    return min(1.0, data_cpus)
+
+
 def concurrency(cluster: dict[str, float], cfg: dict[str, Any], data_cpus: float, cap: int | None) -> int:
     """Trials that fit at once on the cluster, given one trial's ``ScalingConfig``.
 
     ``n`` trials fit when ``n x (num_workers x CPUs per worker + the trial driver's 0.01)`` plus
-    ``max(1, n x data_cpus)`` CPUs for their Ray Data tasks (a read task takes a whole CPU; a
-    cluster without one free deadlocks) are at most the cluster's CPUs, and likewise
-    ``n x num_workers x GPUs per worker`` for GPUs. ``cap`` limits the result.
+    ``max(read task CPUs, n x data_cpus)`` CPUs for their Ray Data tasks (a read task reserves
+    :func:`read_task_cpus`; a cluster without that much free deadlocks) are at most the
+    cluster's CPUs, and likewise ``n x num_workers x GPUs per worker`` for GPUs. ``cap`` limits
+    the result.
 
     Raises:
         ConfigError: when not even one trial fits.
@@ -70,7 +81,7 @@ def concurrency(cluster: dict[str, float], cfg: dict[str, Any], data_cpus: float
     trial_cpu = workers * float(per_worker.get("CPU", 1.0)) + TRIAL_DRIVER_CPU
     total = cluster.get("CPU", 0.0)
     fits = 0
-    while (fits + 1) * trial_cpu + max(1.0, (fits + 1) * data_cpus) <= total + 1e-9:
+    while (fits + 1) * trial_cpu + max(read_task_cpus(data_cpus), (fits + 1) * data_cpus) <= total + 1e-9:
         fits += 1
     if tr.get("use_gpu"):
         gpu = workers * float(per_worker.get("GPU", 1.0))
@@ -161,6 +172,7 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
         "project_root": str(PROJECT_ROOT),
         "views_per_step": views,
         "preemption_watcher": bool(tune_cfg.get("preemption_watcher", False)),
+        "read_task_cpus": read_task_cpus(float(tune_cfg.get("data_cpus_per_trial", 0.5))),
     }
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"cpu": TRIAL_DRIVER_CPU})
     exp_dir = folder / "tune"

@@ -63,6 +63,8 @@ def trial_config(spec: dict[str, Any], config: dict[str, Any], name: str) -> tup
     cfg = compose_pretrain(spec["config_dir"], overrides, spec["project_root"])
     # set, not parsed: Hydra would read an id like 982e1_00000 as a float, a path with ',' as a list
     cfg["trainer"].update(storage_path=str(spec["trials_dir"]), name=str(name))
+    if spec.get("read_task_cpus"):  # the trial's share of the CPUs kept for data (searches)
+        cfg["trainer"]["read_task_cpus"] = float(spec["read_task_cpus"])
     if spec.get("views_per_step"):
         keep_views_per_step(cfg, int(spec["views_per_step"]))
     return overrides, cfg

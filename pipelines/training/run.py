@@ -160,6 +160,8 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
             run=name,
             bank_size=int(cfg["eval"]["knn_bank_size"]),
             eval_crop=eval_crop_for(aug, cfg["eval"]),
+            workers=int(tr["num_workers"]),
+            task_cpus=float(tr["read_task_cpus"]),
         )
     except (ValueError, FileNotFoundError) as err:  # no shards, wrong format: one message, exit 2
         raise ConfigError(f"dataset={ds['name']} dataset.root={ds.get('root')}: {err}") from err

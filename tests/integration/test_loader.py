@@ -52,6 +52,16 @@ def test_imbalanced_cifar_streams_the_exact_counts_as_five_uint8_views(ray_clust
     assert histogram(data.datasets["train"]) == expected
 
 
+def test_one_worker_reads_the_training_stream_whole_and_several_split_it(ray_cluster):
+    """A single worker needs no split coordinator (one actor process fewer per run or trial)."""
+    recipes = view_recipes("cifar", 2)
+    one = training_datasets(cifar_cfg(), recipes, eval_size=32, workers=1, task_cpus=0.5)
+    two = training_datasets(cifar_cfg(), recipes, eval_size=32, workers=2)
+    assert one.data_config._datasets_to_split == [] and two.data_config._datasets_to_split == ["train"]
+    batch = next(iter(one.datasets["train"].iter_batches(batch_size=64, batch_format="numpy")))
+    assert batch["views"].shape == (64, 2, 3, 32, 32)  # half-CPU read tasks (a trial's share) run
+
+
 def test_eval_split_is_one_centre_view_of_every_image(ray_cluster):
     data = training_datasets(cifar_cfg(), view_recipes("cifar", 2), eval_size=32)
     batch = next(iter(data.datasets["eval"].iter_batches(batch_size=10, batch_format="numpy")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,12 @@ def test_newest_complete_reads_s3_storage(s3_server, tmp_path) -> None:
     with Checkpoint(found.uri).as_directory() as d:
         assert ckpt.read_checkpoint(d)["model"]["w"].tolist() == [5.0] * 4
     shutil.rmtree(tmp_path / "run")
+
+
+def test_each_metrics_row_says_when_it_was_logged(tmp_path) -> None:
+    log = RunLog(tmp_path)
+    before = time.time()
+    log.scalars(7, {"loss/total": 1.5}, epoch=0)
+    log.close()
+    (row,) = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert row["step"] == 7 and row["loss/total"] == 1.5 and before - 0.01 <= row["time"] <= time.time()

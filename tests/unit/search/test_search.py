@@ -195,6 +195,27 @@ def test_trial_names_that_look_like_numbers_stay_strings(tmp_path) -> None:
         assert cfg["trainer"]["name"] == name and cfg["trainer"]["storage_path"] == str(tmp_path)
 
 
+def test_trials_read_tasks_take_the_trials_share_of_the_data_cpus(tmp_path) -> None:
+    """Whole-CPU read tasks let one run at a time beside two trials on 2 cores (docs/searches.md)."""
+    from pipelines.search.run import concurrency, read_task_cpus
+    from pipelines.search.trial import trial_config
+
+    assert (read_task_cpus(0.5), read_task_cpus(0.25), read_task_cpus(8.0)) == (0.5, 0.25, 1.0)
+    spec = {
+        "search": shipped("cacr_temperatures"),
+        "trials_dir": str(tmp_path),
+        "project_root": str(ROOT),
+        "config_dir": str(ROOT / "configs"),
+    }
+    config = {"main::objective.hparams.t_pos": 1.0, "main::objective.hparams.t_neg": 0.9}
+    assert trial_config(spec, config, "t0")[1]["trainer"]["read_task_cpus"] == 1.0  # outside a search
+    assert trial_config({**spec, "read_task_cpus": 0.5}, config, "t1")[1]["trainer"]["read_task_cpus"] == 0.5
+    # two 0.46-CPU trials and their two half-CPU read tasks fill 2 CPUs; a third would not fit
+    tiny = {"trainer": {"num_workers": 1, "resources_per_worker": {"CPU": 0.45}, "use_gpu": False}}
+    assert concurrency({"CPU": 2}, tiny, 0.5, None) == 2
+    assert concurrency({"CPU": 2}, tiny, 0.25, None) == 2  # 3 x 0.46 + 0.75 > 2
+
+
 def test_ashas_max_t_is_the_longest_arm_not_the_first() -> None:
     from pipelines.search.run import _check_trials
 
