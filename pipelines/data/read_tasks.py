@@ -119,7 +119,10 @@ def read_row_group(store: Store, path: str, row_group: int) -> Any:
         pf = pq.ParquetFile(f)
         col = key_column(pf.schema_arrow.names)
         table = pf.read_row_group(row_group, columns=["image", "label"] + ([col] if col else []))
-    keys = pa.array(row_keys(table, path, row_group).tolist(), type=pa.string())
+    if col is not None:  # the stored keys stay in Arrow; only missing ones are made here
+        keys = table[col].cast(pa.string())
+    else:
+        keys = pa.array(row_keys(table, path, row_group).tolist(), type=pa.string())
     return pa.table({"image": table["image"], "label": table["label"], "key": keys})
 
 

@@ -180,16 +180,21 @@ def test_the_tune_command_refuses_a_bad_search_before_ray(tmp_path) -> None:
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
 
 
-def test_trial_names_that_look_like_numbers_stay_strings(tmp_path) -> None:
-    from pipelines.search.trial import trial_config
-
+def temperature_trial(tmp_path) -> tuple[dict, dict]:
+    """A ``cacr_temperatures`` trial's spec (trials under ``tmp_path``) and its Tune config."""
     spec = {
         "search": shipped("cacr_temperatures"),
         "trials_dir": str(tmp_path),
         "project_root": str(ROOT),
         "config_dir": str(ROOT / "configs"),
     }
-    config = {"main::objective.hparams.t_pos": 1.0, "main::objective.hparams.t_neg": 0.9}
+    return spec, {"main::objective.hparams.t_pos": 1.0, "main::objective.hparams.t_neg": 0.9}
+
+
+def test_trial_names_that_look_like_numbers_stay_strings(tmp_path) -> None:
+    from pipelines.search.trial import trial_config
+
+    spec, config = temperature_trial(tmp_path)
     for name in ("982e1_00000", "12345_00001", "1e5"):  # Tune ids are <hex>_<number>
         _, cfg = trial_config(spec, config, name)
         assert cfg["trainer"]["name"] == name and cfg["trainer"]["storage_path"] == str(tmp_path)
@@ -201,19 +206,12 @@ def test_trials_read_tasks_take_the_trials_share_of_the_data_cpus(tmp_path) -> N
     from pipelines.search.trial import trial_config
 
     assert (read_task_cpus(0.5), read_task_cpus(0.25), read_task_cpus(8.0)) == (0.5, 0.25, 1.0)
-    spec = {
-        "search": shipped("cacr_temperatures"),
-        "trials_dir": str(tmp_path),
-        "project_root": str(ROOT),
-        "config_dir": str(ROOT / "configs"),
-    }
-    config = {"main::objective.hparams.t_pos": 1.0, "main::objective.hparams.t_neg": 0.9}
+    spec, config = temperature_trial(tmp_path)
     assert trial_config(spec, config, "t0")[1]["trainer"]["read_task_cpus"] == 1.0  # outside a search
     assert trial_config({**spec, "read_task_cpus": 0.5}, config, "t1")[1]["trainer"]["read_task_cpus"] == 0.5
-    # two 0.46-CPU trials and their two half-CPU read tasks fill 2 CPUs; a third would not fit
+    # two 0.46-CPU trials and their quarter-CPU read tasks fit 2 CPUs; a third would not (3 x 0.46 + 0.75 > 2)
     tiny = {"trainer": {"num_workers": 1, "resources_per_worker": {"CPU": 0.45}, "use_gpu": False}}
-    assert concurrency({"CPU": 2}, tiny, 0.5, None) == 2
-    assert concurrency({"CPU": 2}, tiny, 0.25, None) == 2  # 3 x 0.46 + 0.75 > 2
+    assert concurrency({"CPU": 2}, tiny, 0.25, None) == 2
 
 
 def test_ashas_max_t_is_the_longest_arm_not_the_first() -> None:
