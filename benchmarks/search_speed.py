@@ -1,6 +1,6 @@
 """Search speed: concurrent trials' total images/s against one run alone; each search's wall time.
 
-    python benchmarks/search_speed.py concurrency            # 1 trial alone, then 2 at once, 3 rounds
+    python benchmarks/search_speed.py concurrency            # 1 trial alone, 2 at once, 1 wide; 3 rounds
     python benchmarks/search_speed.py searches               # every configs/search/*.yaml, timed
     python benchmarks/search_speed.py searches --only cacr_k
 
@@ -12,8 +12,11 @@ of them was training (from the step times in their ``metrics.jsonl``; data waits
 included, start-up and the lone tail left out) over that window's length; a single run's rate
 is measured the same way from its first to its last logged step. The ratio is the median over
 rounds of the per-round ratio (target >= 0.8). The wall time of each search (start-up and tails
-included) is reported too: ``wall_speedup`` is the trials run one after another against at once. Writes
-``benchmarks/results/search_concurrency.json``.
+included) is reported too: ``wall_speedup`` is the trials run one after another against at once.
+The third arm, ``wide``, is one trial at a time with ``--wide-workers`` DDP workers (the machine's
+CPUs given to one trial instead of shared out): ``wide_over_concurrent`` is its images/s over the
+trials' at once, the number that picks how a search on this machine should run (``0`` skips it).
+Writes ``benchmarks/results/search_concurrency.json``.
 
 ``searches``: each shipped search run from scratch as a user would (``python pipelines/tune.py
 search=<name>`` in a fresh folder), its wall time and best trial. Writes
@@ -95,13 +98,13 @@ def concurrency(args: argparse.Namespace) -> dict:
     ]
     values = [0.9, 0.6, 1.3, 0.45, 1.8, 0.3][: args.trials]
 
-    def spec(folder: pathlib.Path, grid: list[float]) -> list[str]:
-        """A search file of ``grid`` in ``folder``/search; the arguments that select it."""
-        name = f"speed_{len(grid)}"
+    def spec(folder: pathlib.Path, grid: list[float], workers: int = 1) -> list[str]:
+        """A search file of ``grid`` (trials of ``workers`` workers) in ``folder``/search; its arguments."""
+        name = f"speed_{len(grid)}_{workers}"
         search = {
             "name": name,
             "experiment": base["experiment"],
-            "overrides": per_trial,
+            "overrides": [*per_trial, f"trainer.num_workers={workers}"],
             "params": {"objective.hparams.t_neg": {"grid": grid}},
             "num_samples": 1,
             "asha": None,
@@ -121,6 +124,12 @@ def concurrency(args: argparse.Namespace) -> dict:
                 [f"tune.max_concurrent_trials={args.trials}"],
             )
             one, _ = rate_while_all_train(trial_progress(single["folder"]))
+            wide = None
+            if args.wide_workers:
+                wide = run_search(
+                    f"wide{r}", spec(pathlib.Path(tmp), values[:1], args.wide_workers), pathlib.Path(tmp)
+                )
+                wide["rate"], _ = rate_while_all_train(trial_progress(wide["folder"]))
             many_progress = trial_progress(together["folder"])
             if len(many_progress) != args.trials:
                 raise SystemExit(
@@ -136,12 +145,21 @@ def concurrency(args: argparse.Namespace) -> dict:
             }
             row["ratio"] = row["concurrent_total_img_per_s"] / row["single_img_per_s"]
             row["wall_ratio"] = args.trials * row["single_wall_s"] / row["concurrent_wall_s"]
+            if wide:
+                row.update(wide_img_per_s=wide["rate"], wide_wall_s=wide["wall_s"])
+                row["wide_over_concurrent"] = wide["rate"] / row["concurrent_total_img_per_s"]
             rounds.append(row)
             print(
                 f"round {r + 1}: one trial {row['single_img_per_s']:.0f} img/s "
                 f"({row['single_wall_s']:.0f} s); "
                 f"{args.trials} at once {row['concurrent_total_img_per_s']:.0f} img/s in all "
-                f"({row['concurrent_wall_s']:.0f} s): {row['ratio']:.2f}x",
+                f"({row['concurrent_wall_s']:.0f} s): {row['ratio']:.2f}x"
+                + (
+                    f"; one {args.wide_workers}-worker trial {row['wide_img_per_s']:.0f} img/s "
+                    f"({row['wide_wall_s']:.0f} s): {row['wide_over_concurrent']:.2f}x the trials at once"
+                    if wide
+                    else ""
+                ),
                 flush=True,
             )
     ratio = statistics.median(r["ratio"] for r in rounds)
@@ -151,12 +169,21 @@ def concurrency(args: argparse.Namespace) -> dict:
         f"(target >= {TARGET_RATIO}); "
         f"wall time {wall:.2f}x faster than running them one after another"
     )
+    wide_ratio = None
+    if args.wide_workers:
+        wide_ratio = statistics.median(r["wide_over_concurrent"] for r in rounds)
+        print(
+            f"one trial of {args.wide_workers} workers at a time: {wide_ratio:.2f}x the images/s of "
+            f"{args.trials} one-worker trials at once"
+        )
     return {
         "benchmark": "search_concurrency",
         "per_trial_overrides": per_trial,
         "trials": args.trials,
         "ratio_total_over_single": ratio,
         "wall_speedup_over_sequential": wall,
+        "wide_workers": args.wide_workers,
+        "wide_over_concurrent": wide_ratio,
         "target_ratio": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
         "rounds": rounds,
@@ -192,6 +219,7 @@ def main() -> None:
     c.add_argument("--rounds", type=int, default=3)
     c.add_argument("--epochs", type=int, default=3)
     c.add_argument("--images", type=int, default=3000)
+    c.add_argument("--wide-workers", type=int, default=2, help="workers of the one-wide-trial arm; 0: skip")
     s = sub.add_parser("searches", help="wall time of each shipped search")
     s.add_argument("--only", nargs="+", default=None)
     args = parser.parse_args()
