@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from pipelines.search.results import TrialRow, best_config_file, best_row, plot_params, write_tables
+from pipelines.search.run import concurrency
 from pipelines.search.space import SearchConfigError, arms, param_space, trial_overrides, trial_values
 from pipelines.search.trial import compose_pretrain, keep_views_per_step
 
@@ -47,6 +48,11 @@ def test_shipped_searches_hold_the_paper_value_and_compose(name) -> None:
             for part in key.split("."):
                 node = node[part]
             assert node == value
+        # on 2 cores one trial at a time with both cores' workers (benchmarks/search_speed.py:
+        # 1.5x the images/s of two one-worker trials at once); 2 at a time on 4 cores
+        assert cfg["trainer"]["num_workers"] == 2
+        assert concurrency({"CPU": 2}, cfg, 0.5, None) == 1
+        assert concurrency({"CPU": 4}, cfg, 0.5, None) == 2
 
 
 def test_param_space_and_trial_values_per_arm() -> None:
