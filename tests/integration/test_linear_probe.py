@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import shutil
 import struct
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -29,9 +32,12 @@ def probe_config(run: str, *overrides: str) -> dict:
     return {**OmegaConf.to_container(cfg, resolve=True), "overrides": list(overrides)}  # as the command does
 
 
-def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(ray_cluster, tmp_path) -> None:
+@pytest.fixture(scope="module")
+def imb_run(ray_cluster, tmp_path_factory) -> tuple[Path, dict]:
+    """One tiny imbalanced pretraining run for the module: its folder (each test probes its own
+    copy) and its results."""
     cfg = smoke(
-        tmp_path,
+        tmp_path_factory.mktemp("imb"),
         "trainer.name=imb",
         "trainer.epochs=1",
         "dataset.imbalance.rule=exponential",
@@ -40,7 +46,18 @@ def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(ra
         "eval.few_shot_below=50",
     )
     out = pretrain(cfg)
-    run_dir = Path(out.run_dir)
+    return Path(out.run_dir), out.results
+
+
+def own_copy(run: tuple[Path, dict], tmp_path: Path) -> tuple[Path, SimpleNamespace]:
+    """A copy of the module's run in ``tmp_path`` and the run's results (as ``out.results``)."""
+    run_dir = tmp_path / run[0].name
+    shutil.copytree(run[0], run_dir)
+    return run_dir, SimpleNamespace(results=copy.deepcopy(run[1]))
+
+
+def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(imb_run, tmp_path) -> None:
+    run_dir, out = own_copy(imb_run, tmp_path)
     counts = json.loads((run_dir / "class_counts.json").read_text())["counts"]
     assert max(counts) / min(counts) == pytest.approx(50, rel=0.05)
     shots = out.results["pretrained"]["breakdown"]["shots"]
@@ -107,16 +124,13 @@ def test_probe_command_refuses_bad_paths_before_ray(tmp_path) -> None:
     assert proc.returncode == 2 and "no such folder" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_the_probe_judges_on_another_dataset_and_refuses_a_backbone_that_does_not_fit(ray_cluster, tmp_path):
-    import shutil
-
+def test_the_probe_judges_on_another_dataset_and_refuses_a_backbone_that_does_not_fit(imb_run, tmp_path):
     import yaml
 
     from pipelines.data.prepare import prepare_dataset
     from tests.helpers import replicas
 
-    out = pretrain(smoke(tmp_path, "trainer.name=cross", "trainer.epochs=1", "eval.random_init_baseline=no"))
-    run_dir = Path(out.run_dir)
+    run_dir, out = own_copy(imb_run, tmp_path)
     replicas.imagenet(tmp_path / "in1k-raw")  # 3 classes: 2, 3 and 4 training images, 4 val images
     prepare_dataset("imagenet1k", str(tmp_path / "in1k-raw"), str(tmp_path / "in1k"))
     other = f"eval_dataset.root={tmp_path / 'in1k'}"

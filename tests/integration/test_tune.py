@@ -129,7 +129,9 @@ def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp
     """The `tune.py` command on the test cluster, killed (SIGKILL) or stopped (SIGTERM, as a scheduler
     or a closed terminal does) once a trial has a checkpoint, then run again."""
     (tmp_path / "search").mkdir()
-    spec = {**TINY, "params": {"objective.hparams.t_neg": {"grid": [0.5, 2.0]}}, "asha": {"grace_period": 4}}
+    # one trial: the resume of an unfinished trial is what is checked (the four-trial test has
+    # several at once), and alone it reaches its checkpoint sooner
+    spec = {**TINY, "params": {"objective.hparams.t_neg": {"grid": [0.5]}}, "asha": {"grace_period": 4}}
     (tmp_path / "search" / "resume.yaml").write_text(yaml.safe_dump({**spec, "name": "resume"}))
     address = ray_cluster.get_runtime_context().gcs_address
     command = [
@@ -166,7 +168,7 @@ def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming search resume" in second.stdout
     rows = list(csv.DictReader((tmp_path / "out" / "resume" / "results.csv").open()))
-    assert len(rows) == 2 and all(r["status"] == "completed" and r["epochs"] == "4" for r in rows)
+    assert len(rows) == 1 and all(r["status"] == "completed" and r["epochs"] == "4" for r in rows)
     for trial, name in before.items():  # resumed from its checkpoint, not from scratch
         resumes = [json.loads(x) for x in (trials / trial / "resumes.jsonl").read_text().splitlines()]
         seen_step = int(name.rsplit("_s", 1)[1])
@@ -177,7 +179,7 @@ def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp
             if '"loss/total"' in x
         ]
         assert len(steps) == len(set(steps)) and max(steps) == 4 * 8  # no step logged twice
-    assert len(list(trials.iterdir())) == 2  # no new trials: the same search went on
+    assert len(list(trials.iterdir())) == 1  # no new trial: the same search went on
 
 
 def test_a_trial_whose_worker_is_killed_is_recorded_as_failed_and_the_search_goes_on(
