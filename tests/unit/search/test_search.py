@@ -16,6 +16,7 @@ from pipelines.search.trial import compose_pretrain, keep_views_per_step
 
 ROOT = Path(__file__).resolve().parents[3]
 SEARCHES = ("cacr_temperatures", "cacr_k", "baselines")
+FASTEST_WORKERS = {"cacr_temperatures": 2, "cacr_k": 2, "baselines": 2}  # benchmarks/search_speed.py searches
 
 
 def shipped(name: str) -> dict:
@@ -48,11 +49,12 @@ def test_shipped_searches_hold_the_paper_value_and_compose(name) -> None:
             for part in key.split("."):
                 node = node[part]
             assert node == value
-        # on 2 cores two one-worker trials at a time (benchmarks/search_speed.py concurrency: faster
-        # in wall time than one two-worker trial at a time), four on 4 cores
-        assert cfg["trainer"]["num_workers"] == 1
-        assert concurrency({"CPU": 2}, cfg, 0.5, None) == 2
-        assert concurrency({"CPU": 4}, cfg, 0.5, None) == 4
+        # the split each search was measured fastest with on 2 cores (docs/searches.md): one
+        # two-worker trial at a time, or two one-worker trials; twice as many on 4 cores
+        workers = FASTEST_WORKERS[name]
+        assert cfg["trainer"]["num_workers"] == workers
+        assert concurrency({"CPU": 2}, cfg, 0.5, None) == 2 // workers
+        assert concurrency({"CPU": 4}, cfg, 0.5, None) == 4 // workers
 
 
 def test_param_space_and_trial_values_per_arm() -> None:
