@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -49,21 +48,21 @@ def imb_run(ray_cluster, tmp_path_factory) -> tuple[Path, dict]:
     return Path(out.run_dir), out.results
 
 
-def own_copy(run: tuple[Path, dict], tmp_path: Path) -> tuple[Path, SimpleNamespace]:
-    """A copy of the module's run in ``tmp_path`` and the run's results (as ``out.results``)."""
+def own_copy(run: tuple[Path, dict], tmp_path: Path) -> tuple[Path, dict]:
+    """A copy of the module's run folder in ``tmp_path`` and a copy of the run's results."""
     run_dir = tmp_path / run[0].name
     shutil.copytree(run[0], run_dir)
-    return run_dir, SimpleNamespace(results=copy.deepcopy(run[1]))
+    return run_dir, copy.deepcopy(run[1])
 
 
 def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(imb_run, tmp_path) -> None:
-    run_dir, out = own_copy(imb_run, tmp_path)
+    run_dir, ran = own_copy(imb_run, tmp_path)
     counts = json.loads((run_dir / "class_counts.json").read_text())["counts"]
     assert max(counts) / min(counts) == pytest.approx(50, rel=0.05)
-    shots = out.results["pretrained"]["breakdown"]["shots"]
+    shots = ran["pretrained"]["breakdown"]["shots"]
     assert shots["many"]["classes"] == sum(c > 100 for c in counts)
     assert shots["few"]["classes"] == sum(c < 50 for c in counts) >= 2
-    per_class = out.results["pretrained"]["breakdown"]["per_class"]
+    per_class = ran["pretrained"]["breakdown"]["per_class"]
     many = [a for a, c in zip(per_class, counts, strict=True) if c > 100]
     assert shots["many"]["top1"] == pytest.approx(sum(many) / len(many))
     md = (run_dir / "results.md").read_text()
@@ -93,7 +92,7 @@ def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(im
     assert lin["selected_top1"] == lin["history"]["test"][lin["selected_epoch"] - 1]
     assert 10.0 <= judged["knn_top1"] <= 100.0
     assert judged["checkpoint"] == str(find_checkpoint(run_dir)[1])
-    assert results["pretrained"] == out.results["pretrained"]  # the run's own evaluation is kept
+    assert results["pretrained"] == ran["pretrained"]  # the run's own evaluation is kept
     assert "pretrained, linear_probe.py small_scale" in (run_dir / "results.md").read_text()
     table = probe_table(results, "small_scale", str(run_dir))
     assert "many / medium / few-shot top-1" in table and f"{lin['final_top1']:6.2f}" in table
@@ -130,7 +129,7 @@ def test_the_probe_judges_on_another_dataset_and_refuses_a_backbone_that_does_no
     from pipelines.data.prepare import prepare_dataset
     from tests.helpers import replicas
 
-    run_dir, out = own_copy(imb_run, tmp_path)
+    run_dir, ran = own_copy(imb_run, tmp_path)
     replicas.imagenet(tmp_path / "in1k-raw")  # 3 classes: 2, 3 and 4 training images, 4 val images
     prepare_dataset("imagenet1k", str(tmp_path / "in1k-raw"), str(tmp_path / "in1k"))
     other = f"eval_dataset.root={tmp_path / 'in1k'}"
@@ -143,7 +142,7 @@ def test_the_probe_judges_on_another_dataset_and_refuses_a_backbone_that_does_no
     assert judged["judged_on"] == {**where, "other_dataset": True}
     assert judged["classes"] == sorted(replicas.WNIDS) and judged["train_counts"] == [2, 3, 4]
     assert len(judged["breakdown"]["per_class"]) == 3 and len(judged["linear"]["history"]["test"]) == 2
-    assert results["classes"] == out.results["classes"]  # the run's own classes and counts stay
+    assert results["classes"] == ran["classes"]  # the run's own classes and counts stay
     md = (run_dir / "results.md").read_text()
     assert f"linear_probe.py {key}: judged on `{tmp_path / 'in1k'}` (train -> val, 3 classes)" in md
     assert "- pretrained: judged on `" in md and "(train -> test, 10 classes)" in md
