@@ -33,8 +33,14 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# The e2e tests run first and alone: they end with `ray stop`, which stops every Ray process on
+# the machine. The rest run in TEST_PROCS pytest processes (pytest-xdist), each with a Ray cluster
+# of its own; whole files go to one process, so a module's shared run is built once.
+TEST_PROCS ?= 2
 test: setup lint
-	$(PY) -m pytest -q -p no:cacheprovider --durations=30 tests
+	$(PY) -m pytest -q -p no:cacheprovider --durations=5 tests/e2e
+	$(PY) -m pytest -q -p no:cacheprovider -n $(TEST_PROCS) --dist loadfile --no-loadscope-reorder \
+		--durations=30 tests --ignore=tests/e2e
 
 test-fast: setup lint
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit

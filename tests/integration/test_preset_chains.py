@@ -70,13 +70,13 @@ CHAINS: dict[str, tuple[Callable[[Path], Any], list[str], list[str] | None]] = {
     "stl10_cacr_k4": (replicas.stl10, ["trainer.batch_size=8", *ALEXNET], ["train+unlabeled", "test"]),
     "imagenet100_moco_v2_cacr": (
         replicas.imagenet100,
-        ["trainer.batch_size=8", *SMALL_IMAGES, *MOCO_V2],
+        ["trainer.batch_size=8", *SMALL_IMAGES, *MOCO_V2, "dataset.max_train_images=32"],
         None,
     ),
     "webvision_moco_v2_cacr": (replicas.webvision, ["trainer.batch_size=4", *SMALL_IMAGES, *MOCO_V2], None),
     "imagenet22k_moco_v2_cacr": (
         replicas.imagenet22k,
-        ["trainer.batch_size=8", *SMALL_IMAGES, *MOCO_V2, "dataset.max_train_images=64"],
+        ["trainer.batch_size=8", *SMALL_IMAGES, *MOCO_V2, "dataset.max_train_images=32"],
         None,
     ),
     "imagenet1k_moco_v3_cacr_r50": (  # with two local crops (96/224 of 32 px)
