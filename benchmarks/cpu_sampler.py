@@ -10,21 +10,22 @@ import time
 KINDS = [  # (substring of the command line, kind), first match wins; Ray renames its workers once started
     ("RayTrainWorker", "Ray Train workers"),
     ("TrainController", "Ray Train controllers"),
+    ("DatasetManager", "Ray Train helper actors"),
+    ("SynchronizationActor", "Ray Train helper actors"),
     ("SplitCoordinator", "Ray Data split coordinators"),
     ("MapBatches", "Ray Data read tasks"),
     ("ImplicitFunc", "Tune trial actors"),
     ("DataMonitor", "run monitors"),
     ("PreemptionWatcher", "preemption watchers"),
     ("pipelines/tune.py", "search driver"),
-    (
-        "default_worker",
-        "other ray workers (idle, starting)",
-    ),  # before renaming; its arguments name the raylet
-    ("ray::", "other ray workers (idle, starting)"),
-    ("raylet", "raylet"),
-    ("gcs_server", "GCS"),
+    ("raylet/raylet", "raylet"),  # its arguments name default_worker.py: before that pattern
+    ("DashboardAgent", "dashboard and its agents"),
     ("dashboard", "dashboard and its agents"),
+    ("default_worker", "other ray workers (idle, starting)"),  # before Ray renames the process
+    ("ray::", "other ray workers (idle, starting)"),
+    ("gcs_server", "GCS"),
     ("log_monitor", "log monitor"),
+    ("autoscaler", "autoscaler monitor"),
     ("runtime_env", "runtime_env agent"),
     ("train_overhead.py", "benchmark (driver / plain workers)"),
     ("multiprocessing", "benchmark (driver / plain workers)"),

@@ -1,6 +1,7 @@
 """Ray Train's own cost: our training step under Ray Train against a plain torch.distributed loop.
 
     python benchmarks/train_overhead.py                   # 2 processes, demo model, 3 rounds
+    python benchmarks/train_overhead.py --ray-env RAY_TRAIN_METRICS_ENABLED=0   # + Ray with that set
 
 Both sides run the same step (the demo preset's framework and objective, DDP over gloo, SGD) on
 the same in-memory uint8 views, with one thread per process, for the same number of steps:
@@ -9,8 +10,10 @@ the same in-memory uint8 views, with one thread per process, for the same number
   ``train_loop_per_worker`` on a local cluster started for the round.
 Steps/s are timed inside the loop after a warm-up, on rank 0. For Ray the time from ``fit()`` to
 the first step is split into the cluster's start (``ray.init``), the worker group's start (until
-the loop function begins) and the model build. Prints the median of the rounds and writes
-``benchmarks/results/train_overhead.json``.
+the loop function begins) and the model build. ``--ray-env KEY=VALUE`` (repeatable) adds a third
+arm each round: the Ray side again with those environment variables set for its cluster (Ray's
+and Ray Train's settings), to measure a setting against Ray's defaults in the same rounds. Prints
+the median of the rounds and writes ``benchmarks/results/train_overhead.json``.
 """
 
 from __future__ import annotations
@@ -107,11 +110,14 @@ def _ray_loop(config: dict) -> dict:
     return step_loop(config["cfg"], config["steps"], config["warmup"], config["batch"])
 
 
-def ray_round(cfg: dict, args: dict) -> dict:
+def ray_round(cfg: dict, args: dict, env: dict[str, str] | None = None) -> dict:
+    """One Ray Train round on a local cluster of its own, started with ``env`` set (then restored)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
     t_init = time.time()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     t_fit = time.time()
@@ -125,6 +131,11 @@ def ray_round(cfg: dict, args: dict) -> dict:
         result = trainer.fit().return_value
     finally:
         ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     return {
         **result,
         "cluster_start_s": t_fit - t_init,
@@ -133,43 +144,75 @@ def ray_round(cfg: dict, args: dict) -> dict:
     }
 
 
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` as a dict; a pair without ``=`` is an error naming it."""
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--ray-env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batch", type=int, default=64, help="images per worker per step")
+    parser.add_argument(
+        "--ray-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="add an arm: the Ray round with this environment variable set (repeatable)",
+    )
     a = parser.parse_args()
+    env = parse_env(a.ray_env)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cfg = demo_config()
     args = {"steps": a.steps, "warmup": a.warmup, "batch": a.batch}
-    plain, ray_runs = [], []
+    arms = {"plain": plain_round, "ray": ray_round}
+    if env:
+        arms["ray_env"] = lambda c, x: ray_round(c, x, env)
+    runs: dict[str, list[dict]] = {name: [] for name in arms}
     for r in range(a.rounds):
-        for runs, one_round in ((plain, plain_round), (ray_runs, ray_round)):
+        for name, one_round in arms.items():
             with CpuSampler() as cpu:
-                runs.append(one_round(cfg, args))
-            runs[-1]["cpu_s_in_timed_steps"] = cpu.used(*runs[-1]["timed_window"])
-            used = runs[-1]["cpu_s_in_timed_steps"]
-            print(f"  {one_round.__name__}: CPU seconds during the timed steps: {used}")
-        ratio = ray_runs[-1]["steps_per_s"] / plain[-1]["steps_per_s"]
-        done = f"plain {plain[-1]['steps_per_s']:.2f} steps/s, ray {ray_runs[-1]['steps_per_s']:.2f}"
-        print(f"round {r + 1}: {done} ({ratio:.3f}x)")
+                runs[name].append(one_round(cfg, args))
+            runs[name][-1]["cpu_s_in_timed_steps"] = used = cpu.used(*runs[name][-1]["timed_window"])
+            print(f"  {name}: CPU seconds during the timed steps: {used}")
+        base = runs["plain"][-1]["steps_per_s"]
+        done = ", ".join(
+            f"{n} {v[-1]['steps_per_s']:.2f} ({v[-1]['steps_per_s'] / base:.3f}x)" for n, v in runs.items()
+        )
+        print(f"round {r + 1} (steps/s): {done}")
     med = statistics.median
-    p, q = med(x["steps_per_s"] for x in plain), med(x["steps_per_s"] for x in ray_runs)
-    ratios = [y["steps_per_s"] / x["steps_per_s"] for x, y in zip(plain, ray_runs, strict=True)]
+    speed = {name: med(x["steps_per_s"] for x in v) for name, v in runs.items()}
+    ratios = {
+        name: [y["steps_per_s"] / x["steps_per_s"] for x, y in zip(runs["plain"], v, strict=True)]
+        for name, v in runs.items()
+        if name != "plain"
+    }
     keys = ("cluster_start_s", "worker_group_start_s", "build_s", "fit_to_first_step_s")
-    breakdown = {k: med(x[k] for x in ray_runs) for k in keys}
-    print(
-        f"\nsteps/s (median of {a.rounds}): plain torch.distributed {p:.2f}, Ray Train {q:.2f}: {q / p:.3f}x"
-    )
-    print("  per round: " + ", ".join(f"{x:.3f}" for x in ratios))
+    breakdown = {k: med(x[k] for x in runs["ray"]) for k in keys}
+    print(f"\nsteps/s (median of {a.rounds}): plain torch.distributed {speed['plain']:.2f}")
+    for name, per_round in ratios.items():
+        label = f"Ray Train with {env}" if name == "ray_env" else "Ray Train"
+        print(
+            f"  {label}: {speed[name]:.2f} ({speed[name] / speed['plain']:.3f}x; "
+            f"median of per-round ratios {med(per_round):.3f}x; rounds "
+            + ", ".join(f"{x:.3f}" for x in per_round)
+            + ")"
+        )
     print(
         "Ray: cluster start {cluster_start_s:.1f} s; fit() to the loop {worker_group_start_s:.1f} s; "
         "model build {build_s:.2f} s; fit() to the first step {fit_to_first_step_s:.1f} s".format(**breakdown)
     )
     result = {
         "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/train_overhead.py",
+        "command": "python benchmarks/train_overhead.py " + " ".join(sys.argv[1:]),
         "machine": f"{os.cpu_count()} CPUs",
         "setting": {
             "model": cfg["model"]["name"],
@@ -180,14 +223,19 @@ def main() -> None:
             "workers": 2,
             "threads_per_process": 1,
             "steps": a.steps,
+            "ray_env": env,
         },
-        "plain_steps_per_s": p,
-        "ray_steps_per_s": q,
-        "ratio_ray_over_plain": q / p,
-        "ratios_per_round": ratios,
+        "plain_steps_per_s": speed["plain"],
+        "ray_steps_per_s": speed["ray"],
+        "ratio_ray_over_plain": speed["ray"] / speed["plain"],
+        "ratios_per_round": ratios["ray"],
         "ray_start_breakdown_s": breakdown,
-        "rounds": {"plain": plain, "ray": ray_runs},
+        "rounds": runs,
     }
+    if env:
+        result["ray_env_steps_per_s"] = speed["ray_env"]
+        result["ratio_ray_env_over_plain"] = speed["ray_env"] / speed["plain"]
+        result["ray_env_ratios_per_round"] = ratios["ray_env"]
     out = ROOT / "benchmarks" / "results" / "train_overhead.json"
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"written: {out}")
