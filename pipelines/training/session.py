@@ -94,14 +94,20 @@ class Session:
         return ray.get(self.monitor.snapshot.remote())
 
     def _too_many_bad(self) -> dict[str, Any] | None:
-        """Rank 0's verdict on the bad-image share, agreed by every rank."""
+        """Rank 0's verdict on the bad-image share, agreed by every rank.
+
+        Returns:
+            ``None`` to go on; otherwise, on every rank, what to stop with (rank 0's snapshot, an
+            empty dict elsewhere): a rank that went on would wait in the next step's all-reduce
+            for ever.
+        """
         snap = self._bad_images() if self.rank0 else None
         if snap is not None and self.live:
             self.live.update({"data/bad_images": snap["bad"]})
         over = bool(
             snap and snap["good"] + snap["bad"] >= 100 and snap["bad_fraction"] > snap["max_bad_fraction"]
         )
-        return snap if agree(over) else None
+        return (snap or {}) if agree(over) else None
 
     def _checkpoint(self, metrics: dict[str, Any]) -> None:
         """Every rank reports; rank 0 attaches a complete checkpoint of finite weights."""

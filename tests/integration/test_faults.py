@@ -25,7 +25,15 @@ import yaml
 from pipelines.core import checkpoints as ckpt
 from pipelines.training.run import RunStoppedError, pretrain
 from tests.helpers.data_fixtures import corrupt_cases, encode, pattern
-from tests.helpers.runs import ROOT, jsonl, smoke, step_losses, wait_for, wait_until_free, worker_pid
+from tests.helpers.runs import (
+    ROOT,
+    jsonl,
+    smoke,
+    step_losses,
+    wait_for,
+    wait_until_free,
+    worker_pid,
+)
 
 # Measured here under load (the stress mode beside a CPU burner and other tests): the worker-kill
 # and driver-kill tests took up to 290 s each, the node-loss test up to 380 s; the limits leave room
@@ -300,6 +308,37 @@ def test_a_run_on_corrupt_data_finishes_and_reports_every_bad_file(ray_cluster, 
     assert report["good"] == 2 * good  # every good image read in both epochs
     assert out.results["pretrained"]["knn_top1"] > 0
     assert out.results["data"]["bad"] == report["bad"] > 0
+
+
+# the bug this guards against was a hang inside Ray's wait, which SIGALRM never interrupts: the
+# thread method ends the test process instead of waiting for ever
+@pytest.mark.timeout(420, method="thread")
+def test_too_many_bad_images_stop_every_worker_and_the_command(ray_cluster, tmp_path) -> None:
+    """Two workers: rank 0 reads the verdict and every rank must leave the loop (a rank that went
+    on into the next step's all-reduce held the run, and the command, for ever)."""
+    root, expected, good = corrupt_shards(tmp_path)
+    bad_rows = len(expected) - 1  # every injected file but the unreadable shard is a row
+    print(f"injected: {bad_rows} bad rows among {good} good images; dataset.max_bad_fraction=0.01")
+    cfg = smoke(
+        tmp_path,
+        "trainer.name=too-many-bad",
+        "dataset.name=shards",
+        f"dataset.root={root}",
+        "dataset.max_train_images=null",
+        "dataset.max_bad_fraction=0.01",
+        "trainer.num_workers=2",
+        "trainer.batch_size=16",
+        "trainer.log_every_steps=1",
+        "eval.knn_every_epochs=0",
+    )
+    with pytest.raises(RunStoppedError, match="too many bad images"):
+        pretrain(cfg)
+    info = json.loads((tmp_path / "too-many-bad" / "stopped.json").read_text())
+    snap = info["bad_images"]
+    print(f"observed: stopped at step {info['step']} with {snap['bad']} bad of {snap['good'] + snap['bad']}")
+    assert info["reason"] == "too many bad images"
+    assert snap["good"] + snap["bad"] >= 100 and snap["bad"] / (snap["good"] + snap["bad"]) > 0.01
+    assert snap["bad_fraction"] == pytest.approx(snap["bad"] / (snap["good"] + snap["bad"]))
 
 
 @pytest.mark.timeout(1300)
