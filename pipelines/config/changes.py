@@ -19,6 +19,7 @@ RESUMABLE_CHANGES = (
     "trainer.checkpoint_every_steps",
     "trainer.num_to_keep",
     "trainer.prefetch_batches",
+    "trainer.preemption_watcher",
     "trainer.debug_nan_at_step",
     "eval",
     "ray",

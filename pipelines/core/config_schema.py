@@ -160,6 +160,7 @@ class TrainerConfig:
     log_every_steps: int = 20
     prefetch_batches: int = 2
     read_task_cpus: float = 1.0  # CPUs each Ray Data read task reserves (searches: tune.data_cpus_per_trial)
+    preemption_watcher: bool = False  # Ray Train's node-drain logger (one more actor per run): unused here
     seed: int = 0
     debug_nan_at_step: int | None = None  # test hook: poison the batch at this step
 

@@ -9,7 +9,6 @@ a trial restarted after the driver died resumes from that run's latest checkpoin
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,6 @@ from pipelines.core.config_schema import register
 from pipelines.core.run_files import METRICS_JSONL
 from pipelines.search.space import trial_overrides
 from pipelines.training.run import pretrain
-
-# Ray Train 2.60 starts a PreemptionWatcher actor per run that only logs node drains (we never read
-# ``get_preemption_info``): a whole process per trial, about 2 CPU-seconds of its own on 2 cores
-# (measured on a one-trial search). Read by the trial's TrainController, which Ray Train hands the
-# variable to.
-PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 def compose_pretrain(config_dir: str, overrides: list[str], project_root: str) -> dict[str, Any]:
@@ -63,6 +56,8 @@ def trial_config(spec: dict[str, Any], config: dict[str, Any], name: str) -> tup
     cfg = compose_pretrain(spec["config_dir"], overrides, spec["project_root"])
     # set, not parsed: Hydra would read an id like 982e1_00000 as a float, a path with ',' as a list
     cfg["trainer"].update(storage_path=str(spec["trials_dir"]), name=str(name))
+    if spec.get("preemption_watcher"):  # tune.preemption_watcher=true (or trainer.preemption_watcher=true)
+        cfg["trainer"]["preemption_watcher"] = True
     if spec.get("read_task_cpus"):  # the trial's share of the CPUs kept for data (searches)
         cfg["trainer"]["read_task_cpus"] = float(spec["read_task_cpus"])
     if spec.get("views_per_step"):
@@ -75,7 +70,6 @@ def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    os.environ[PREEMPTION_WATCHER_ENV] = "1" if spec.get("preemption_watcher") else "0"
     name = tune.get_context().get_trial_id()
     _, cfg = trial_config(spec, config, name)
     outcome = pretrain(cfg, callbacks=[TuneReportCallback()])

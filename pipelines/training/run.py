@@ -32,6 +32,12 @@ from pipelines.evaluation.report import encoder_table
 from pipelines.ray_session import alive_nodes, connect
 from pipelines.training.worker import train_loop_per_worker
 
+# Ray Train 2.60 starts a PreemptionWatcher actor per run unless this is "0": it polls for node drains
+# and marks the workers for ``ray.train.get_preemption_info``, which nothing here reads (a drained
+# node's workers fail and the run restarts from its last checkpoint). A whole process per run,
+# about 2 CPU-seconds of its own on 2 cores. The TrainController reads the driver's value.
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
 
 class RunStoppedError(RuntimeError):
     """The run stopped on purpose (non-finite loss, too many bad images); the message says why."""
@@ -199,6 +205,7 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
     if dashboard:
         print(f"Ray dashboard: {dashboard}", flush=True)
     gpu = bool(tr.get("use_gpu"))
+    os.environ[PREEMPTION_WATCHER_ENV] = "1" if tr.get("preemption_watcher") else "0"
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "run": run},

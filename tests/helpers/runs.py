@@ -68,3 +68,11 @@ def wait_until_free(ray: Any, seconds: float = 60.0) -> dict:
             return free
         time.sleep(1)
     return ray.available_resources()
+
+
+def watchers() -> int:
+    """Ray Train PreemptionWatcher actors the cluster has seen, alive or dead (GCS's actor table:
+    the state API needs the dashboard, which the test cluster runs without)."""
+    from ray._private import state
+
+    return sum(a["ActorClassName"] == "PreemptionWatcher" for a in state.actors().values())

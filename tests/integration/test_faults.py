@@ -32,6 +32,7 @@ from tests.helpers.runs import (
     step_losses,
     wait_for,
     wait_until_free,
+    watchers,
     worker_pid,
 )
 
@@ -76,9 +77,20 @@ def assert_same_losses_after(run_dir: Path, reference: Path, step: int) -> None:
 def test_a_run_stopped_after_epoch_one_and_rerun_ends_with_the_uninterrupted_weights(
     ray_cluster, tmp_path, reference
 ) -> None:
-    part = pretrain(smoke(tmp_path, "trainer.name=resumed", "trainer.stop_at_epoch=1", *FAULT))
+    seen = watchers()
+    part = pretrain(
+        smoke(
+            tmp_path,
+            "trainer.name=resumed",
+            "trainer.stop_at_epoch=1",
+            "trainer.preemption_watcher=true",
+            *FAULT,
+        )
+    )
     assert part.results == {}  # stopped after epoch 1: no final evaluation yet
+    assert watchers() == seen + 1  # asked for: Ray Train's PreemptionWatcher ran
     again = pretrain(smoke(tmp_path, "trainer.name=resumed", *FAULT))  # the same command without the stop
+    assert watchers() == seen + 1  # the default (and a setting a resumed run may change): none
     run_dir = Path(again.run_dir)
     resumes = jsonl(run_dir / "resumes.jsonl")
     print(f"observed: resumes {resumes}")

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from pipelines.config.paths import resolve_paths
 from pipelines.core.errors import ConfigError
 from pipelines.search.run import concurrency, search
-from tests.helpers.runs import step_losses, wait_for, wait_until_free, worker_pid
+from tests.helpers.runs import step_losses, wait_for, wait_until_free, watchers, worker_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
@@ -48,14 +48,6 @@ def tune_config(storage: Path, **tune: object) -> dict:
     cfg["search"] = yaml.safe_load(yaml.safe_dump(TINY))
     cfg["tune"].update(storage_path=str(storage), verbose=0, **tune)
     return cfg
-
-
-def watchers() -> int:
-    """Ray Train PreemptionWatcher actors the cluster has seen, alive or dead (GCS's actor table:
-    the state API needs the dashboard, which the test cluster runs without)."""
-    from ray._private import state
-
-    return sum(a["ActorClassName"] == "PreemptionWatcher" for a in state.actors().values())
 
 
 def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster, tmp_path) -> None:

@@ -208,6 +208,15 @@ def test_trial_names_that_look_like_numbers_stay_strings(tmp_path) -> None:
         assert cfg["trainer"]["name"] == name and cfg["trainer"]["storage_path"] == str(tmp_path)
 
 
+def test_tune_preemption_watcher_true_turns_the_trials_watcher_on(tmp_path) -> None:
+    from pipelines.search.trial import trial_config
+
+    spec, config = temperature_trial(tmp_path)
+    assert trial_config(spec, config, "t0")[1]["trainer"]["preemption_watcher"] is False  # the default
+    on = trial_config({**spec, "preemption_watcher": True}, config, "t1")[1]
+    assert on["trainer"]["preemption_watcher"] is True
+
+
 def test_trials_read_tasks_take_the_trials_share_of_the_data_cpus(tmp_path) -> None:
     """Whole-CPU read tasks let one run at a time beside two trials on 2 cores (docs/searches.md)."""
     from pipelines.search.run import concurrency, read_task_cpus
