@@ -78,14 +78,33 @@ class ImageFolder(Source):
             if i.type == pafs.FileType.Directory and not i.base_name.startswith(".")
         ]
 
+    def _required_class_dirs(self, split: str) -> list[str]:
+        """The class folders of ``split``; none is an error (images there would prepare to nothing)."""
+        dirs = self._class_dirs(split)
+        if not dirs:
+            folder = self._split_dir(split)
+            images = sum(
+                1
+                for i in self.store.listdir(folder)
+                if i.type == pafs.FileType.File and is_image_name(i.base_name)
+            )
+            where = "/".join(p for p in (self.root.rstrip("/"), folder) if p)
+            found = f"{images} image files directly in it" if images else "nothing in it"
+            raise ValueError(
+                f"{self.name}: no class folders in {where} ({found}); the layout is "
+                "<root>/<class>/<image> or <root>/<split>/<class>/<image> (splits train, val, test): "
+                "put each class's images in a folder named after the class"
+            )
+        return dirs
+
     def classes(self) -> list[str]:
-        return self._class_dirs(self.splits[0])
+        return self._required_class_dirs(self.splits[0])
 
     def chunks(self, split: str) -> list[Chunk]:
         self.check_split(split)
         index = {c: i for i, c in enumerate(self.classes())}
         out = []
-        for cls in self._class_dirs(split):
+        for cls in self._required_class_dirs(split):
             if cls not in index:
                 raise ValueError(
                     f"{self.name}: class folder {split}/{cls} is not a class of the {self.splits[0]} split"

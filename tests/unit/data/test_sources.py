@@ -161,6 +161,25 @@ def test_imagefolder_single_split(tmp_path):
     assert [(r["key"], r["label"]) for r in read_all(src, "all")] == [("a/1.png", 0), ("b/1.png", 1)]
 
 
+def test_imagefolder_without_class_folders_is_an_error_saying_the_layout(tmp_path):
+    """Images straight under the root (or a split) would prepare to an empty dataset, silently."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(3):
+        (flat / f"{i}.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"no class folders in .*flat.*3 image files directly in it.*<class>/"):
+        open_source("imagefolder", str(flat)).classes()
+    split = tmp_path / "split"
+    (split / "train" / "cat").mkdir(parents=True)
+    (split / "train" / "cat" / "1.png").write_bytes(b"x")
+    (split / "val").mkdir()
+    (split / "val" / "1.png").write_bytes(b"x")
+    src = open_source("imagefolder", str(split))
+    assert src.classes() == ["cat"]
+    with pytest.raises(ValueError, match=r"no class folders in .*val"):
+        src.chunks("val")
+
+
 def test_webvision_lists_labels_and_histogram(tmp_path):
     rep = replicas.webvision(tmp_path)
     src = open_source("webvision", str(tmp_path))
