@@ -116,6 +116,33 @@ def _write_shuffled(
     return records, info
 
 
+JOB = "_prepare_job.json"  # what wrote the shards under out: a re-run must be the same job to resume
+
+
+def claim_out_folder(store: Store, out: str, job: dict[str, Any]) -> None:
+    """Record ``job`` under ``out``, or refuse when ``out`` holds another prepare's shards.
+
+    A re-run resumes by keeping every piece whose completion record exists, so a different input
+    written into the same folder would mix the old shards into the new manifest. A folder written
+    before this record existed is taken as the same job.
+
+    Raises:
+        ValueError: naming each setting that differs, before any work.
+    """
+    saved = store.read(JOB)
+    if saved is not None:
+        old = json.loads(saved)
+        diff = [f"{k}: {old.get(k)!r} -> {job[k]!r}" for k in job if old.get(k) != job[k]]
+        if diff:
+            raise ValueError(
+                f"out={out} holds the shards of another prepare: {'; '.join(diff)}. A re-run into the "
+                f"same folder only resumes the same job; write to a new out folder, or delete {out} "
+                "to start over"
+            )
+        return
+    store.write_atomic(json.dumps(job, indent=1).encode(), JOB)
+
+
 def prepare_dataset(
     dataset: str,
     root: str,
@@ -131,7 +158,8 @@ def prepare_dataset(
     Training splits are written in one seeded random order over the whole split
     (:mod:`pipelines.data.shuffle_writer`); ``val``/``test`` splits, and every split with
     ``shuffle.enabled`` false, as one shard per chunk in the source's order. Work completed under
-    ``out`` by an earlier, possibly crashed run is kept as it is. Uses the Ray cluster this process
+    ``out`` by an earlier, possibly crashed run of the same job is kept as it is; ``out`` holding
+    another input's shards is refused (:func:`claim_out_folder`). Uses the Ray cluster this process
     is connected to (``ray.init`` is called if needed, honouring ``RAY_ADDRESS``).
 
     Args:
@@ -156,6 +184,9 @@ def prepare_dataset(
         source.check_split(split)
     store = Store.open(out)
     classes = source.classes()
+    job = {"dataset": dataset, "dataset.root": root, "options": dict(options or {}), "classes": list(classes)}
+    job |= {"max_pixels": int(max_pixels), **{f"shuffle.{k}": v for k, v in asdict(shuffle).items()}}
+    claim_out_folder(store, out, job)
     plain = [chunk for split in splits if not shuffle.applies_to(split) for chunk in source.chunks(split)]
     done = _read_records(store, [done_path(c) for c in plain])
     todo = [c for c in plain if done_path(c) not in done]

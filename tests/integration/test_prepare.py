@@ -127,6 +127,27 @@ def test_s3_output_and_input_against_a_local_s3_server(ray_cluster, s3_server, t
     assert pq.read_table(tmp_path / "local" / again["splits"]["test"]["shards"][0]["file"]).num_rows == 20
 
 
+def test_another_input_into_a_used_out_folder_is_refused_before_any_work(ray_cluster, tmp_path):
+    """Re-running into ``out`` resumes; other input there would have mixed old shards into the new."""
+    replicas.cifar10(tmp_path / "raw")
+    replicas.cifar10(tmp_path / "other")
+    out = tmp_path / "out"
+    plain = ShuffleSettings(enabled=False)
+    prepare_dataset("cifar10", str(tmp_path / "raw"), str(out), shuffle=plain)
+    before = (out / "manifest.json").read_bytes()
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(
+        ValueError, match=r"out=.*out holds the shards of another prepare: dataset.root: .*raw.* -> .*other"
+    ):
+        prepare_dataset("cifar10", str(tmp_path / "other"), str(out), shuffle=plain)
+    with pytest.raises(ValueError, match=r"shuffle.enabled: False -> True.*a new out folder"):
+        prepare_dataset("cifar10", str(tmp_path / "raw"), str(out))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == stamps  # nothing touched
+    assert (out / "manifest.json").read_bytes() == before
+    again = prepare_dataset("cifar10", str(tmp_path / "raw"), str(out), shuffle=plain)  # the same input
+    assert again["splits"]["train"]["rows"] == sum(3 + b for b in range(1, 6))
+
+
 def test_unknown_split_fails_before_any_work(ray_cluster, tmp_path):
     replicas.cifar10(tmp_path / "raw")
     with pytest.raises(ValueError, match="no split 'val'"):

@@ -167,7 +167,9 @@ def test_imagefolder_without_class_folders_is_an_error_saying_the_layout(tmp_pat
     flat.mkdir()
     for i in range(3):
         (flat / f"{i}.jpg").write_bytes(b"x")
-    with pytest.raises(ValueError, match=r"no class folders in .*flat.*3 image files directly in it.*<class>/"):
+    with pytest.raises(
+        ValueError, match=r"no class folders in .*flat.*3 image files directly in it.*<class>/"
+    ):
         open_source("imagefolder", str(flat)).classes()
     split = tmp_path / "split"
     (split / "train" / "cat").mkdir(parents=True)
