@@ -171,7 +171,7 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
         "config_dir": config_dir,
         "project_root": str(PROJECT_ROOT),
         "views_per_step": views,
-        "preemption_watcher": bool(tune_cfg.get("preemption_watcher", False)),
+        "preemption_watcher": bool(tune_cfg.get("preemption_watcher")),
         "read_task_cpus": read_task_cpus(float(tune_cfg.get("data_cpus_per_trial", 0.5))),
     }
     trainable = tune.with_resources(tune.with_parameters(run_trial, spec=spec), {"cpu": TRIAL_DRIVER_CPU})
