@@ -11,6 +11,8 @@ the workers, ...) is checked by :func:`pipelines.config.checks.check_config`.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -240,3 +242,23 @@ def with_defaults(group: str | type, values: dict[str, Any] | None = None) -> di
     schema = GROUPS[group] if isinstance(group, str) else group
     merged = OmegaConf.merge(OmegaConf.structured(schema), values or {})
     return OmegaConf.to_container(merged, resolve=False, throw_on_missing=False)  # type: ignore[return-value]
+
+
+def unknown_keys(group: str | type, values: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys of ``values`` that ``group``'s schema does not have (nested schemas followed).
+
+    Hydra refuses such a key on the command line, but ``+group.key=value`` adds it anyway: a
+    misspelt ``+trainer.batchsize=64`` would otherwise be ignored while the run trains at the
+    default batch size.
+    """
+    schema = GROUPS[group] if isinstance(group, str) else group
+    prefix = prefix or (f"{group}." if isinstance(group, str) else "")
+    hints = typing.get_type_hints(schema)
+    names = {f.name for f in dataclasses.fields(schema)}
+    out = []
+    for key, value in values.items():
+        if key not in names:
+            out.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):
+            out += unknown_keys(hints[key], value, f"{prefix}{key}.")
+    return out

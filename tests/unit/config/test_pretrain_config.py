@@ -156,6 +156,9 @@ def errors_of(cfg: dict) -> str:
         (["eval.few_shot_below=200"], "eval.few_shot_below=200"),
         (["augment.mean_std=cifar"], "augment.mean_std='cifar'"),
         (["eval.centre_crop=1.5"], "eval.centre_crop=1.5"),
+        (["+trainer.batchsize=64"], "trainer.batchsize is not a setting (added with '+'? check its spelling"),
+        (["+trainer.optimizer.lrr=0.1"], "trainer.optimizer.lrr is not a setting"),
+        (["+model.widht=0.5"], "model.widht is not a setting"),
     ],
 )
 def test_config_errors_name_the_key_and_the_fix(overrides: list[str], expected: str) -> None:
