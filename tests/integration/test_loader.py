@@ -52,6 +52,15 @@ def test_imbalanced_cifar_streams_the_exact_counts_as_five_uint8_views(ray_clust
     assert histogram(data.datasets["train"]) == expected
 
 
+def test_a_split_the_shards_lack_is_an_error_naming_the_key_to_set() -> None:
+    for key in ("train_split", "eval_split"):
+        cfg = {**cifar_cfg(), key: "val"}
+        with pytest.raises(
+            ValueError, match=rf"dataset\.{key}=val is not a split of .*: it has .*test.*dataset\.{key}="
+        ):
+            training_datasets(cfg, view_recipes("cifar", 2), eval_size=32)
+
+
 def test_one_worker_reads_the_training_stream_whole_and_several_split_it(ray_cluster):
     """A single worker needs no split coordinator (one actor process fewer per run or trial)."""
     recipes = view_recipes("cifar", 2)
