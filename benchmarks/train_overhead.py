@@ -7,7 +7,8 @@ Both sides run the same step (the demo preset's framework and objective, DDP ove
 the same in-memory uint8 views, with one thread per process, for the same number of steps:
 * **plain**: ``torch.multiprocessing`` spawns 2 processes that form a gloo group themselves;
 * **ray**: a ``TorchTrainer`` with 2 workers (1 CPU each) runs the step function as its
-  ``train_loop_per_worker`` on a local cluster started for the round.
+  ``train_loop_per_worker`` on a local cluster started for the round, with the project's Ray
+  Train setting (no PreemptionWatcher, as ``trainer.preemption_watcher: false``).
 Steps/s are timed inside the loop after a warm-up, on rank 0. For Ray the time from ``fit()`` to
 the first step is split into the cluster's start (``ray.init``), the worker group's start (until
 the loop function begins) and the model build. ``--ray-env KEY=VALUE`` (repeatable) adds a third
@@ -35,6 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_sampler import CpuSampler  # noqa: E402
+from pipelines.training.run import PREEMPTION_WATCHER_ENV  # noqa: E402
 
 
 def demo_config() -> dict:
@@ -173,9 +175,10 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cfg = demo_config()
     args = {"steps": a.steps, "warmup": a.warmup, "batch": a.batch}
-    arms = {"plain": plain_round, "ray": ray_round}
+    ours = {PREEMPTION_WATCHER_ENV: "0"}  # what pipelines/training/run.py sets by default
+    arms = {"plain": plain_round, "ray": lambda c, x: ray_round(c, x, ours)}
     if env:
-        arms["ray_env"] = lambda c, x: ray_round(c, x, env)
+        arms["ray_env"] = lambda c, x: ray_round(c, x, ours | env)
     runs: dict[str, list[dict]] = {name: [] for name in arms}
     for r in range(a.rounds):
         for name, one_round in arms.items():
