@@ -106,11 +106,7 @@ def training_datasets(
         )
     source = open_source(name, str(dataset["root"]))
     for key in ("train_split", "eval_split"):  # name the key to change, not only the split
-        if dataset[key] not in source.splits:
-            raise ValueError(
-                f"dataset.{key}={dataset[key]} is not a split of {dataset['root']}: it has "
-                f"{', '.join(source.splits)}; set dataset.{key}=<one of them>"
-            )
+        source.check_split(dataset[key], key=f"dataset.{key}")
     if any(str(c.args[0]).endswith(".tar") for c in source.chunks(dataset["train_split"])):
         raise ValueError(
             f"{dataset['root']} holds WebDataset shards; convert them once with `python pipelines/prepare.py "

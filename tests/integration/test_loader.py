@@ -56,7 +56,8 @@ def test_a_split_the_shards_lack_is_an_error_naming_the_key_to_set() -> None:
     for key in ("train_split", "eval_split"):
         cfg = {**cifar_cfg(), key: "val"}
         with pytest.raises(
-            ValueError, match=rf"dataset\.{key}=val is not a split of .*: it has .*test.*dataset\.{key}="
+            ValueError,
+            match=rf"dataset\.{key}=val: .* has no split 'val'; choose one of .*test.*; set dataset\.{key}=",
         ):
             training_datasets(cfg, view_recipes("cifar", 2), eval_size=32)
 

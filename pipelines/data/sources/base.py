@@ -57,11 +57,16 @@ class Source:
         self.store = Store.open(root)
         self.options = options
 
-    def check_split(self, split: str) -> None:
-        """Raise ``ValueError`` naming the valid splits for an unknown one."""
+    def check_split(self, split: str, key: str | None = None) -> None:
+        """Raise ``ValueError`` naming the valid splits for an unknown one.
+
+        ``key``, the config key that chose the split, is named with the fix when given.
+        """
         if split not in self.splits:
+            fix = f"; set {key}=<one of them>" if key else ""
             raise ValueError(
-                f"dataset {self.name!r} has no split {split!r}; choose one of {', '.join(self.splits)}"
+                f"{key + '=' + split + ': ' if key else ''}dataset {self.name!r} at {self.root} has no "
+                f"split {split!r}; choose one of {', '.join(self.splits)}{fix}"
             )
 
     def classes(self) -> list[str]:
