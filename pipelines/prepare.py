@@ -18,6 +18,7 @@ from pipelines.core.errors import ConfigError, run_command
 from pipelines.data.prepare import prepare_dataset
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
+from pipelines.data.sources.holdout import HoldOut, HoldOutSettings
 from pipelines.ray_session import connect
 
 register()  # the config groups' typed schemas, before Hydra composes
@@ -46,10 +47,15 @@ def prepare(cfg: DictConfig) -> str:
         raise ConfigError("out is not set: add out=<folder or URI for the shards>")
     options = OmegaConf.to_container(cfg.dataset.options, resolve=True) or {}
     options = {k: v for k, v in options.items() if v is not None}
-    open_source(cfg.dataset.name, str(cfg.dataset.root), **options)  # the layout, before Ray starts
+    source = open_source(cfg.dataset.name, str(cfg.dataset.root), **options)  # the layout, before Ray
     shuffle = ShuffleSettings.from_config(OmegaConf.to_container(cfg.shuffle, resolve=True))
-    connect(cfg.ray.address)
+    holdout = HoldOutSettings.from_config(OmegaConf.to_container(cfg.holdout, resolve=True))
+    if holdout.enabled:
+        source = HoldOut(source, holdout)  # checks the split to divide, before Ray starts
     splits = list(cfg.splits) if cfg.splits else None
+    for split in splits or []:
+        source.check_split(split, key="splits")
+    connect(cfg.ray.address)
     prepare_dataset(
         cfg.dataset.name,
         str(cfg.dataset.root),
@@ -58,6 +64,7 @@ def prepare(cfg: DictConfig) -> str:
         options=options,
         max_pixels=int(cfg.dataset.max_pixels),
         shuffle=shuffle,
+        holdout=holdout,
     )
     return f"manifest: {str(cfg.out).rstrip('/')}/manifest.json"
 

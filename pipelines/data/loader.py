@@ -113,6 +113,14 @@ def training_datasets(
             "dataset=shards dataset.root=<them> out=<dir>` and train from <dir>"
         )
     warn_if_unshuffled(source, dataset["train_split"])
+    if dataset["train_split"] == dataset["eval_split"]:
+        print(
+            f"WARNING: dataset.eval_split is the training split {dataset['eval_split']!r}: kNN and linear "
+            "accuracies will be measured on images the encoder trained on. For a held-out split, "
+            "prepare the raw data again with holdout.fraction=0.02 (docs/data.md) and set "
+            "dataset.eval_split=val",
+            flush=True,
+        )
     resilience.configure()  # before the datasets exist: each keeps the context it was made in
     classes = source.classes()
     num_classes = len(classes)

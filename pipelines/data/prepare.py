@@ -16,6 +16,7 @@ from pipelines.data.decode import DEFAULT_MAX_PIXELS
 from pipelines.data.shard_writer import MANIFEST, build_manifest, done_path, write_chunk
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
+from pipelines.data.sources.holdout import HoldOut, HoldOutSettings
 
 
 def run_tasks(
@@ -152,6 +153,7 @@ def prepare_dataset(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_in_flight: int | None = None,
     shuffle: ShuffleSettings | None = None,
+    holdout: HoldOutSettings | None = None,
 ) -> dict[str, Any]:
     """Write ``dataset`` at ``root`` as shards under ``out`` and return the manifest.
 
@@ -171,6 +173,9 @@ def prepare_dataset(
         max_pixels: larger images are listed as bad (decompression bombs).
         max_in_flight: tasks submitted at once (default: twice the cluster's CPUs).
         shuffle: the write-time shuffle (default: on, seed 0).
+        holdout: divide one split into ``train`` and a held-out split
+            (:mod:`pipelines.data.sources.holdout`); the held-out split is written like a training
+            split (consolidated shards, one random order) unless ``shuffle.enabled`` is false.
 
     Returns:
         The manifest that was written to ``<out>/manifest.json``.
@@ -178,7 +183,10 @@ def prepare_dataset(
     import ray
 
     shuffle = shuffle or ShuffleSettings()
+    holdout = holdout or HoldOutSettings()
     source = open_source(dataset, root, **(options or {}))
+    if holdout.enabled:
+        source = HoldOut(source, holdout)
     splits = list(splits or source.splits)
     for split in splits:
         source.check_split(split)
@@ -186,22 +194,34 @@ def prepare_dataset(
     classes = source.classes()
     job = {"dataset": dataset, "dataset.root": root, "options": dict(options or {}), "classes": list(classes)}
     job |= {"max_pixels": int(max_pixels), **{f"shuffle.{k}": v for k, v in asdict(shuffle).items()}}
+    if holdout.enabled:
+        job |= {f"holdout.{k}": v for k, v in asdict(holdout).items()}
     claim_out_folder(store, out, job)
-    plain = [chunk for split in splits if not shuffle.applies_to(split) for chunk in source.chunks(split)]
+
+    def shuffled_split(split: str) -> bool:  # a held-out split's chunks are small: consolidate them
+        return shuffle.applies_to(split) or (shuffle.enabled and holdout.enabled and split == holdout.to)
+
+    plain = [chunk for split in splits if not shuffled_split(split) for chunk in source.chunks(split)]
     done = _read_records(store, [done_path(c) for c in plain])
     todo = [c for c in plain if done_path(c) not in done]
     print(f"prepare {dataset} -> {out}: {', '.join(splits)}", flush=True)
+    if holdout.enabled:
+        print(
+            f"  holding out about {holdout.fraction:.1%} of {source.divided!r} as {holdout.to!r} "
+            f"(seed {holdout.seed}); the rest is written as 'train'",
+            flush=True,
+        )
     records: list[dict[str, Any]] = []
     shuffled: dict[str, dict[str, Any]] = {}
     for split in splits:
-        if shuffle.applies_to(split):
+        if shuffled_split(split):
             records_split, shuffled[split] = _write_shuffled(
                 source, split, store, len(classes), max_pixels, shuffle, max_in_flight, f"prepare {dataset}"
             )
             records += records_split
     if plain:
         print(
-            f"  {', '.join(s for s in splits if not shuffle.applies_to(s))}: {len(plain)} chunk(s) in "
+            f"  {', '.join(s for s in splits if not shuffled_split(s))}: {len(plain)} chunk(s) in "
             f"source order, {len(plain) - len(todo)} already written",
             flush=True,
         )
@@ -211,6 +231,8 @@ def prepare_dataset(
             done[done_path(chunk)] = record
         records += [done[done_path(c)] for c in plain]
     manifest = build_manifest(dataset, root, classes, splits, records, shuffled)
+    if holdout.enabled:
+        manifest["holdout"] = {**asdict(holdout), "split": source.divided}
     store.write_atomic(json.dumps(manifest, indent=1).encode(), MANIFEST)
     for split, info in manifest["splits"].items():
         ratio = imbalance.ratio_text(info["imbalance_ratio"])

@@ -75,3 +75,18 @@ def test_input_errors_are_one_line_with_exit_code_2(tmp_path):
         cwd=tmp_path,
     )
     assert proc.returncode == 2 and "shuffle.rows_per_shard=0 must be at least 1" in proc.stderr
+
+
+def test_a_held_out_split_that_cannot_be_made_is_refused_before_ray_starts(tmp_path):
+    replicas.stl10(tmp_path / "stl")
+    common = ("dataset=stl10", f"dataset.root={tmp_path / 'stl'}", f"out={tmp_path / 'out'}")
+    proc = run(*common, "holdout.fraction=0.1", cwd=tmp_path)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-2000:]
+    assert (
+        "holdout.split is not set" in proc.stderr and "set holdout.split=<the one to divide>" in proc.stderr
+    )
+    proc = run(*common, "holdout.fraction=0.1", "holdout.split=unlabeled", "splits=[train,val]", cwd=tmp_path)
+    assert (
+        proc.returncode == 2 and "holdout.split=unlabeled would write the splits train and val" in proc.stderr
+    )
+    assert not (tmp_path / "out").exists()

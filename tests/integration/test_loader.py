@@ -62,6 +62,14 @@ def test_a_split_the_shards_lack_is_an_error_naming_the_key_to_set() -> None:
             training_datasets(cfg, view_recipes("cifar", 2), eval_size=32)
 
 
+def test_judging_on_the_training_split_is_warned_with_the_fix(ray_cluster, capsys):
+    training_datasets(cifar_cfg(), view_recipes("cifar", 2), eval_size=32)  # test -> test
+    out = capsys.readouterr().out
+    assert "WARNING: dataset.eval_split is the training split 'test'" in out and "holdout.fraction" in out
+    training_datasets({**cifar_cfg(), "train_split": "train"}, view_recipes("cifar", 2), eval_size=32)
+    assert "WARNING: dataset.eval_split" not in capsys.readouterr().out
+
+
 def test_one_worker_reads_the_training_stream_whole_and_several_split_it(ray_cluster):
     """A single worker needs no split coordinator (one actor process fewer per run or trial)."""
     recipes = view_recipes("cifar", 2)

@@ -12,8 +12,9 @@ from pipelines.data.decode import decode_image
 from pipelines.data.prepare import prepare_dataset
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
+from pipelines.data.sources.holdout import HoldOutSettings
 from tests.helpers import replicas
-from tests.helpers.data_fixtures import corrupt_cases
+from tests.helpers.data_fixtures import corrupt_cases, encode, pattern
 
 
 def read_back(out, split):
@@ -146,6 +147,32 @@ def test_another_input_into_a_used_out_folder_is_refused_before_any_work(ray_clu
     assert (out / "manifest.json").read_bytes() == before
     again = prepare_dataset("cifar10", str(tmp_path / "raw"), str(out), shuffle=plain)  # the same input
     assert again["splits"]["train"]["rows"] == sum(3 + b for b in range(1, 6))
+
+
+def test_a_flat_folder_prepared_with_a_held_out_split(ray_cluster, tmp_path):
+    """``holdout.fraction``: the only split becomes train + val, disjoint, complete, val consolidated."""
+    raw, tiny = tmp_path / "raw", encode(pattern(4, 4, 0), "PNG")
+    sizes = {"cat": 300, "dog": 120, "eel": 30}
+    for cls, n in sizes.items():
+        (raw / cls).mkdir(parents=True)
+        for i in range(n):
+            (raw / cls / f"{i:04d}.png").write_bytes(tiny)
+    out, holdout = tmp_path / "out", HoldOutSettings(fraction=0.2)
+    manifest = prepare_dataset("imagefolder", str(raw), str(out), holdout=holdout)
+    assert sorted(manifest["splits"]) == ["train", "val"]
+    assert manifest["holdout"] == {"fraction": 0.2, "split": "all", "to": "val", "seed": 0}
+    train, val = read_back(out, "train"), read_back(out, "val")
+    assert manifest["splits"]["train"]["rows"] == len(train) and manifest["splits"]["val"]["rows"] == len(val)
+    train_keys, val_keys = {r["key"] for r in train}, {r["key"] for r in val}
+    assert not train_keys & val_keys
+    assert train_keys | val_keys == {f"{c}/{i:04d}.png" for c, n in sizes.items() for i in range(n)}
+    per_class = np.bincount([r["label"] for r in val], minlength=3)
+    assert manifest["splits"]["val"]["per_class"] == per_class.tolist()
+    for held, n in zip(per_class, sizes.values(), strict=True):  # Binomial(n, 0.2), within 5 sd
+        assert abs(held - 0.2 * n) <= 5 * np.sqrt(n * 0.2 * 0.8) + 1
+    assert len(manifest["splits"]["val"]["shards"]) == 1  # not one small shard per class folder
+    with pytest.raises(ValueError, match=r"holdout.fraction: 0.2 -> 0.3"):
+        prepare_dataset("imagefolder", str(raw), str(out), holdout=HoldOutSettings(fraction=0.3))
 
 
 def test_unknown_split_fails_before_any_work(ray_cluster, tmp_path):
