@@ -132,7 +132,7 @@ def training_datasets(
         raise FileNotFoundError(f"no readable {dataset['train_split']} shards under {dataset['root']}")
     labels = train_index.labels
     positions, counts = training_rows(labels, num_classes, spec, seed, train_index.keys)
-    limit = dataset.get("max_train_images")
+    limit, before_cap = dataset.get("max_train_images"), len(positions)
     if limit and int(limit) < len(positions):  # a fixed, class-stratified subset for every epoch
         groups = order.group_counts(positions, train_index.sizes)  # positions are sorted
         kept = order.training_sample(labels[positions], int(limit), seed, num_classes, groups)
@@ -158,11 +158,15 @@ def training_datasets(
         datasets["bank"] = stream(ReadPlan(with_rows(train_index, bank)), plain, task_cpus)
     stats = imbalance.summary(counts)
     unlabelled = int((labels[positions] < 0).sum())
+    capped = len(positions) < before_cap
     print(
         f"training set: {len(positions):,} images"
         + (f" ({unlabelled:,} unlabelled)" if unlabelled else "")
+        + (f", a class-stratified sample (dataset.max_train_images) of {before_cap:,}" if capped else "")
         + f", {stats['classes_present']} classes, imbalance ratio "
-        f"{imbalance.ratio_text(stats['imbalance_ratio'])}, per class {stats['per_class']}",
+        f"{imbalance.ratio_text(stats['imbalance_ratio'])}, per class "
+        + ("before the sample " if capped else "")
+        + f"{stats['per_class']}",
         flush=True,
     )
     ordered = ray.data.ExecutionOptions(preserve_order=True)  # same order for the same seed and epoch

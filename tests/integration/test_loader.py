@@ -70,6 +70,18 @@ def test_judging_on_the_training_split_is_warned_with_the_fix(ray_cluster, capsy
     assert "WARNING: dataset.eval_split" not in capsys.readouterr().out
 
 
+def test_a_capped_training_set_says_its_counts_are_the_splits_before_the_sample(ray_cluster, capsys):
+    data = training_datasets({**cifar_cfg(), "max_train_images": 100}, view_recipes("cifar", 2), eval_size=32)
+    assert data.train_size == 100 and data.train_counts == [1000] * 10  # shot groups: the classes' counts
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("training set:"))
+    assert line.startswith(
+        "training set: 100 images, a class-stratified sample (dataset.max_train_images) of 10,000"
+    )
+    assert line.endswith(
+        "per class before the sample [1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000, 1000]"
+    )
+
+
 def test_one_worker_reads_the_training_stream_whole_and_several_split_it(ray_cluster):
     """A single worker needs no split coordinator (one actor process fewer per run or trial)."""
     recipes = view_recipes("cifar", 2)
