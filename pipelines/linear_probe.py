@@ -26,6 +26,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.core.config_schema import register
+from pipelines.core.errors import run_hydra
 from pipelines.probe.run import main_with_errors
 
 register()  # the config groups' typed schemas, before Hydra composes
@@ -40,4 +41,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.core.config_schema import register
-from pipelines.core.errors import ConfigError, run_command
+from pipelines.core.errors import ConfigError, run_command, run_hydra
 from pipelines.data.prepare import prepare_dataset
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
@@ -70,4 +70,4 @@ def prepare(cfg: DictConfig) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

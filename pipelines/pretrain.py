@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipelines.config.paths import resolve_paths
 from pipelines.core.config_schema import register
+from pipelines.core.errors import run_hydra
 from pipelines.training.run import main_with_errors
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -36,4 +37,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

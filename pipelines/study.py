@@ -16,6 +16,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.core.config_schema import register
+from pipelines.core.errors import run_hydra
 from pipelines.studies.run import main_with_errors
 
 register()  # the config groups' typed schemas, before Hydra composes
@@ -28,4 +29,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

@@ -17,6 +17,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.core.config_schema import register
+from pipelines.core.errors import run_hydra
 from pipelines.search.run import main_with_errors
 
 register()  # the config groups' typed schemas, before Hydra composes
@@ -29,4 +30,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra(main)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from typing import Any
+
+_action_started = False  # set by run_command: an exit code 1 after it is a fault, not a config error
 
 
 class ConfigError(ValueError):
@@ -24,6 +27,8 @@ def run_command(
         there are several) or a ``stops`` code.
         An error raised inside a Ray task is never one of these: it propagates with its traceback.
     """
+    global _action_started
+    _action_started = True
     handled: dict[type[Exception], tuple[str, int]] = {ConfigError: ("config error: ", 2), **(stops or {})}
     try:
         text = action()
@@ -35,3 +40,19 @@ def run_command(
         return code
     print(text, flush=True)
     return 0
+
+
+def run_hydra(main: Callable[[], Any]) -> None:
+    """Run a ``@hydra.main`` entry point so that Hydra's own config errors exit 2, as ours do.
+
+    Hydra reports an unknown config option or key, a malformed override and a failed
+    interpolation itself, with the valid choices, and exits 1, before the command's action runs.
+    That exit becomes 2 (a config error); once :func:`run_command` has started, an exit code is
+    left as it is (1 there is a fault, with its traceback).
+    """
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code == 1 and not _action_started:
+            raise SystemExit(2) from None
+        raise

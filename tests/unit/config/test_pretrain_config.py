@@ -224,3 +224,26 @@ def test_the_presets_page_has_a_row_for_every_paper_preset_with_its_header_comma
         row = next((x for x in page.splitlines() if x.startswith(f"| `{preset}` |")), None)
         assert row is not None, preset
         assert "python " + command.split("python ", 1)[1].strip() in row, preset
+
+
+def test_hydras_own_command_line_errors_exit_2_like_every_config_error(tmp_path) -> None:
+    """An unknown option or key is refused by Hydra before our code runs; it is still exit code 2."""
+    cases = [
+        ("pipelines/pretrain.py", "trainer.batch_sise=8", "batch_sise"),
+        ("pipelines/pretrain.py", "objective=nope", "objective/nope"),
+        ("pipelines/prepare.py", "dataset=nope", "dataset/nope"),
+        ("pipelines/linear_probe.py", "eval.nope=1", "nope"),
+        ("pipelines/tune.py", "search=nope", "search/nope"),
+        ("pipelines/study.py", "study.nope=1", "nope"),
+    ]
+    for script, override, named in cases:
+        proc = subprocess.run(
+            [sys.executable, script, override, f"hydra.run.dir={tmp_path}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, (script, override, proc.returncode, proc.stderr[-1500:])
+        assert named in proc.stderr
+    assert not any(tmp_path.iterdir())
