@@ -26,7 +26,7 @@ from pipelines.data import imbalance, order, resilience
 from pipelines.data.read_tasks import ReadPlan, stream
 from pipelines.data.recipes import ViewRecipe, eval_view
 from pipelines.data.shard_index import index_shards, training_rows, warn_if_unshuffled, with_rows
-from pipelines.data.sources import open_source
+from pipelines.data.sources import Source, open_source
 
 PARQUET_SOURCES = ("shards", "cifar10_jpeg")
 
@@ -51,6 +51,35 @@ class TrainingData:
     train_counts: list[int]
     unreadable: list[dict[str, str]] = field(default_factory=list)
     train_size: int = 0
+
+
+def open_training_source(dataset: dict[str, Any]) -> Source:
+    """Open the shards a run trains from and check its splits, without Ray (before a cluster starts).
+
+    Args:
+        dataset: the ``dataset`` config group as a plain dict.
+
+    Raises:
+        ValueError: for a dataset read for training only through shards, a split the shards lack
+            (naming the key to set) or WebDataset shards (converted once by ``prepare``).
+        FileNotFoundError: when ``dataset.root`` holds no shards.
+    """
+    name = dataset["name"]
+    if name not in PARQUET_SOURCES:
+        raise ValueError(
+            f"dataset {name!r} is read for training through shards: run `python pipelines/prepare.py "
+            f"dataset={name} dataset.root=<raw> out=<dir>` once, then train with dataset=shards "
+            f"dataset.root=<dir>"
+        )
+    source = open_source(name, str(dataset["root"]))
+    for key in ("train_split", "eval_split"):  # name the key to change, not only the split
+        source.check_split(dataset[key], key=f"dataset.{key}")
+    if any(str(c.args[0]).endswith(".tar") for c in source.chunks(dataset["train_split"])):
+        raise ValueError(
+            f"{dataset['root']} holds WebDataset shards; convert them once with `python pipelines/prepare.py "
+            "dataset=shards dataset.root=<them> out=<dir>` and train from <dir>"
+        )
+    return source
 
 
 def training_datasets(
@@ -92,26 +121,13 @@ def training_datasets(
         task_cpus: CPUs each read task reserves (:func:`~pipelines.data.read_tasks.stream`).
 
     Raises:
-        ValueError: for a dataset that is read for training only through shards.
+        ValueError, FileNotFoundError: as :func:`open_training_source`, or when no training shard
+            can be read.
     """
     import ray.data
     from ray.train import DataConfig
 
-    name = dataset["name"]
-    if name not in PARQUET_SOURCES:
-        raise ValueError(
-            f"dataset {name!r} is read for training through shards: run `python pipelines/prepare.py "
-            f"dataset={name} dataset.root=<raw> out=<dir>` once, then train with dataset=shards "
-            f"dataset.root=<dir>"
-        )
-    source = open_source(name, str(dataset["root"]))
-    for key in ("train_split", "eval_split"):  # name the key to change, not only the split
-        source.check_split(dataset[key], key=f"dataset.{key}")
-    if any(str(c.args[0]).endswith(".tar") for c in source.chunks(dataset["train_split"])):
-        raise ValueError(
-            f"{dataset['root']} holds WebDataset shards; convert them once with `python pipelines/prepare.py "
-            "dataset=shards dataset.root=<them> out=<dir>` and train from <dir>"
-        )
+    source = open_training_source(dataset)
     warn_if_unshuffled(source, dataset["train_split"])
     if dataset["train_split"] == dataset["eval_split"]:
         print(

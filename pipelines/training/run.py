@@ -25,7 +25,7 @@ from pipelines.core.checkpoints import IncompleteCheckpointError, UnsafeCheckpoi
 from pipelines.core.errors import ConfigError, run_command
 from pipelines.core.run_files import CLASS_COUNTS, CONFIG_FILE, STOPPED
 from pipelines.core.storage import is_uri, write_atomic
-from pipelines.data.loader import training_datasets
+from pipelines.data.loader import open_training_source, training_datasets
 from pipelines.data.monitor import monitor
 from pipelines.data.recipes import MEAN_STD, eval_crop_for, recipes_for
 from pipelines.evaluation.report import encoder_table
@@ -125,6 +125,11 @@ def checkpoint_problem(err: BaseException) -> str | None:
     return None
 
 
+def _dataset_error(ds: dict[str, Any], err: Exception) -> ConfigError:
+    """A dataset that cannot be read as configured, as a config error naming the dataset."""
+    return ConfigError(f"dataset={ds['name']} dataset.root={ds.get('root')}: {err}")
+
+
 def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutcome:
     """Check ``cfg``, then run (or resume) pretraining on Ray Train and evaluate the encoder.
 
@@ -152,6 +157,10 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
     from ray.train.torch import TorchConfig, TorchTrainer
 
     tr, ds, aug = cfg["trainer"], cfg["dataset"], cfg["augment"]
+    try:
+        open_training_source(ds)  # no shards there, a split they lack: exit 2 before Ray starts
+    except (ValueError, FileNotFoundError) as err:
+        raise _dataset_error(ds, err) from err
     dashboard = connect((cfg.get("ray") or {}).get("address"))
     check_shared_storage(tr, alive_nodes())
     name = str(tr["name"])
@@ -169,8 +178,8 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
             workers=int(tr["num_workers"]),
             task_cpus=float(tr["read_task_cpus"]),
         )
-    except (ValueError, FileNotFoundError) as err:  # no shards, wrong format: one message, exit 2
-        raise ConfigError(f"dataset={ds['name']} dataset.root={ds.get('root')}: {err}") from err
+    except (ValueError, FileNotFoundError) as err:  # no readable shards: one message, exit 2
+        raise _dataset_error(ds, err) from err
     if data.unreadable:  # shards that could not be opened go into the run's report too
         ray.get(data_monitor.add.remote(0, data.unreadable))
     n_train, workers = data.train_size, int(tr["num_workers"])

@@ -247,3 +247,32 @@ def test_hydras_own_command_line_errors_exit_2_like_every_config_error(tmp_path)
         assert proc.returncode == 2, (script, override, proc.returncode, proc.stderr[-1500:])
         assert named in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_a_dataset_root_without_the_shards_or_splits_is_refused_before_ray_starts(tmp_path) -> None:
+    sample = ROOT / "data" / "cifar10-sample"
+    cases = [
+        (["dataset=shards", f"dataset.root={tmp_path}"], "no manifest.json and no <split>-*.parquet/.tar"),
+        (
+            [f"dataset.root={sample}", "dataset.eval_split=val"],
+            "dataset.eval_split=val: dataset 'cifar10_jpeg'",
+        ),
+        (["dataset.name=imagefolder", f"dataset.root={tmp_path}"], "run `python pipelines/prepare.py"),
+    ]
+    for overrides, expected in cases:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "pipelines/pretrain.py",
+                "experiment=smoke",
+                *overrides,
+                f"trainer.storage_path={tmp_path / 'runs'}",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 2, (overrides, proc.stderr[-2000:])
+        assert proc.stderr.startswith("config error: ") and expected in proc.stderr, proc.stderr[-2000:]
+        assert "Started a local Ray instance" not in proc.stdout + proc.stderr
