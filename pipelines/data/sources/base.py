@@ -12,7 +12,7 @@ images inside them, and Ray tasks read the chunks in parallel. A *record* is one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,13 @@ class Source:
     def read(self, chunk: Chunk) -> Iterator[Record]:
         """The records of one chunk, in a stable order."""
         raise NotImplementedError
+
+    def read_selected(self, chunk: Chunk, keep: Callable[[str], bool]) -> Iterator[Record]:
+        """The records of one chunk whose key ``keep`` accepts.
+
+        Sources that know a key before reading its image (a folder listing) skip the others' bytes.
+        """
+        return (r for r in self.read(chunk) if keep(str(r["key"])))
 
 
 def record(key: str, label: Any, image: bytes | None = None, pixels: np.ndarray | None = None) -> Record:

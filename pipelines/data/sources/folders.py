@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from importlib import resources
 from typing import Any
 
@@ -113,12 +113,16 @@ class ImageFolder(Source):
         return out
 
     def read(self, chunk: Chunk) -> Iterator[Record]:
+        return self.read_selected(chunk, lambda key: True)
+
+    def read_selected(self, chunk: Chunk, keep: Callable[[str], bool]) -> Iterator[Record]:
         folder, cls, label = chunk.args
         sub = [p for p in (folder, cls) if p]
         for info in self.store.listdir(*sub):
             if info.type == pafs.FileType.File and is_image_name(info.base_name):
                 key = "/".join([*sub, info.base_name])
-                yield record(key, label, image=self.store.read(key))
+                if keep(key):  # the key is known before the file is read
+                    yield record(key, label, image=self.store.read(key))
 
 
 class ImageNet1k(ImageFolder):
@@ -178,9 +182,9 @@ class ImageNet1k(ImageFolder):
         id_to_wnid = read_meta_mat(base.read("data", "meta.mat"))
         return [id_to_wnid[i] for i in ids]
 
-    def read(self, chunk: Chunk) -> Iterator[Record]:
+    def read_selected(self, chunk: Chunk, keep: Callable[[str], bool]) -> Iterator[Record]:
         if chunk.args[0] != FLAT_VAL:
-            yield from super().read(chunk)
+            yield from super().read_selected(chunk, keep)
             return
         _, start, stop = chunk.args
         index = {c: i for i, c in enumerate(self.classes())}
@@ -189,7 +193,8 @@ class ImageNet1k(ImageFolder):
             if wnids[n] not in index:  # ImageNet-100: other classes' images
                 continue
             key = f"val/ILSVRC2012_val_{n + 1:08d}.JPEG"
-            yield record(key, index[wnids[n]], image=self.store.read(key))
+            if keep(key):
+                yield record(key, index[wnids[n]], image=self.store.read(key))
 
 
 def read_meta_mat(data: bytes | None) -> dict[int, str]:

@@ -69,8 +69,9 @@ def held_out(key: str, fraction: float, seed: int) -> bool:
 class HoldOut(Source):
     """``base`` with its split ``settings.split`` replaced by ``train`` and ``settings.to``.
 
-    Both new splits read the divided split's chunks and keep their own share of the records, so
-    the raw files are read twice (decoding happens later, once per kept image).
+    Both new splits go through the divided split's chunks and keep their own share of the records:
+    a folder source skips the other share's files; a tar or file-list source reads them and drops
+    them (decoding happens later, once per kept image).
     """
 
     def __init__(self, base: Source, settings: HoldOutSettings) -> None:
@@ -121,6 +122,4 @@ class HoldOut(Source):
             return
         want = chunk.split == self.settings.to
         fraction, seed = self.settings.fraction, self.settings.seed
-        for rec in self.base.read(chunk.args[0]):
-            if held_out(str(rec["key"]), fraction, seed) == want:
-                yield rec
+        yield from self.base.read_selected(chunk.args[0], lambda key: held_out(key, fraction, seed) == want)
