@@ -89,10 +89,48 @@ class ImageNet22k(Source):
 
     # ------------------------------------------------------------------ listing synsets
     def synsets(self) -> list[tuple[str, tuple[Any, ...]]]:
-        """``(wnid, where)`` for every synset, sorted by WNID."""
+        """``(wnid, where)`` for every synset, sorted by WNID.
+
+        Raises:
+            ValueError: for a root that holds no synsets, an outer tar given by its folder, or an
+                outer tar that cannot be read to its end (truncated or corrupt), naming the file.
+        """
         if self._synsets is None:
-            self._synsets = sorted(self._list_synsets())
+            try:
+                found = sorted(self._list_synsets())
+            except (tarfile.TarError, EOFError, OSError) as err:
+                raise ValueError(
+                    f"imagenet22k: dataset.root {self.root} cannot be read as a tar to its end "
+                    f"({type(err).__name__}: {err}); it is truncated or corrupt: download it again"
+                ) from err
+            if self.layout == "folder":
+                self._check_folder(found)
+            self._synsets = found
         return self._synsets
+
+    def _check_folder(self, found: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """Refuse a folder that holds the outer tar itself, or nothing of ImageNet-22K."""
+        tars = [where[1] for _, where in found if where[0] == "tar"]
+        if len(found) == 1 and tars:
+            with (
+                self.store.fs.open_input_file(self.store.path(tars[0])) as f,
+                tarfile.open(fileobj=f, mode="r:") as tf,
+            ):
+                first = tf.next()
+            if first is not None and first.name.endswith(".tar"):
+                raise ValueError(
+                    f"imagenet22k: {self.root} holds {tars[0]}, a tar of per-synset tars: set "
+                    f"dataset.root={self.root.rstrip('/')}/{tars[0]}"
+                )
+        if not found:
+            packed = [i.base_name for i in self.store.listdir() if i.base_name.endswith((".tar.gz", ".tgz"))]
+            fix = "dataset.root to the outer tar"
+            if packed:
+                fix = f"dataset.root={self.root.rstrip('/')}/{packed[0]}"
+            raise ValueError(
+                f"imagenet22k: no <wnid>.tar files or <wnid>/ folders in {self.root}: set {fix} "
+                "(winter21_whole.tar) or the folder it was extracted into"
+            )
 
     def _list_synsets(self) -> Iterator[tuple[str, tuple[Any, ...]]]:
         if self.layout == "folder":

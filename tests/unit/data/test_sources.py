@@ -239,6 +239,26 @@ def test_imagenet22k_extracted_folders(tmp_path):
     ]
 
 
+def test_imagenet22k_roots_that_are_not_the_dataset_name_the_file_and_the_fix(tmp_path):
+    rep = replicas.imagenet22k(tmp_path / "dl")  # dl/winter21_whole.tar
+    with pytest.raises(
+        ValueError,
+        match=r"holds winter21_whole.tar, a tar of per-synset tars: set dataset.root=.*dl/winter21_whole.tar",
+    ):
+        open_source("imagenet22k", str(tmp_path / "dl")).classes()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"no <wnid>.tar files or <wnid>/ folders in .*empty"):
+        open_source("imagenet22k", str(tmp_path / "empty")).classes()
+    whole = rep["path"].read_bytes()
+    cut = tmp_path / "cut" / "winter21_whole.tar"
+    cut.parent.mkdir()
+    cut.write_bytes(whole[: int(len(whole) * 0.6)])  # an interrupted download
+    with pytest.raises(
+        ValueError, match=r"cut/winter21_whole.tar cannot be read as a tar to its end .*download it again"
+    ):
+        open_source("imagenet22k", str(cut)).classes()
+
+
 def test_imagenet100_classes_come_from_the_packaged_list():
     from pipelines.data.sources.folders import ImageNet100, imagenet100_wnids
 
