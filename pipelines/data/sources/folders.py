@@ -36,6 +36,7 @@ IMAGE_SUFFIXES = (
 )
 VAL_CHUNK = 5000
 FLAT_VAL = "__flat_val__"  # marks chunks of a flat ILSVRC2012 val folder
+VAL_TRUTH = "ILSVRC2012_validation_ground_truth.txt"  # the devkit's labels of the flat val images
 
 IMAGENET100_FILE = "imagenet100_classes.txt"  # CMC's ImageNet-100 subset, one WNID per line
 
@@ -161,6 +162,7 @@ class ImageNet1k(ImageFolder):
 
     def _flat_val_chunks(self) -> list[Chunk]:
         truth = self._val_wnids()
+        self._check_flat_val(truth)
         return [
             Chunk(
                 "val",
@@ -171,16 +173,53 @@ class ImageNet1k(ImageFolder):
             for s in range(0, len(truth), VAL_CHUNK)
         ]
 
-    def _val_wnids(self) -> list[str]:
-        """WNID of every flat val image, in file-number order."""
+    def _devkit(self) -> Store:
         devkit = str(self.options.get("devkit") or "ILSVRC2012_devkit_t12")
         if is_uri(devkit) or os.path.isabs(devkit):
-            base = Store.open(devkit)
-        else:
-            base = Store(self.store.fs, self.store.path(devkit))
-        ids = [int(x) for x in base.read_text("data", "ILSVRC2012_validation_ground_truth.txt").split()]
+            return Store.open(devkit)
+        return Store(self.store.fs, self.store.path(devkit))
+
+    def _val_wnids(self) -> list[str]:
+        """WNID of every flat val image, in file-number order.
+
+        Raises:
+            ValueError: for a ground-truth line that is not an ID of ``meta.mat``, or an empty file.
+        """
+        base = self._devkit()
+        where = f"{base.base}/data/{VAL_TRUTH}"
+        lines = [(n, t.strip()) for n, t in enumerate(base.read_text("data", VAL_TRUTH).splitlines(), 1)]
+        lines = [(n, t) for n, t in lines if t]
         id_to_wnid = read_meta_mat(base.read("data", "meta.mat"))
-        return [id_to_wnid[i] for i in ids]
+        if not lines:
+            raise ValueError(f"{self.name}: {where} is empty: it labels the flat val/ images, one ID a line")
+        wnids = []
+        for n, text in lines:
+            wnid = id_to_wnid.get(int(text)) if text.isdigit() else None
+            if wnid is None:
+                raise ValueError(
+                    f"{self.name}: {where} line {n}: {text!r} is not an ILSVRC2012_ID of data/meta.mat: "
+                    "use the devkit that belongs to these images"
+                )
+            wnids.append(wnid)
+        return wnids
+
+    def _check_flat_val(self, truth: list[str]) -> None:
+        """Refuse a devkit that labels fewer images than ``val/`` holds, or classes that have no folder."""
+        files = sum(1 for i in self.store.listdir("val") if i.base_name.startswith("ILSVRC2012_val_"))
+        where = f"{self._devkit().base}/data/{VAL_TRUTH}"
+        if files > len(truth):
+            raise ValueError(
+                f"{self.name}: {self.root}/val holds {files:,} ILSVRC2012_val_* images but {where} labels "
+                f"{len(truth):,}: the rest would be left out; use the devkit that belongs to these images"
+            )
+        if self.wnids is None:  # ImageNet-100 keeps its own classes and leaves the others out
+            unknown = sorted(set(truth) - set(self.classes()))
+            if unknown:
+                raise ValueError(
+                    f"{self.name}: {where} labels val images with {len(unknown)} class(es) that have no "
+                    f"folder under train/, e.g. {unknown[:3]}: the devkit's meta.mat or the train tree "
+                    "is not the one for these images"
+                )
 
     def read_selected(self, chunk: Chunk, keep: Callable[[str], bool]) -> Iterator[Record]:
         if chunk.args[0] != FLAT_VAL:

@@ -259,6 +259,32 @@ def test_imagenet22k_roots_that_are_not_the_dataset_name_the_file_and_the_fix(tm
         open_source("imagenet22k", str(cut)).classes()
 
 
+def test_a_flat_val_devkit_that_does_not_fit_the_images_is_refused_naming_the_file(tmp_path):
+    truth = tmp_path / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt"
+
+    def chunks_with(text: str):
+        truth.write_text(text)
+        return open_source("imagenet1k", str(tmp_path)).chunks("val")
+
+    replicas.imagenet(tmp_path)  # 4 flat val images labelled 3, 1, 2, 1
+    assert sum(c.size for c in chunks_with("3\n1\n2\n1\n")) == 4
+    with pytest.raises(ValueError, match=r"ground_truth.txt is empty"):
+        chunks_with("\n")
+    with pytest.raises(
+        ValueError, match=r"val holds 4 ILSVRC2012_val_\* images but .*ground_truth.txt labels 3"
+    ):
+        chunks_with("3\n1\n2\n")
+    for bad, line in (("0", 2), ("7", 2), ("x1", 2)):
+        with pytest.raises(
+            ValueError, match=rf"ground_truth.txt line {line}: '{bad}' is not an ILSVRC2012_ID"
+        ):
+            chunks_with(f"3\n{bad}\n2\n1\n")
+    with pytest.raises(
+        ValueError, match=r"1 class\(es\) that have no folder under train/, e.g. \['n00001740'\]"
+    ):
+        chunks_with("3\n1001\n2\n1\n")  # meta.mat's non-leaf synset: no train folder
+
+
 def test_imagenet100_classes_come_from_the_packaged_list():
     from pipelines.data.sources.folders import ImageNet100, imagenet100_wnids
 
