@@ -113,7 +113,7 @@ def read_chunk(
     allow_unlabeled = chunk.split in ("unlabeled", "train+unlabeled")
     try:
         for rec in source.read(chunk):
-            reason = check_label(rec["label"], num_classes, allow_unlabeled)
+            reason = rec.get("problem") or check_label(rec["label"], num_classes, allow_unlabeled)
             data = rec["image"]
             if reason is None:
                 if rec["pixels"] is not None:

@@ -61,9 +61,15 @@ def test_webvision_missing_truncated_and_out_of_range_labels(ray_cluster, tmp_pa
     rep = replicas.webvision(tmp_path / "raw")
     lst = tmp_path / "raw" / "info" / "train_filelist_flickr.txt"
     lst.write_text(lst.read_text() + "flickr/q0003/img007.jpg 7\n")  # a label out of range
+    google = tmp_path / "raw" / "info" / "train_filelist_google.txt"
+    lines = google.read_text().splitlines()
+    google.write_text("\n".join([lines[0], "no_label.jpg", *lines[1:]]) + "\n")  # line 2: no label
     manifest = prepare_dataset("webvision", str(tmp_path / "raw"), str(tmp_path / "out"))
     reasons = {b["path"]: b["reason"] for b in manifest["bad_files"]}
     assert "label out of range: 7 not in [0, 3)" in reasons["flickr/q0003/img007.jpg"]
+    assert (
+        reasons["info/train_filelist_google.txt:2"] == "list line 2 is not '<path> <label>': 'no_label.jpg'"
+    )
     for path, fragment in rep["bad"].items():
         assert fragment in reasons[path]
     got = {r["key"]: r["label"] for s in ("train", "val") for r in read_back(tmp_path / "out", s)}

@@ -8,6 +8,8 @@ images inside them, and Ray tasks read the chunks in parallel. A *record* is one
      "label": 0,                                      # class index, -1 for unlabelled images
      "image": b"...",                                 # encoded bytes; None if listed but missing
      "pixels": None}                                  # or an [H, W, 3] uint8 array (CIFAR, STL)
+
+plus ``"problem"`` (a reason) for an entry the source already knows is unusable.
 """
 
 from __future__ import annotations
@@ -89,10 +91,21 @@ class Source:
         return (r for r in self.read(chunk) if keep(str(r["key"])))
 
 
-def record(key: str, label: Any, image: bytes | None = None, pixels: np.ndarray | None = None) -> Record:
-    """Build one record (a label that is not an integer is kept as is, for the guard to report)."""
+def record(
+    key: str,
+    label: Any,
+    image: bytes | None = None,
+    pixels: np.ndarray | None = None,
+    problem: str | None = None,
+) -> Record:
+    """Build one record (a label that is not an integer is kept as is, for the guard to report).
+
+    ``problem``: why the source already knows the entry is unusable (a malformed list line, a
+    sample without its label); the guard lists it as the reason, as for a bad image.
+    """
     if isinstance(label, int | np.integer) or (
         isinstance(label, str) and label.strip().lstrip("-").isdigit()
     ):
         label = int(label)
-    return {"key": key, "label": label, "image": image, "pixels": pixels}
+    out = {"key": key, "label": label, "image": image, "pixels": pixels}
+    return out | {"problem": problem} if problem else out

@@ -61,27 +61,31 @@ class WebVision(Source):
                 begin = 0 if first == 0 else int(ends[first - 1])
                 stop = int(ends[min(first + per_chunk, len(ends)) - 1])
                 n = min(per_chunk, len(ends) - first)
-                out.append(Chunk(split, f"{tag}-{i:05d}", (lst, begin, stop), n))
+                out.append(Chunk(split, f"{tag}-{i:05d}", (lst, begin, stop, first + 1), n))
         return out
 
     def read(self, chunk: Chunk) -> Iterator[Record]:
-        lst, begin, stop = chunk.args
+        lst, begin, stop, first_line = chunk.args
         with self.store.fs.open_input_file(self.store.path(lst)) as f:
             f.seek(begin)
             lines = f.read(stop - begin).decode("utf-8").splitlines()
         prefix = self._val_dir() + "/" if chunk.split == "val" else ""
-        for line in lines:
-            if not line.strip():
+        for n, line in enumerate(lines, first_line):
+            parts = line.rsplit(maxsplit=1)
+            if len(parts) < 2:  # a line without "<path> <label>": listed, the next lines still read
+                if line.strip():
+                    problem = f"list line {n} is not '<path> <label>': {line!r}"
+                    yield record(f"{lst}:{n}", None, problem=problem)
                 continue
-            path, label = line.rsplit(maxsplit=1)
-            key = prefix + path
-            yield record(key, label, image=self.store.read(key))
+            key = prefix + parts[0]
+            yield record(key, parts[1], image=self.store.read(key))
 
     def class_histogram(self) -> list[int]:
         """Per-class training counts from the two lists alone (no image is opened)."""
         counts = [0] * len(self.classes())
         for lst in TRAIN_LISTS:
             for line in self.store.read_text(lst).splitlines():
-                if line.strip():
-                    counts[int(line.rsplit(maxsplit=1)[1])] += 1
+                parts = line.rsplit(maxsplit=1)
+                if len(parts) == 2 and parts[1].isdigit() and int(parts[1]) < len(counts):
+                    counts[int(parts[1])] += 1
         return counts

@@ -194,6 +194,25 @@ def test_webvision_lists_labels_and_histogram(tmp_path):
     assert src.class_histogram() == [5 + 1, 2, 1]  # the missing file is listed too
 
 
+@pytest.mark.parametrize("per_chunk", [2, 5000])
+def test_a_malformed_webvision_list_line_is_one_bad_entry_and_the_next_lines_still_read(tmp_path, per_chunk):
+    rep = replicas.webvision(tmp_path)
+    lst = tmp_path / "info" / "train_filelist_google.txt"
+    lines = lst.read_text().splitlines()
+    lst.write_text("\n".join([*lines[:4], "google/q0001/no_label.jpg", *lines[4:]]) + "\n")  # line 5
+    src = open_source("webvision", str(tmp_path), lines_per_chunk=per_chunk)
+    recs = read_all(src, "train")
+    bad = [r for r in recs if r.get("problem")]
+    assert [(r["key"], r["problem"]) for r in bad] == [
+        (
+            "info/train_filelist_google.txt:5",
+            "list line 5 is not '<path> <label>': 'google/q0001/no_label.jpg'",
+        )
+    ]
+    good = {r["key"] for r in recs if not r.get("problem") and decode_image(r["image"])[1] is None}
+    assert good == {k for k in rep["expected"] if not k.startswith("val")}
+
+
 def test_webvision_chunks_are_byte_ranges_that_partition_the_lists(tmp_path):
     replicas.webvision(tmp_path)
     whole = [r["key"] for r in read_all(open_source("webvision", str(tmp_path)), "train")]
