@@ -48,7 +48,19 @@ class _CifarPickle(Source):
         return list(load_batch(self.store.read(self.meta_file))[self.names_key])
 
     def chunks(self, split: str) -> list[Chunk]:
+        """One chunk per batch file.
+
+        Raises:
+            FileNotFoundError: naming every batch file of ``split`` that is missing (each holds
+                10,000 images or more: leaving one out is not a bad image).
+        """
         self.check_split(split)
+        missing = [f for f in self.files[split] if not self.store.exists(f)]
+        if missing:
+            raise FileNotFoundError(
+                f"{self.name}: {split} batch file(s) missing under {self.store.base}: {', '.join(missing)}; "
+                f"extract the whole {self.folder} archive again"
+            )
         return [Chunk(split, f, (f,)) for f in self.files[split]]
 
     def read(self, chunk: Chunk) -> Iterator[Record]:

@@ -53,14 +53,38 @@ class Stl10(Source):
         out = []
         for part in parts:
             images, labels = FILES[part]
-            info = self.store.fs.get_file_info(self.store.path(images))
-            if info.size is None:
-                raise FileNotFoundError(f"stl10: missing {self.store.path(images)}")
-            n = info.size // IMAGE_BYTES
+            n = self._images_in(images, labels)
             for start in range(0, n, CHUNK_IMAGES):
                 stop = min(start + CHUNK_IMAGES, n)
                 out.append(Chunk(split, f"{part}-{start:06d}", (images, labels, start, stop), stop - start))
         return out
+
+    def _size(self, name: str) -> int:
+        info = self.store.fs.get_file_info(self.store.path(name))
+        if info.size is None:
+            raise FileNotFoundError(f"stl10: missing {self.store.path(name)}")
+        return int(info.size)
+
+    def _images_in(self, images: str, labels: str | None) -> int:
+        """Images in ``images``, checked against its size and its labels file's.
+
+        Raises:
+            ValueError: for a file cut short (a partial download), naming it and both sizes.
+        """
+        size = self._size(images)
+        n, rest = divmod(size, IMAGE_BYTES)
+        again = "download and extract stl10_binary again"
+        if rest:
+            raise ValueError(
+                f"stl10: {self.store.path(images)} is {size:,} bytes, not a whole number of "
+                f"{IMAGE_BYTES:,}-byte images (cut short?): {again}"
+            )
+        if labels is not None and self._size(labels) != n:
+            raise ValueError(
+                f"stl10: {self.store.path(labels)} holds {self._size(labels):,} labels for the {n:,} "
+                f"images of {images}: {again}"
+            )
+        return n
 
     def read(self, chunk: Chunk) -> Iterator[Record]:
         images_file, labels_file, start, stop = chunk.args
@@ -73,8 +97,14 @@ class Stl10(Source):
             with self.store.fs.open_input_file(self.store.path(labels_file)) as f:
                 f.seek(start)
                 labels = np.frombuffer(f.read(stop - start), dtype=np.uint8).astype(np.int64) - 1
+        classes = len(self.classes()) if labels_file is not None else 0
         for i in range(stop - start):
-            yield record(f"{images_file}/{start + i:06d}", labels[i], pixels=images[i])
+            key = f"{images_file}/{start + i:06d}"
+            if labels_file is not None and not 0 <= labels[i] < classes:  # stored 1..10
+                problem = f"{labels_file} byte {start + i}: label {labels[i] + 1} is not in 1..{classes}"
+                yield record(key, labels[i], pixels=images[i], problem=problem)
+                continue
+            yield record(key, labels[i], pixels=images[i])
 
     def fold_indices(self) -> list[list[int]]:
         """The 10 predefined training folds (0-based indices into ``train``), parsed as ints."""

@@ -78,6 +78,40 @@ def test_stl10_binary_orientation_labels_and_splits(tmp_path):
         src.chunks("val")
 
 
+def test_stl10_files_cut_short_and_labels_out_of_range_name_the_file(tmp_path):
+    replicas.stl10(tmp_path)
+    d = tmp_path / "stl10_binary"
+    labels = (d / "test_y.bin").read_bytes()
+    (d / "test_y.bin").write_bytes(bytes([labels[0], 0, 11, labels[3]]))  # stored 0 and 11: not 1..10
+    recs = read_all(open_source("stl10", str(tmp_path)), "test")
+    assert [r.get("problem") for r in recs] == [
+        None,
+        "test_y.bin byte 1: label 0 is not in 1..10",
+        "test_y.bin byte 2: label 11 is not in 1..10",
+        None,
+    ]
+    (d / "test_y.bin").write_bytes(labels[:3])
+    with pytest.raises(ValueError, match=r"test_y.bin holds 3 labels for the 4 images of test_X.bin"):
+        open_source("stl10", str(tmp_path)).chunks("test")
+    data = (d / "unlabeled_X.bin").read_bytes()
+    (d / "unlabeled_X.bin").write_bytes(data[:-1000])
+    with pytest.raises(
+        ValueError, match=r"unlabeled_X.bin is 164,888 bytes, not a whole number of 27,648-byte"
+    ):
+        open_source("stl10", str(tmp_path)).chunks("train+unlabeled")
+
+
+def test_a_missing_cifar_batch_file_is_an_input_error_naming_it(tmp_path):
+    replicas.cifar10(tmp_path)
+    (tmp_path / "cifar-10-batches-py" / "data_batch_3").unlink()
+    src = open_source("cifar10", str(tmp_path))
+    assert len(src.chunks("test")) == 1
+    with pytest.raises(
+        FileNotFoundError, match=r"train batch file\(s\) missing under .*: data_batch_3; extract"
+    ):
+        src.chunks("train")
+
+
 def test_cifar10_jpeg_real_shards():
     src = open_source("cifar10_jpeg", str(replicas.SHARED / "cifar10-jpeg"))
     assert src.splits == ("test", "train")
