@@ -77,6 +77,7 @@ def to_rgb(img: Image.Image) -> np.ndarray:
 
 
 UNLABELED = -1  # the label of an image without one (STL-10's unlabeled split): valid for pretraining only
+UNLABELED_SPLITS = ("unlabeled", "train+unlabeled")  # the splits whose images may have no label
 
 
 def check_label(label: object, num_classes: int, allow_unlabeled: bool = False) -> str | None:

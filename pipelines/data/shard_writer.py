@@ -27,7 +27,14 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pipelines.core.storage import Store
-from pipelines.data.decode import DEFAULT_MAX_PIXELS, UNLABELED, BadImageLog, check_label, decode_image
+from pipelines.data.decode import (
+    DEFAULT_MAX_PIXELS,
+    UNLABELED,
+    UNLABELED_SPLITS,
+    BadImageLog,
+    check_label,
+    decode_image,
+)
 from pipelines.data.imbalance import summary
 from pipelines.data.sources.base import Chunk, Source
 
@@ -110,7 +117,7 @@ def read_chunk(
     whenever ``rows`` holds ``spill_at`` good rows (it must write them out and empty ``rows``).
     """
     rows = rows if rows is not None else ChunkRows()
-    allow_unlabeled = chunk.split in ("unlabeled", "train+unlabeled")
+    allow_unlabeled = chunk.split in UNLABELED_SPLITS
     try:
         for rec in source.read(chunk):
             reason = rec.get("problem") or check_label(rec["label"], num_classes, allow_unlabeled)

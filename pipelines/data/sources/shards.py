@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pipelines.data.decode import UNLABELED, UNLABELED_SPLITS
 from pipelines.data.sources.base import Chunk, Record, Source, record
 
 MANIFEST = "manifest.json"
@@ -73,7 +74,8 @@ class Shards(Source):
         if file.endswith(".parquet"):
             yield from read_parquet_shard(self.store.fs, self.store.path(file), file)
         else:
-            yield from read_webdataset_shard(self.store.fs, self.store.path(file), file)
+            unlabeled = chunk.split in UNLABELED_SPLITS
+            yield from read_webdataset_shard(self.store.fs, self.store.path(file), file, unlabeled)
 
 
 def key_column(names: list[str]) -> str | None:
@@ -96,28 +98,40 @@ def read_parquet_shard(fs: pafs.FileSystem, path: str, name: str) -> Iterator[Re
             row += batch.num_rows
 
 
-def read_webdataset_shard(fs: pafs.FileSystem, path: str, name: str) -> Iterator[Record]:
-    """Records of a WebDataset tar: members grouped by key (name up to the first dot)."""
-    with fs.open_input_stream(path, compression=None) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
-        key, fields = None, {}
-        for m in tf:
-            if not m.isfile():
-                continue
-            folder, _, base = m.name.rpartition("/")
-            stem, _, field = base.partition(".")
-            k = f"{folder}/{stem}" if folder else stem
-            if key is not None and k != key:
-                yield _sample(name, key, fields)
-                fields = {}
-            key = k
-            fields[field.lower()] = tf.extractfile(m).read()
-        if key is not None:
-            yield _sample(name, key, fields)
+def read_webdataset_shard(
+    fs: pafs.FileSystem, path: str, name: str, unlabeled: bool = False
+) -> Iterator[Record]:
+    """Records of a WebDataset tar: members grouped by key (name up to the first dot).
+
+    A sample without a ``.cls`` member is unlabelled where ``unlabeled`` allows it, else listed
+    as bad. A tar that ends early raises (after the samples read whole), naming how many.
+    """
+    key, fields, count = None, {}, 0
+    try:
+        with fs.open_input_stream(path, compression=None) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
+            for m in tf:
+                if not m.isfile():
+                    continue
+                folder, _, base = m.name.rpartition("/")
+                stem, _, field = base.partition(".")
+                k = f"{folder}/{stem}" if folder else stem
+                if key is not None and k != key:
+                    yield _sample(name, key, fields, unlabeled)
+                    fields, count = {}, count + 1
+                key = k
+                fields[field.lower()] = tf.extractfile(m).read()
+    except (tarfile.TarError, EOFError) as err:  # the sample being read may be incomplete: not kept
+        raise OSError(f"the tar ends early or is corrupt after {count} whole sample(s): {err}") from err
+    if key is not None:
+        yield _sample(name, key, fields, unlabeled)
 
 
-def _sample(shard: str, key: str, fields: dict[str, bytes]) -> Record:
+def _sample(shard: str, key: str, fields: dict[str, bytes], unlabeled: bool) -> Record:
     image = next((fields[f] for f in IMAGE_FIELDS if f in fields), None)
-    label = fields.get("cls", b"-1").decode("ascii", "replace").strip()
+    if "cls" not in fields:
+        problem = None if unlabeled else "no .cls member (the label) in this sample"
+        return record(f"{shard}/{key}", UNLABELED, image=image, problem=problem)
+    label = fields["cls"].decode("ascii", "replace").strip()
     return record(f"{shard}/{key}", label, image=image)
 
 
