@@ -13,7 +13,7 @@ from pipelines.core.storage import Store
 from pipelines.data import imbalance
 from pipelines.data import shuffle_writer as sw
 from pipelines.data.decode import DEFAULT_MAX_PIXELS
-from pipelines.data.shard_writer import MANIFEST, build_manifest, done_path, write_chunk
+from pipelines.data.shard_writer import MANIFEST, UNREADABLE, build_manifest, done_path, write_chunk
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
 from pipelines.data.sources.holdout import HoldOut, HoldOutSettings
@@ -236,14 +236,36 @@ def prepare_dataset(
     store.write_atomic(json.dumps(manifest, indent=1).encode(), MANIFEST)
     for split, info in manifest["splits"].items():
         ratio = imbalance.ratio_text(info["imbalance_ratio"])
+        broken = info["unreadable_files"]
+        cut = f", {broken} file(s) read only up to an error" if broken else ""
         print(
             f"  {split}: {info['rows']:,} images in {len(info['shards'])} shards ({info['order']} order), "
             f"{info['classes_present']} classes, imbalance ratio {ratio}, "
-            f"{info['bad_count']} bad",
+            f"{info['bad_count'] - broken} bad{cut}",
             flush=True,
         )
     for entry in manifest["bad_files"][:10]:
         print(f"  bad: {entry['path']}: {entry['reason']}", flush=True)
     if len(manifest["bad_files"]) > 10:
         print(f"  ... {len(manifest['bad_files']) - 10} more bad files listed in {MANIFEST}", flush=True)
+    warn_unreadable(manifest, out)
     return manifest
+
+
+def warn_unreadable(manifest: dict[str, Any], out: str) -> None:
+    """A warning naming every raw file read only up to an error (the images after it are missing)."""
+    broken = [b for b in manifest["bad_files"] if b["reason"].startswith(UNREADABLE)]
+    if not broken:
+        return
+    print(
+        f"WARNING: {len(broken)} raw file(s) could not be read to the end; the images after each error "
+        "are not in the shards and not counted as bad:",
+        flush=True,
+    )
+    for entry in broken[:20]:
+        print(f"  {entry['path']}: {entry['reason'][len(UNREADABLE) :]}", flush=True)
+    print(
+        f"  Replace or repair them, then prepare into a new out folder (or delete {out}): a re-run keeps "
+        "what it wrote for them",
+        flush=True,
+    )

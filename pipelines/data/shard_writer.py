@@ -86,6 +86,9 @@ class ChunkRows:
         return counts_record(split, name, num_classes, self.labels, self.log.bad)
 
 
+UNREADABLE = "unreadable: "  # the reason's prefix for a file read only up to an error
+
+
 def counts_record(
     split: str, name: str, num_classes: int, labels: list[int], bad_files: list[Any]
 ) -> dict[str, Any]:
@@ -137,7 +140,7 @@ def read_chunk(
                 spill()
     except Exception as err:  # an unreadable file or shard: report it, keep what was read
         where = f"{source.root}:{chunk.split}/{chunk.name}"
-        rows.log.add_bad(where, f"unreadable: {type(err).__name__}: {err}")
+        rows.log.add_bad(where, f"{UNREADABLE}{type(err).__name__}: {err}")
     return rows
 
 
@@ -220,6 +223,9 @@ def build_manifest(
             "classes_present": stats["classes_present"],
             "imbalance_ratio": stats["imbalance_ratio"],
             "bad_count": sum(len(d["bad_files"]) for d in records),
+            "unreadable_files": sum(
+                1 for d in records for b in d["bad_files"] if b["reason"].startswith(UNREADABLE)
+            ),
             "order": "shuffled" if info else "source",
             "shards": info["shards"] if info else [{"file": d["file"], "rows": d["rows"]} for d in records],
         }

@@ -77,7 +77,7 @@ def test_webvision_missing_truncated_and_out_of_range_labels(ray_cluster, tmp_pa
     assert manifest["splits"]["train"]["per_class"] == [4, 2, 1]  # good images only
 
 
-def test_unreadable_shard_is_reported_not_fatal(ray_cluster, tmp_path):
+def test_unreadable_shard_is_reported_not_fatal(ray_cluster, tmp_path, capsys):
     src_dir = tmp_path / "shards_in"
     prepare_dataset(
         "cifar10",
@@ -91,6 +91,11 @@ def test_unreadable_shard_is_reported_not_fatal(ray_cluster, tmp_path):
     unreadable = [b for b in manifest["bad_files"] if "unreadable" in b["reason"]]
     assert len(unreadable) == 1 and "data_batch_3" in unreadable[0]["path"]
     assert manifest["splits"]["train"]["rows"] == sum(3 + b for b in (1, 2, 4, 5))
+    assert manifest["splits"]["train"]["unreadable_files"] == 1
+    out = capsys.readouterr().out
+    assert "train: 24 images in 1 shards (shuffled order), 9 classes, imbalance ratio" in out
+    assert ", 0 bad, 1 file(s) read only up to an error" in out
+    assert "WARNING: 1 raw file(s) could not be read to the end" in out and "data_batch_3" in out
 
 
 def test_rerun_keeps_finished_shards_and_redoes_only_the_missing(ray_cluster, tmp_path):
