@@ -26,7 +26,7 @@ def connect(address: str | None = None) -> str | None:
     if ray.is_initialized():
         return None
     target = address or os.environ.get("RAY_ADDRESS") or "local"
-    if target == "local":
+    if starts_local_cluster(address):
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     context = ray.init(address=target, log_to_driver=True, runtime_env=RUNTIME_ENV)
 
@@ -34,6 +34,11 @@ def connect(address: str | None = None) -> str | None:
     ray.data.DataContext.get_current().enable_progress_bars = False
     url = getattr(context, "dashboard_url", None)
     return f"http://{url}" if url and "://" not in url else url
+
+
+def starts_local_cluster(address: str | None = None) -> bool:
+    """Whether :func:`connect` with ``address`` starts a cluster of its own (its size is fixed)."""
+    return (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
 
 
 def alive_nodes() -> int:

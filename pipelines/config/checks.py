@@ -227,3 +227,34 @@ def check_config(cfg: dict[str, Any]) -> Plan:
         per_worker_batch=batch // int(tr["num_workers"]),
         lr=float(tr["optimizer"]["lr_per_256"]) * batch / 256,
     )
+
+
+def capacity_problem(trainer: dict[str, Any], cluster: dict[str, float]) -> str | None:
+    """Why the cluster cannot hold one run's Train workers and a read task at once, or ``None``.
+
+    A run needs ``num_workers x resources_per_worker`` (Ray Train's default: 1 CPU, and 1 GPU with
+    ``use_gpu``) plus ``read_task_cpus`` for its Ray Data reads; short of that it waits for ever.
+
+    Args:
+        trainer: the ``trainer`` config group.
+        cluster: ``ray.cluster_resources()``.
+    """
+    workers = int(trainer["num_workers"])
+    per = dict(trainer.get("resources_per_worker") or {})
+    need_cpu = workers * float(per.get("CPU", 1.0)) + float(trainer["read_task_cpus"])
+    have_cpu = float(cluster.get("CPU", 0.0))
+    keys = "trainer.num_workers / trainer.resources_per_worker / trainer.read_task_cpus"
+    if need_cpu > have_cpu + 1e-9:
+        return (
+            f"the run needs {need_cpu:g} CPUs at once ({workers} worker(s) x "
+            f"{float(per.get('CPU', 1.0)):g} + {float(trainer['read_task_cpus']):g} for its data reads), "
+            f"but the cluster has {have_cpu:g}: lower {keys}"
+        )
+    if trainer.get("use_gpu"):
+        need_gpu, have_gpu = workers * float(per.get("GPU", 1.0)), float(cluster.get("GPU", 0.0))
+        if need_gpu > have_gpu + 1e-9:
+            return (
+                f"the run needs {need_gpu:g} GPUs ({workers} worker(s) x {float(per.get('GPU', 1.0)):g}), "
+                f"but the cluster has {have_gpu:g}: lower trainer.num_workers, or run where the GPUs are"
+            )
+    return None

@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from pipelines.config.changes import config_changes, migrate_saved
-from pipelines.config.checks import check_config
+from pipelines.config.checks import capacity_problem, check_config
 from pipelines.config.paths import check_shared_storage
 from pipelines.core.checkpoints import IncompleteCheckpointError, UnsafeCheckpointError
 from pipelines.core.errors import ConfigError, run_command
@@ -29,7 +29,7 @@ from pipelines.data.loader import open_training_source, training_datasets
 from pipelines.data.monitor import monitor
 from pipelines.data.recipes import MEAN_STD, eval_crop_for, recipes_for
 from pipelines.evaluation.report import encoder_table
-from pipelines.ray_session import alive_nodes, connect
+from pipelines.ray_session import alive_nodes, connect, starts_local_cluster
 from pipelines.training.worker import train_loop_per_worker
 
 # Ray Train 2.60 starts a PreemptionWatcher actor per run unless this is "0": it polls for node drains
@@ -161,8 +161,14 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
         open_training_source(ds)  # no shards there, a split they lack: exit 2 before Ray starts
     except (ValueError, FileNotFoundError) as err:
         raise _dataset_error(ds, err) from err
-    dashboard = connect((cfg.get("ray") or {}).get("address"))
+    address = (cfg.get("ray") or {}).get("address")
+    dashboard = connect(address)
     check_shared_storage(tr, alive_nodes())
+    short = capacity_problem(tr, ray.cluster_resources())
+    if short and starts_local_cluster(address):
+        raise ConfigError(short)  # this machine's cluster will not grow: the run would wait for ever
+    if short:
+        print(f"WARNING: {short}; the run waits until the cluster has them (an autoscaler adding nodes)")
     name = str(tr["name"])
     data_monitor = monitor(name, float(ds["max_bad_fraction"]))  # keep the handle: it owns the actor
     recipes = recipes_for(aug, plan.num_views)

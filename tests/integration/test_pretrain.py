@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -114,3 +117,24 @@ def test_a_dataset_folder_without_shards_is_a_config_error_naming_it(ray_cluster
     cfg = smoke(tmp_path, "trainer.name=empty", "dataset.name=shards", f"dataset.root={empty}")
     with pytest.raises(ConfigError, match=f"dataset.root={empty}: shards: no manifest.json"):
         pretrain(cfg)
+
+
+def test_a_run_larger_than_the_local_cluster_is_refused_instead_of_waiting_for_ever(tmp_path) -> None:
+    cores = os.cpu_count() or 2
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "pipelines/pretrain.py",
+            "experiment=smoke",
+            f"trainer.resources_per_worker={{CPU: {cores}}}",
+            f"trainer.storage_path={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "RAY_ADDRESS": ""},
+    )
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"config error: the run needs {2 * cores + 1} CPUs at once" in proc.stderr
+    assert f"but the cluster has {cores}" in proc.stderr

@@ -276,3 +276,21 @@ def test_a_dataset_root_without_the_shards_or_splits_is_refused_before_ray_start
         assert proc.returncode == 2, (overrides, proc.stderr[-2000:])
         assert proc.stderr.startswith("config error: ") and expected in proc.stderr, proc.stderr[-2000:]
         assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+
+
+def test_a_run_the_cluster_cannot_hold_at_once_is_named_with_its_numbers() -> None:
+    from pipelines.config.checks import capacity_problem
+
+    tr = {"num_workers": 2, "resources_per_worker": {"CPU": 0.5}, "read_task_cpus": 1.0, "use_gpu": False}
+    assert capacity_problem(tr, {"CPU": 2.0}) is None  # 2 x 0.5 + 1 = 2
+    tr["resources_per_worker"] = {"CPU": 1}
+    assert capacity_problem(tr, {"CPU": 2.0}) == (
+        "the run needs 3 CPUs at once (2 worker(s) x 1 + 1 for its data reads), but the cluster has 2: "
+        "lower trainer.num_workers / trainer.resources_per_worker / trainer.read_task_cpus"
+    )
+    assert capacity_problem({**tr, "resources_per_worker": {}}, {"CPU": 3.0}) is None  # Ray's 1 CPU each
+    gpu = {**tr, "use_gpu": True, "resources_per_worker": {"CPU": 4, "GPU": 1}, "num_workers": 8}
+    assert capacity_problem(gpu, {"CPU": 64.0, "GPU": 8.0}) is None
+    assert "the run needs 8 GPUs (8 worker(s) x 1), but the cluster has 4" in capacity_problem(
+        gpu, {"CPU": 64.0, "GPU": 4.0}
+    )
