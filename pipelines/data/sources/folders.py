@@ -139,6 +139,14 @@ class ImageNet1k(ImageFolder):
     split_dirs = ("train", "val")
     wnids: tuple[str, ...] | None = None
 
+    def __init__(self, root: str, **options: Any) -> None:
+        super().__init__(root, **options)
+        if "train" not in self.splits:
+            raise FileNotFoundError(
+                f"{self.name}: no train/ folder in {root}; set dataset.root to the ILSVRC2012 root, the "
+                "folder that holds train/<wnid>/ and val/"
+            )
+
     def classes(self) -> list[str]:
         present = self._class_dirs("train")
         if self.wnids is None:
@@ -187,9 +195,16 @@ class ImageNet1k(ImageFolder):
         """
         base = self._devkit()
         where = f"{base.base}/data/{VAL_TRUTH}"
-        lines = [(n, t.strip()) for n, t in enumerate(base.read_text("data", VAL_TRUTH).splitlines(), 1)]
+        try:
+            text = base.read_text("data", VAL_TRUTH)
+            id_to_wnid = read_meta_mat(base.read("data", "meta.mat"))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(
+                f"{self.name}: the flat val/ images are labelled by the ILSVRC2012 devkit, and {err}: "
+                "extract ILSVRC2012_devkit_t12 into dataset.root, or set dataset.options.devkit=<its folder>"
+            ) from err
+        lines = [(n, t.strip()) for n, t in enumerate(text.splitlines(), 1)]
         lines = [(n, t) for n, t in lines if t]
-        id_to_wnid = read_meta_mat(base.read("data", "meta.mat"))
         if not lines:
             raise ValueError(f"{self.name}: {where} is empty: it labels the flat val/ images, one ID a line")
         wnids = []
@@ -239,7 +254,7 @@ class ImageNet1k(ImageFolder):
 def read_meta_mat(data: bytes | None) -> dict[int, str]:
     """``ILSVRC2012_ID -> WNID`` from the devkit's ``meta.mat``."""
     if data is None:
-        raise FileNotFoundError("imagenet1k: the devkit's data/meta.mat is missing")
+        raise FileNotFoundError("the devkit's data/meta.mat is missing")
     from scipy.io import loadmat
 
     synsets = loadmat(io.BytesIO(data), squeeze_me=True)["synsets"]

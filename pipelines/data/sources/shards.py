@@ -55,6 +55,11 @@ class Shards(Source):
     def classes(self) -> list[str]:
         if self.manifest is not None:
             return list(self.manifest["classes"])
+        if not self.store.exists("classes.txt"):
+            raise FileNotFoundError(
+                f"{self.name}: {self.root} has no {MANIFEST} and no classes.txt: shards without a manifest "
+                "need classes.txt beside them, one class name a line (label i is line i + 1)"
+            )
         return [c.strip() for c in self.store.read_text("classes.txt").splitlines() if c.strip()]
 
     def chunks(self, split: str) -> list[Chunk]:
@@ -107,6 +112,7 @@ def read_webdataset_shard(
     as bad. A tar that ends early raises (after the samples read whole), naming how many.
     """
     key, fields, count = None, {}, 0
+    whole = _ends_with_end_blocks(fs, path)
     try:
         with fs.open_input_stream(path, compression=None) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
             for m in tf:
@@ -122,8 +128,20 @@ def read_webdataset_shard(
                 fields[field.lower()] = tf.extractfile(m).read()
     except (tarfile.TarError, EOFError) as err:  # the sample being read may be incomplete: not kept
         raise OSError(f"the tar ends early or is corrupt after {count} whole sample(s): {err}") from err
+    if key is not None and not whole:  # cut at a member boundary: the last sample may be partial
+        raise OSError(f"the tar lacks its end-of-archive blocks (cut short?) after {count} whole sample(s)")
     if key is not None:
         yield _sample(name, key, fields, unlabeled)
+
+
+def _ends_with_end_blocks(fs: pafs.FileSystem, path: str) -> bool:
+    """Whether a tar ends with the two zero blocks every tar writer closes it with."""
+    size = fs.get_file_info(path).size or 0
+    if size < 1024:
+        return False
+    with fs.open_input_file(path) as f:
+        f.seek(size - 1024)
+        return f.read(1024) == bytes(1024)
 
 
 def _sample(shard: str, key: str, fields: dict[str, bytes], unlabeled: bool) -> Record:

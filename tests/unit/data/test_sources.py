@@ -312,6 +312,22 @@ def test_imagenet22k_roots_that_are_not_the_dataset_name_the_file_and_the_fix(tm
         open_source("imagenet22k", str(cut)).classes()
 
 
+def test_an_imagenet_root_at_train_or_without_its_devkit_says_what_to_set(tmp_path):
+    replicas.imagenet(tmp_path)
+    with pytest.raises(
+        FileNotFoundError, match=r"imagenet1k: no train/ folder in .*train; set dataset.root to"
+    ):
+        open_source("imagenet1k", str(tmp_path / "train"))
+    src = open_source("imagenet1k", str(tmp_path), devkit=str(tmp_path / "elsewhere"))
+    with pytest.raises(
+        FileNotFoundError, match=r"labelled by the ILSVRC2012 devkit, and missing file: .*elsewhere"
+    ):
+        src.chunks("val")
+    (tmp_path / "ILSVRC2012_devkit_t12" / "data" / "meta.mat").unlink()
+    with pytest.raises(FileNotFoundError, match=r"data/meta.mat is missing: extract ILSVRC2012_devkit_t12"):
+        open_source("imagenet1k", str(tmp_path)).chunks("val")
+
+
 def test_a_flat_val_devkit_that_does_not_fit_the_images_is_refused_naming_the_file(tmp_path):
     truth = tmp_path / "ILSVRC2012_devkit_t12" / "data" / "ILSVRC2012_validation_ground_truth.txt"
 

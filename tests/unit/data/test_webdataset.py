@@ -64,3 +64,24 @@ def test_a_truncated_tar_keeps_the_whole_samples_and_says_it_ends_early(tmp_path
     assert bad["reason"].startswith(
         f"unreadable: OSError: the tar ends early or is corrupt after {kept} whole"
     )
+
+
+def test_a_tar_cut_at_a_member_boundary_is_caught_by_its_missing_end_blocks(tmp_path):
+    """tarfile takes such a tar for a whole one: the last sample would lose its label unnoticed."""
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    write_tar(tmp_path / "whole.tar", samples(4))
+    with tarfile.open(tmp_path / "whole.tar") as tf:
+        cls_of_last = tf.getmember("part/0003.cls")
+    cut = (tmp_path / "whole.tar").read_bytes()[: cls_of_last.offset]  # before the last sample's .cls
+    (tmp_path / "train-000.tar").write_bytes(cut)
+    src = open_source("shards", str(tmp_path))
+    rows = read_chunk(src, src.chunks("train")[0], num_classes=3, max_pixels=10**6)
+    assert rows.labels == [0, 1, 2]  # the three whole samples; not the fourth without its label
+    assert [b["reason"] for b in rows.log.bad] == [
+        "unreadable: OSError: the tar lacks its end-of-archive blocks (cut short?) after 3 whole sample(s)"
+    ]
+    with pytest.raises(
+        FileNotFoundError, match=r"no manifest.json and no classes.txt: .*one class name a line"
+    ):
+        (tmp_path / "classes.txt").unlink()
+        open_source("shards", str(tmp_path)).classes()
