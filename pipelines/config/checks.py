@@ -229,32 +229,43 @@ def check_config(cfg: dict[str, Any]) -> Plan:
     )
 
 
+def worker_resources(trainer: dict[str, Any]) -> dict[str, float]:
+    """What Ray Train reserves for each worker (``ScalingConfig``'s rule in Ray 2.60).
+
+    No ``resources_per_worker``: 1 CPU, or with ``use_gpu`` 1 GPU and no CPU. Given: those
+    (zeros dropped), plus 1 GPU with ``use_gpu`` when it names none.
+    """
+    given = {k: float(v) for k, v in dict(trainer.get("resources_per_worker") or {}).items() if v}
+    if not trainer.get("resources_per_worker"):
+        given = {"GPU": 1.0} if trainer.get("use_gpu") else {"CPU": 1.0}
+    if trainer.get("use_gpu"):
+        given.setdefault("GPU", 1.0)
+    return given
+
+
 def capacity_problem(trainer: dict[str, Any], cluster: dict[str, float]) -> str | None:
     """Why the cluster cannot hold one run's Train workers and a read task at once, or ``None``.
 
-    A run needs ``num_workers x resources_per_worker`` (Ray Train's default: 1 CPU, and 1 GPU with
-    ``use_gpu``) plus ``read_task_cpus`` for its Ray Data reads; short of that it waits for ever.
+    A run needs ``num_workers`` x :func:`worker_resources` plus ``read_task_cpus`` for its Ray
+    Data reads; short of that it waits for ever.
 
     Args:
         trainer: the ``trainer`` config group.
         cluster: ``ray.cluster_resources()``.
     """
-    workers = int(trainer["num_workers"])
-    per = dict(trainer.get("resources_per_worker") or {})
-    need_cpu = workers * float(per.get("CPU", 1.0)) + float(trainer["read_task_cpus"])
-    have_cpu = float(cluster.get("CPU", 0.0))
+    workers, per = int(trainer["num_workers"]), worker_resources(trainer)
+    cpu, reads = per.get("CPU", 0.0), float(trainer["read_task_cpus"])
+    need_cpu, have_cpu = workers * cpu + reads, float(cluster.get("CPU", 0.0))
     keys = "trainer.num_workers / trainer.resources_per_worker / trainer.read_task_cpus"
     if need_cpu > have_cpu + 1e-9:
         return (
-            f"the run needs {need_cpu:g} CPUs at once ({workers} worker(s) x "
-            f"{float(per.get('CPU', 1.0)):g} + {float(trainer['read_task_cpus']):g} for its data reads), "
-            f"but the cluster has {have_cpu:g}: lower {keys}"
+            f"the run needs {need_cpu:g} CPUs at once ({workers} worker(s) x {cpu:g} + {reads:g} for its "
+            f"data reads), but the cluster has {have_cpu:g}: lower {keys}"
         )
-    if trainer.get("use_gpu"):
-        need_gpu, have_gpu = workers * float(per.get("GPU", 1.0)), float(cluster.get("GPU", 0.0))
-        if need_gpu > have_gpu + 1e-9:
-            return (
-                f"the run needs {need_gpu:g} GPUs ({workers} worker(s) x {float(per.get('GPU', 1.0)):g}), "
-                f"but the cluster has {have_gpu:g}: lower trainer.num_workers, or run where the GPUs are"
-            )
+    need_gpu, have_gpu = workers * per.get("GPU", 0.0), float(cluster.get("GPU", 0.0))
+    if need_gpu > have_gpu + 1e-9:
+        return (
+            f"the run needs {need_gpu:g} GPUs ({workers} worker(s) x {per['GPU']:g}), but the cluster "
+            f"has {have_gpu:g}: lower trainer.num_workers, or run where the GPUs are"
+        )
     return None

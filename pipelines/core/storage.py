@@ -96,6 +96,12 @@ class Store:
         write_atomic(final, data)
 
 
+def join_location(root: str, name: str) -> str:
+    """``name`` inside the folder or URI ``root``, keeping a URI's ``?options`` at the end."""
+    base, sep, query = str(root).partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
 def is_uri(path: str) -> bool:
     """Whether ``path`` is a URI (``s3://``, ``gs://``, ...) rather than a local path."""
     return "://" in str(path)

@@ -133,7 +133,8 @@ def claim_out_folder(store: Store, out: str, job: dict[str, Any]) -> None:
     saved = store.read(JOB)
     if saved is not None:
         old = json.loads(saved)
-        diff = [f"{k}: {old.get(k)!r} -> {job[k]!r}" for k in job if old.get(k) != job[k]]
+        keys = [*job, *(k for k in old if k not in job)]  # a setting only one of them has differs too
+        diff = [f"{k}: {old.get(k)!r} -> {job.get(k)!r}" for k in keys if old.get(k) != job.get(k)]
         if diff:
             raise ValueError(
                 f"out={out} holds the shards of another prepare: {'; '.join(diff)}. A re-run into the "

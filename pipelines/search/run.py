@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from hydra.errors import HydraException
 
-from pipelines.config.checks import check_config
+from pipelines.config.checks import check_config, worker_resources
 from pipelines.config.paths import check_shared_storage
 from pipelines.core.errors import ConfigError, run_command
 from pipelines.ray_session import alive_nodes, connect
@@ -77,14 +77,14 @@ def concurrency(cluster: dict[str, float], cfg: dict[str, Any], data_cpus: float
     """
     tr = cfg["trainer"]
     workers = int(tr["num_workers"])
-    per_worker = dict(tr.get("resources_per_worker") or {})
-    trial_cpu = workers * float(per_worker.get("CPU", 1.0)) + TRIAL_DRIVER_CPU
+    per_worker = worker_resources(tr)
+    trial_cpu = workers * per_worker.get("CPU", 0.0) + TRIAL_DRIVER_CPU
     total = cluster.get("CPU", 0.0)
     fits = 0
     while (fits + 1) * trial_cpu + max(read_task_cpus(data_cpus), (fits + 1) * data_cpus) <= total + 1e-9:
         fits += 1
     if tr.get("use_gpu"):
-        gpu = workers * float(per_worker.get("GPU", 1.0))
+        gpu = workers * per_worker.get("GPU", 0.0)
         fits = min(fits, math.floor(cluster.get("GPU", 0.0) / gpu))
     if fits < 1:
         raise ConfigError(

@@ -165,7 +165,8 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
     dashboard = connect(address)
     check_shared_storage(tr, alive_nodes())
     short = capacity_problem(tr, ray.cluster_resources())
-    if short and starts_local_cluster(address):
+    in_driver = ray.get_runtime_context().get_actor_id() is None  # not a Tune trial's actor
+    if short and in_driver and starts_local_cluster(address):
         raise ConfigError(short)  # this machine's cluster will not grow: the run would wait for ever
     if short:
         print(f"WARNING: {short}; the run waits until the cluster has them (an autoscaler adding nodes)")

@@ -13,18 +13,21 @@ the kept classes reads every inner tar's member list (no image data).
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow.fs as pafs
 
+from pipelines.core.storage import join_location
 from pipelines.data.sources.base import Chunk, Record, Source, record
 from pipelines.data.sources.folders import is_image_name
 
 SMALL_CLASS_MAX = 500
 VAL_PER_CLASS = 50
 VARIANTS = ("full", "21k_p")
+WNID = re.compile(r"n\d{8}")
 
 
 class Window(io.RawIOBase):
@@ -110,32 +113,43 @@ class ImageNet22k(Source):
 
     def _check_folder(self, found: list[tuple[str, tuple[Any, ...]]]) -> None:
         """Refuse a folder that holds the outer tar itself, or nothing of ImageNet-22K."""
-        tars = [where[1] for _, where in found if where[0] == "tar"]
-        if len(found) == 1 and tars:
-            with (
-                self.store.fs.open_input_file(self.store.path(tars[0])) as f,
-                tarfile.open(fileobj=f, mode="r:") as tf,
-            ):
-                first = tf.next()
-            if first is not None and first.name.endswith(".tar"):
+        for wnid, where in found:  # a synset tar is named by its WNID; an outer tar is not
+            if where[0] == "tar" and not WNID.fullmatch(wnid) and self._is_outer_tar(where[1]):
                 raise ValueError(
-                    f"imagenet22k: {self.root} holds {tars[0]}, a tar of per-synset tars: set "
-                    f"dataset.root={self.root.rstrip('/')}/{tars[0]}"
+                    f"imagenet22k: {self.root} holds {where[1]}, a tar of per-synset tars: set "
+                    f"dataset.root={join_location(self.root, where[1])}"
                 )
         if not found:
             packed = [i.base_name for i in self.store.listdir() if i.base_name.endswith((".tar.gz", ".tgz"))]
             fix = "dataset.root to the outer tar"
             if packed:
-                fix = f"dataset.root={self.root.rstrip('/')}/{packed[0]}"
+                fix = f"dataset.root={join_location(self.root, packed[0])}"
             raise ValueError(
                 f"imagenet22k: no <wnid>.tar files or <wnid>/ folders in {self.root}: set {fix} "
                 "(winter21_whole.tar) or the folder it was extracted into"
             )
 
+    def _is_outer_tar(self, name: str) -> bool:
+        """Whether the tar ``name`` in the root folder holds tars (the outer tar), from its first member."""
+        try:
+            with (
+                self.store.fs.open_input_file(self.store.path(name)) as f,
+                tarfile.open(fileobj=f, mode="r:") as tf,
+            ):
+                first = tf.next()
+        except (tarfile.TarError, EOFError, OSError) as err:
+            raise ValueError(
+                f"imagenet22k: {join_location(self.root, name)} cannot be read as a tar ({err}): "
+                "it is truncated or corrupt: download it again"
+            ) from err
+        return first is not None and first.name.endswith(".tar")
+
     def _list_synsets(self) -> Iterator[tuple[str, tuple[Any, ...]]]:
         if self.layout == "folder":
             for info in self.store.listdir():
                 name = info.base_name
+                if name.startswith(".") or name == "lost+found":
+                    continue
                 if info.type == pafs.FileType.Directory:
                     yield name, ("dir", name)
                 elif name.endswith(".tar"):

@@ -294,3 +294,32 @@ def test_a_run_the_cluster_cannot_hold_at_once_is_named_with_its_numbers() -> No
     assert "the run needs 8 GPUs (8 worker(s) x 1), but the cluster has 4" in capacity_problem(
         gpu, {"CPU": 64.0, "GPU": 4.0}
     )
+    only_gpus = {**gpu, "resources_per_worker": {"GPU": 1}, "num_workers": 4}  # no CPU asked
+    assert capacity_problem(only_gpus, {"CPU": 4.0, "GPU": 4.0}) is None
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        None,
+        {},
+        {"CPU": 0.5},
+        {"GPU": 1},
+        {"CPU": 4, "GPU": 0.5},
+        {"CPU": 2, "GPU": 0},
+        {"CPU": 0, "memory": 1e9},
+    ],
+)
+@pytest.mark.parametrize("use_gpu", [False, True])
+def test_worker_resources_are_what_ray_trains_scaling_config_reserves(given, use_gpu) -> None:
+    from ray.train import ScalingConfig
+
+    from pipelines.config.checks import worker_resources
+
+    if given and given.get("GPU") and not use_gpu:
+        pytest.skip("Ray refuses GPUs per worker without use_gpu")
+    as_run_passes_it = dict(given or {}) or None  # pipelines/training/run.py
+    ray_rule = ScalingConfig(num_workers=2, use_gpu=use_gpu, resources_per_worker=as_run_passes_it)
+    assert worker_resources({"resources_per_worker": given, "use_gpu": use_gpu}) == {
+        k: float(v) for k, v in ray_rule._resources_per_worker_not_none.items()
+    }

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pipelines.core.run_files import STOPPED, write_stop
-from pipelines.core.storage import Store, atomic_path, write_atomic
+from pipelines.core.storage import Store, atomic_path, join_location, write_atomic
 
 
 def test_write_atomic_replaces_the_file_whole_and_leaves_no_temporary(tmp_path):
@@ -41,3 +41,10 @@ def test_write_stop_records_the_reason_and_details(tmp_path):
     record = json.loads(path.read_text())
     assert record["reason"] == "non-finite loss at step 7" and record["step"] == 7
     assert record["terms"] == {"a": 1.5} and record["time"] > 0
+
+
+def test_join_location_keeps_a_uris_options_at_the_end():
+    assert join_location("/data/in22k/", "w.tar") == "/data/in22k/w.tar"
+    assert join_location("s3://b/p?endpoint_override=h:9000&scheme=http", "w.tar") == (
+        "s3://b/p/w.tar?endpoint_override=h:9000&scheme=http"
+    )

@@ -299,6 +299,14 @@ def test_imagenet22k_roots_that_are_not_the_dataset_name_the_file_and_the_fix(tm
         match=r"holds winter21_whole.tar, a tar of per-synset tars: set dataset.root=.*dl/winter21_whole.tar",
     ):
         open_source("imagenet22k", str(tmp_path / "dl")).classes()
+    (tmp_path / "dl" / "lost+found").mkdir()  # a volume's root: other entries beside the tar
+    (tmp_path / "dl" / "notes").mkdir()
+    with pytest.raises(ValueError, match=r"holds winter21_whole.tar, a tar of per-synset tars"):
+        open_source("imagenet22k", str(tmp_path / "dl")).classes()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "winter21_whole.tar").write_bytes(b"not a tar at all" * 100)
+    with pytest.raises(ValueError, match=r"bad/winter21_whole.tar cannot be read as a tar"):
+        open_source("imagenet22k", str(tmp_path / "bad")).classes()
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match=r"no <wnid>.tar files or <wnid>/ folders in .*empty"):
         open_source("imagenet22k", str(tmp_path / "empty")).classes()

@@ -239,3 +239,11 @@ def test_ashas_max_t_is_the_longest_arm_not_the_first() -> None:
     search["arms"]["au_cl"]["overrides"] = ["trainer.epochs=4"]
     first, _, max_t = _check_trials(search, str(ROOT / "configs"))
     assert first["trainer"]["epochs"] == 6 and max_t == 9
+
+
+def test_gpu_trials_count_only_the_cpus_ray_train_reserves() -> None:
+    """With use_gpu and no CPU in resources_per_worker Ray Train asks each worker for 1 GPU only."""
+    gpu = {"trainer": {"num_workers": 2, "use_gpu": True, "resources_per_worker": {"GPU": 1}}}
+    # a trial: 2 GPUs, 0.01 CPU for its driver; its data: max(1, n x 1) CPUs
+    assert concurrency({"CPU": 4, "GPU": 8}, gpu, 1.0, None) == 3  # 3 x 0.01 + 3 <= 4 < 4 x 0.01 + 4
+    assert concurrency({"CPU": 64, "GPU": 8}, gpu, 1.0, None) == 4  # the GPUs bound it
