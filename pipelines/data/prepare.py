@@ -65,6 +65,7 @@ def _read_records(store: Store, paths: list[str]) -> dict[str, dict[str, Any]]:
 def _write_shuffled(
     source: Any,
     split: str,
+    chunks: list[Any],
     store: Store,
     num_classes: int,
     max_pixels: int,
@@ -72,10 +73,9 @@ def _write_shuffled(
     max_in_flight: int | None,
     label: str,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Both shuffle stages for one split; (scatter records, the split's shuffle info for the manifest)."""
+    """Both shuffle stages of one split's ``chunks``: (scatter records, its manifest shuffle info)."""
     import ray
 
-    chunks = source.chunks(split)
     if not ray.is_initialized():
         ray.init()
     cpus = int(ray.cluster_resources().get("CPU", 1))
@@ -193,6 +193,7 @@ def prepare_dataset(
         source.check_split(split)
     store = Store.open(out)
     classes = source.classes()
+    chunks = {split: source.chunks(split) for split in splits}  # every split's layout checked first
     job = {"dataset": dataset, "dataset.root": root, "options": dict(options or {}), "classes": list(classes)}
     job |= {"max_pixels": int(max_pixels), **{f"shuffle.{k}": v for k, v in asdict(shuffle).items()}}
     if holdout.enabled:
@@ -202,7 +203,7 @@ def prepare_dataset(
     def shuffled_split(split: str) -> bool:  # a held-out split's chunks are small: consolidate them
         return shuffle.applies_to(split) or (shuffle.enabled and holdout.enabled and split == holdout.to)
 
-    plain = [chunk for split in splits if not shuffled_split(split) for chunk in source.chunks(split)]
+    plain = [chunk for split in splits if not shuffled_split(split) for chunk in chunks[split]]
     done = _read_records(store, [done_path(c) for c in plain])
     todo = [c for c in plain if done_path(c) not in done]
     print(f"prepare {dataset} -> {out}: {', '.join(splits)}", flush=True)
@@ -217,7 +218,15 @@ def prepare_dataset(
     for split in splits:
         if shuffled_split(split):
             records_split, shuffled[split] = _write_shuffled(
-                source, split, store, len(classes), max_pixels, shuffle, max_in_flight, f"prepare {dataset}"
+                source,
+                split,
+                chunks[split],
+                store,
+                len(classes),
+                max_pixels,
+                shuffle,
+                max_in_flight,
+                f"prepare {dataset}",
             )
             records += records_split
     if plain:

@@ -189,6 +189,15 @@ def test_a_flat_folder_prepared_with_a_held_out_split(ray_cluster, tmp_path):
     assert sorted(json.loads((out / "manifest.json").read_text())["splits"]) == ["train", "val"]
 
 
+def test_a_split_that_cannot_be_read_is_refused_before_any_split_is_written(tmp_path):
+    replicas.stl10(tmp_path / "raw")
+    unlabeled = tmp_path / "raw" / "stl10_binary" / "unlabeled_X.bin"
+    unlabeled.write_bytes(unlabeled.read_bytes()[:-1000])  # train+unlabeled comes after train
+    with pytest.raises(ValueError, match=r"unlabeled_X.bin is .* bytes, not a whole number"):
+        prepare_dataset("stl10", str(tmp_path / "raw"), str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_split_fails_before_any_work(ray_cluster, tmp_path):
     replicas.cifar10(tmp_path / "raw")
     with pytest.raises(ValueError, match="no split 'val'"):

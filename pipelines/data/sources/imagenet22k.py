@@ -89,6 +89,7 @@ class ImageNet22k(Source):
             else ("stream" if self.store.base.endswith((".tar.gz", ".tgz")) else "outer_tar")
         )
         self._synsets: list[tuple[str, tuple[Any, ...]]] | None = None
+        self._kept_synsets: list[tuple[str, tuple[Any, ...]]] | None = None
 
     # ------------------------------------------------------------------ listing synsets
     def synsets(self) -> list[tuple[str, tuple[Any, ...]]]:
@@ -221,7 +222,11 @@ class ImageNet22k(Source):
     def _kept(self) -> list[tuple[str, tuple[Any, ...]]]:
         if self.variant == "full":
             return self.synsets()
-        return [(w, where) for w, where in self.synsets() if self._count(where) > SMALL_CLASS_MAX]
+        if self._kept_synsets is None:  # reads every inner tar's member list: once
+            self._kept_synsets = [
+                (w, where) for w, where in self.synsets() if self._count(where) > SMALL_CLASS_MAX
+            ]
+        return self._kept_synsets
 
     def classes(self) -> list[str]:
         return [w for w, _ in self._kept()]
