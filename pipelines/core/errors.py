@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import traceback
 from collections.abc import Callable
 from typing import Any
 
@@ -46,9 +47,10 @@ def run_hydra(main: Callable[[], Any]) -> None:
     """Run a ``@hydra.main`` entry point so that Hydra's own config errors exit 2, as ours do.
 
     Hydra reports an unknown config option or key, a malformed override and a failed
-    interpolation itself, with the valid choices, and exits 1, before the command's action runs.
-    That exit becomes 2 (a config error); once :func:`run_command` has started, an exit code is
-    left as it is (1 there is a fault, with its traceback).
+    interpolation itself, with the valid choices, and exits 1, before the command's action runs
+    (with ``HYDRA_FULL_ERROR=1`` it raises instead, for the traceback). Either becomes exit code 2
+    (a config error); once :func:`run_command` has started, an exit code or an exception is left
+    as it is (1 there is a fault, with its traceback).
     """
     try:
         main()
@@ -56,3 +58,8 @@ def run_hydra(main: Callable[[], Any]) -> None:
         if stop.code == 1 and not _action_started:
             raise SystemExit(2) from None
         raise
+    except Exception:  # HYDRA_FULL_ERROR=1: Hydra lets its error through, to show the traceback
+        if _action_started:
+            raise
+        traceback.print_exc()
+        raise SystemExit(2) from None

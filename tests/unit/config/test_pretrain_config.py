@@ -236,16 +236,20 @@ def test_hydras_own_command_line_errors_exit_2_like_every_config_error(tmp_path)
         ("pipelines/tune.py", "search=nope", "search/nope"),
         ("pipelines/study.py", "study.nope=1", "nope"),
     ]
-    for script, override, named in cases:
+    import os
+
+    for (script, override, named), full in zip(cases, ["1", "0", "1", "0", "1", "0"], strict=True):
         proc = subprocess.run(
             [sys.executable, script, override, f"hydra.run.dir={tmp_path}"],
             cwd=ROOT,
             capture_output=True,
             text=True,
             timeout=120,
+            env={**os.environ, "HYDRA_FULL_ERROR": full},  # Hydra raises (1) or exits 1 (0)
         )
         assert proc.returncode == 2, (script, override, proc.returncode, proc.stderr[-1500:])
         assert named in proc.stderr
+        assert ("Traceback" in proc.stderr) == (full == "1")
     assert not any(tmp_path.iterdir())
 
 
