@@ -8,8 +8,12 @@ Without a manifest, ``<split>-*.parquet`` or ``<split>-*.tar`` files and ``class
 
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
+import lzma
 import tarfile
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -112,21 +116,29 @@ def read_webdataset_shard(
     as bad. A tar that ends early raises (after the samples read whole), naming how many.
     """
     key, fields, count = None, {}, 0
-    whole = _ends_with_end_blocks(fs, path)
+    opener, whole = _tar_kind(fs, path)
     try:
-        with fs.open_input_stream(path, compression=None) as f, tarfile.open(fileobj=f, mode="r|*") as tf:
-            for m in tf:
-                if not m.isfile():
-                    continue
-                folder, _, base = m.name.rpartition("/")
-                stem, _, field = base.partition(".")
-                k = f"{folder}/{stem}" if folder else stem
-                if key is not None and k != key:
-                    yield _sample(name, key, fields, unlabeled)
-                    fields, count = {}, count + 1
-                key = k
-                fields[field.lower()] = tf.extractfile(m).read()
-    except (tarfile.TarError, EOFError) as err:  # the sample being read may be incomplete: not kept
+        with fs.open_input_stream(path, compression=None) as raw:
+            stream = opener(raw) if opener else raw  # a decompressor raises on a stream cut short
+            with tarfile.open(fileobj=stream, mode="r|") as tf:
+                for m in tf:
+                    if not m.isfile():
+                        continue
+                    folder, _, base = m.name.rpartition("/")
+                    stem, _, field = base.partition(".")
+                    k = f"{folder}/{stem}" if folder else stem
+                    if key is not None and k != key:
+                        yield _sample(name, key, fields, unlabeled)
+                        fields, count = {}, count + 1
+                    key = k
+                    fields[field.lower()] = tf.extractfile(m).read()
+    except (
+        tarfile.TarError,
+        EOFError,
+        OSError,
+        zlib.error,
+        lzma.LZMAError,
+    ) as err:  # partial sample: not kept
         raise OSError(f"the tar ends early or is corrupt after {count} whole sample(s): {err}") from err
     if key is not None and not whole:  # cut at a member boundary: the last sample may be partial
         raise OSError(f"the tar lacks its end-of-archive blocks (cut short?) after {count} whole sample(s)")
@@ -134,14 +146,29 @@ def read_webdataset_shard(
         yield _sample(name, key, fields, unlabeled)
 
 
-def _ends_with_end_blocks(fs: pafs.FileSystem, path: str) -> bool:
-    """Whether a tar ends with the two zero blocks every tar writer closes it with."""
-    size = fs.get_file_info(path).size or 0
-    if size < 1024:
-        return False
+DECOMPRESSORS: dict[bytes, Any] = {  # by magic bytes: a WebDataset tar may be compressed under any name
+    b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f),
+    b"BZh": bz2.BZ2File,
+    b"\xfd7zXZ": lzma.LZMAFile,
+}
+
+
+def _tar_kind(fs: pafs.FileSystem, path: str) -> tuple[Any, bool]:
+    """The decompressor a tar needs (by its magic bytes; ``None``: plain) and whether it looks whole.
+
+    A plain tar is whole when it ends with the two zero blocks every tar writer closes it with; a
+    compressed one is taken as whole here, as its decompressor raises on a stream cut short.
+    """
     with fs.open_input_file(path) as f:
+        magic = f.read(6)
+        opener = next((o for m, o in DECOMPRESSORS.items() if magic.startswith(m)), None)
+        if opener is not None:
+            return opener, True
+        size = f.size()
+        if size < 1024:
+            return None, False
         f.seek(size - 1024)
-        return f.read(1024) == bytes(1024)
+        return None, f.read(1024) == bytes(1024)
 
 
 def _sample(shard: str, key: str, fields: dict[str, bytes], unlabeled: bool) -> Record:

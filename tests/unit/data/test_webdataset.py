@@ -85,3 +85,19 @@ def test_a_tar_cut_at_a_member_boundary_is_caught_by_its_missing_end_blocks(tmp_
     ):
         (tmp_path / "classes.txt").unlink()
         open_source("shards", str(tmp_path)).classes()
+
+
+def test_a_compressed_tar_reads_whole_and_a_cut_one_still_says_so(tmp_path):
+    import gzip
+
+    (tmp_path / "classes.txt").write_text("a\nb\nc\n")
+    write_tar(tmp_path / "whole.tar", samples(4))
+    packed = gzip.compress((tmp_path / "whole.tar").read_bytes())
+    (tmp_path / "train-000.tar").write_bytes(packed)  # gzip data under a .tar name
+    (tmp_path / "train-001.tar").write_bytes(packed[: len(packed) * 2 // 3])
+    src = open_source("shards", str(tmp_path))
+    whole, cut = (read_chunk(src, c, num_classes=3, max_pixels=10**6) for c in src.chunks("train"))
+    assert whole.labels == [0, 1, 2, 0] and whole.log.bad == []
+    assert len(cut.labels) < 4 and cut.log.bad[0]["reason"].startswith(
+        "unreadable: OSError: the tar ends early or is corrupt after"
+    )
