@@ -68,10 +68,12 @@ class WebVision(Source):
         lst, begin, stop, first_line = chunk.args
         with self.store.fs.open_input_file(self.store.path(lst)) as f:
             f.seek(begin)
-            lines = f.read(stop - begin).decode("utf-8").splitlines()
+            lines = f.read(stop - begin).decode("utf-8").split("\n")  # as chunks() counts lines
+        if lines and not lines[-1]:
+            lines.pop()
         prefix = self._val_dir() + "/" if chunk.split == "val" else ""
         for n, line in enumerate(lines, first_line):
-            parts = line.rsplit(maxsplit=1)
+            parts = line.removesuffix("\r").rsplit(maxsplit=1)
             if len(parts) < 2:  # a line without "<path> <label>": listed, the next lines still read
                 if line.strip():
                     problem = f"list line {n} is not '<path> <label>': {line!r}"
