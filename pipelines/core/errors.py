@@ -14,6 +14,19 @@ class ConfigError(ValueError):
     """A config that cannot run; the message lists every problem, one per line."""
 
 
+def settings_from(cls: type[Any], cfg: dict[str, Any], group: str) -> Any:
+    """Build the dataclass ``cls`` from the config group ``group``, refusing a key it lacks.
+
+    Raises:
+        ValueError: naming the first unknown key (``<group>.<key>``) and the known ones.
+    """
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(cfg) - known)
+    if unknown:
+        raise ValueError(f"{group}.{unknown[0]} is not a setting; use {', '.join(sorted(known))}")
+    return cls(**cfg)
+
+
 def run_command(
     action: Callable[[], str], stops: dict[type[Exception], tuple[str, int]] | None = None
 ) -> int:

@@ -93,6 +93,7 @@ def training_datasets(
     eval_crop: float = 1.0,
     workers: int = 2,
     task_cpus: float = 1.0,
+    source: Source | None = None,
 ) -> TrainingData:
     """Build the training and evaluation datasets from a dataset config.
 
@@ -119,6 +120,8 @@ def training_datasets(
             them (each streams its own part through Ray's split coordinator actor); one worker
             reads it whole in its own process, without that actor.
         task_cpus: CPUs each read task reserves (:func:`~pipelines.data.read_tasks.stream`).
+        source: what :func:`open_training_source` returned for ``dataset`` (opened and checked
+            here when not given).
 
     Raises:
         ValueError, FileNotFoundError: as :func:`open_training_source`, or when no training shard
@@ -127,7 +130,7 @@ def training_datasets(
     import ray.data
     from ray.train import DataConfig
 
-    source = open_training_source(dataset)
+    source = source or open_training_source(dataset)
     warn_if_unshuffled(source, dataset["train_split"])
     if dataset["train_split"] == dataset["eval_split"]:
         print(

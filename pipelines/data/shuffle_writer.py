@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines.core.errors import settings_from
 from pipelines.core.storage import Store
 from pipelines.data.order import rng_for
 from pipelines.data.shard_writer import SCHEMA, ChunkRows, counts_record, parquet_bytes, read_chunk
@@ -53,11 +54,7 @@ class ShuffleSettings:
         Raises:
             ValueError: naming an unknown key or a value out of range.
         """
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"shuffle.{unknown[0]} is not a setting; use {', '.join(sorted(known))}")
-        settings = cls(**cfg)
+        settings = settings_from(cls, cfg, "shuffle")
         if int(settings.rows_per_shard) < 1:
             raise ValueError(f"shuffle.rows_per_shard={settings.rows_per_shard} must be at least 1")
         if settings.chunks_per_task is not None and int(settings.chunks_per_task) < 1:

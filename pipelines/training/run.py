@@ -158,7 +158,7 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
 
     tr, ds, aug = cfg["trainer"], cfg["dataset"], cfg["augment"]
     try:
-        open_training_source(ds)  # no shards there, a split they lack: exit 2 before Ray starts
+        source = open_training_source(ds)  # no shards there, a split they lack: exit 2 before Ray
     except (ValueError, FileNotFoundError) as err:
         raise _dataset_error(ds, err) from err
     address = (cfg.get("ray") or {}).get("address")
@@ -184,6 +184,7 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
             eval_crop=eval_crop_for(aug, cfg["eval"]),
             workers=int(tr["num_workers"]),
             task_cpus=float(tr["read_task_cpus"]),
+            source=source,
         )
     except (ValueError, FileNotFoundError) as err:  # no readable shards: one message, exit 2
         raise _dataset_error(ds, err) from err

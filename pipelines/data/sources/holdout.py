@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from pipelines.core.errors import settings_from
 from pipelines.data.sources.base import Chunk, Record, Source
 
 TRAIN = "train"
@@ -43,11 +44,7 @@ class HoldOutSettings:
         Raises:
             ValueError: naming an unknown key or a value out of range.
         """
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(cfg) - known)
-        if unknown:
-            raise ValueError(f"holdout.{unknown[0]} is not a setting; use {', '.join(sorted(known))}")
-        settings = cls(**cfg)
+        settings = settings_from(cls, cfg, "holdout")
         if not 0.0 <= float(settings.fraction) < 1.0:
             raise ValueError(f"holdout.fraction={settings.fraction} must be in [0, 1), e.g. 0.02")
         if not str(settings.to) or str(settings.to) == TRAIN or "/" in str(settings.to):

@@ -303,25 +303,20 @@ def test_a_run_the_cluster_cannot_hold_at_once_is_named_with_its_numbers() -> No
 
 
 @pytest.mark.parametrize(
-    "given",
+    ("given", "use_gpu"),
     [
-        None,
-        {},
-        {"CPU": 0.5},
-        {"GPU": 1},
-        {"CPU": 4, "GPU": 0.5},
-        {"CPU": 2, "GPU": 0},
-        {"CPU": 0, "memory": 1e9},
+        *((g, False) for g in (None, {}, {"CPU": 0.5}, {"CPU": 2, "GPU": 0}, {"CPU": 0, "memory": 1e9})),
+        *(
+            (g, True)
+            for g in (None, {}, {"CPU": 0.5}, {"GPU": 1}, {"CPU": 4, "GPU": 0.5}, {"CPU": 2, "GPU": 0})
+        ),
     ],
-)
-@pytest.mark.parametrize("use_gpu", [False, True])
+)  # Ray refuses GPUs per worker without use_gpu, so those pairs are not here
 def test_worker_resources_are_what_ray_trains_scaling_config_reserves(given, use_gpu) -> None:
     from ray.train import ScalingConfig
 
     from pipelines.config.checks import worker_resources
 
-    if given and given.get("GPU") and not use_gpu:
-        pytest.skip("Ray refuses GPUs per worker without use_gpu")
     as_run_passes_it = dict(given or {}) or None  # pipelines/training/run.py
     ray_rule = ScalingConfig(num_workers=2, use_gpu=use_gpu, resources_per_worker=as_run_passes_it)
     assert worker_resources({"resources_per_worker": given, "use_gpu": use_gpu}) == {
