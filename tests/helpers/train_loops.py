@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
+# Ray Data scheduler settings every process of a job should have (pipelines/data/scheduling.py),
+# written out here rather than read from that module
+SCHEDULER_SETTINGS = {
+    "wait_s": 0.05,
+    "limits_refresh_s": 0.1,
+    "metadata_on_thread": False,
+    "prompt_wait": True,
+}
+
 
 def count_rows(config: dict) -> dict:
     """Stream this worker's share of ``train`` once: its label histogram, view shapes and the Ray

@@ -17,6 +17,7 @@ from pipelines.data.monitor import monitor
 from pipelines.data.recipes import view_recipes
 from tests.helpers import replicas
 from tests.helpers.data_fixtures import corrupt_cases, encode, pattern
+from tests.helpers.train_loops import SCHEDULER_SETTINGS as OURS
 
 CIFAR = str(replicas.SHARED / "cifar10-jpeg")
 
@@ -174,7 +175,7 @@ def test_each_train_worker_streams_its_own_part(ray_cluster, tmp_path):
     result = trainer.fit()
     rank0 = result.return_value
     assert rank0["shapes"] == [(3, 3, 32, 32)]
-    assert rank0["scheduling"] == {"wait_s": 0.01, "limits_refresh_s": 0.1}  # the worker got the pipeline's
+    assert rank0["scheduling"] == OURS  # the worker got the pipeline's
     assert 0 < sum(rank0["hist"]) < sum(data.train_counts)  # a part, not everything
 
 
@@ -200,7 +201,7 @@ def test_every_worker_process_of_the_job_gets_the_scheduler_settings(ray_cluster
 
     settings, loader_imported = ray_cluster.get(Probe.remote().settings.remote())
     assert not loader_imported
-    assert settings == {"wait_s": 0.01, "limits_refresh_s": 0.1}
+    assert settings == OURS
 
 
 def one_row_group_of_photos(folder: pathlib.Path, n: int = 100) -> dict:
