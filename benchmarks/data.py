@@ -14,6 +14,8 @@ processes (Ray: a 2-CPU local cluster; DataLoaders: ``num_workers=2``):
   mixed in a new order each epoch, blocks bounded in bytes) with this project's Ray Data
   scheduler settings (``pipelines/data/scheduling.py``).
 * ``ray_data_stock``: the same pipeline with Ray's own scheduler settings.
+* ``ray_data_spin_wait``: the same with the project's settings before the prompt wait (a 10 ms
+  ``ray.wait`` timeout, metadata on Ray's thread), which kept workers busy by polling.
 * ``ray_data_joined_blocks``: the same pipeline with Ray's default output block target (128 MiB),
   which joins a read task's pieces into one block (the pipeline emits each piece on its own).
 * ``ray_data_two_tasks_per_core``: the same pipeline with read tasks of half a CPU each.
@@ -210,15 +212,18 @@ PIPELINES = (
     "torch_dataloader_batched",
     "ray_data",
     "ray_data_stock",
+    "ray_data_spin_wait",
     "ray_data_joined_blocks",
     "ray_data_two_tasks_per_core",
     "machine_limit",
 )
-OURS = {"wait_s": scheduling.WAIT_S, "limits_refresh_s": scheduling.LIMITS_REFRESH_S}
+OURS = scheduling.OURS
+SPIN = {"wait_s": 0.01, "limits_refresh_s": 0.1, "metadata_on_thread": True, "prompt_wait": False}
 RAY_BLOCK_BYTES = 128 * 2**20  # Ray Data's default target_max_block_size
 VARIANTS = {  # Ray arms: (scheduler settings, output block target, CPUs per read task)
     "ray_data": (OURS, OUTPUT_BLOCK_BYTES, 1.0),
     "ray_data_stock": (scheduling.RAY_DEFAULTS, OUTPUT_BLOCK_BYTES, 1.0),
+    "ray_data_spin_wait": (SPIN, OUTPUT_BLOCK_BYTES, 1.0),
     "ray_data_joined_blocks": (OURS, RAY_BLOCK_BYTES, 1.0),
     "ray_data_two_tasks_per_core": (OURS, OUTPUT_BLOCK_BYTES, 0.5),
 }
@@ -286,15 +291,22 @@ def dataloader(dataset, batch: int, collate=None):
 
 
 def timed_epoch(batches, mem_base: int | None = None) -> dict:
-    """Images/s, seconds to the first batch and the peak memory rise (MB) over one epoch."""
+    """Images/s, seconds to the first batch, the peak memory rise (MB) and this process's CPU time
+    per image (ms: for Ray, the driver's executor and iterator) over one epoch."""
     with PeakMemory(mem_base) as mem:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         first, n = None, 0
         for b in batches:
             first = first if first is not None else time.perf_counter() - start
             n += len(b["label"])
-        seconds = time.perf_counter() - start
-    return {"images": n, "img_per_s": n / seconds, "first_batch_s": first, "peak_mem_mb": mem.peak / 2**20}
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return {
+        "images": n,
+        "img_per_s": n / seconds,
+        "first_batch_s": first,
+        "peak_mem_mb": mem.peak / 2**20,
+        "main_cpu_ms_per_img": 1000 * cpu / max(n, 1),
+    }
 
 
 def measure(
@@ -324,7 +336,8 @@ def measure(
                 print(
                     f"    round {r}: {p:<25} {rec['img_per_s']:7.0f} img/s  "
                     f"first batch {rec['first_batch_s']:5.2f} s"
-                    f"  peak +{rec['peak_mem_mb']:5.0f} MB",
+                    f"  peak +{rec['peak_mem_mb']:5.0f} MB"
+                    f"  main process {rec.get('main_cpu_ms_per_img', 0):.2f} CPU-ms/img",
                     flush=True,
                 )
     finally:
@@ -339,6 +352,7 @@ def measure(
             "img_per_s": statistics.median(e["img_per_s"] for e in steady),
             "first_batch_s": statistics.median(e["first_batch_s"] for e in steady),
             "peak_mem_mb": max(e["peak_mem_mb"] for e in recs),
+            "main_cpu_ms_per_img": statistics.median(e.get("main_cpu_ms_per_img", 0.0) for e in steady),
             "views": len(recipes),
         }
         out[p]["views_per_s"] = out[p]["img_per_s"] * len(recipes)

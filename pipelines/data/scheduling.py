@@ -36,7 +36,7 @@ RAY_DEFAULTS = {  # Ray 2.60's own
     "metadata_on_thread": True,
     "prompt_wait": False,
 }
-_DEFAULTS = {
+OURS = {  # what apply() and apply_on_import() set by default
     "wait_s": WAIT_S,
     "limits_refresh_s": LIMITS_REFRESH_S,
     "metadata_on_thread": METADATA_ON_THREAD,
@@ -225,7 +225,7 @@ def apply_on_import(**settings: Any) -> None:
     The job's ``worker_process_setup_hook``: cheap in the many worker processes that never use Ray
     Data. ``settings``: :func:`apply`'s arguments (its defaults where left out).
     """
-    values = {**_DEFAULTS, **settings}
+    values = {**OURS, **settings}
     loaded = [m for m, _, _ in _TARGETS.values() if m in sys.modules]
     if loaded:
         apply(**values)
