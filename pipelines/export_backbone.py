@@ -23,9 +23,9 @@ import sys
 from pathlib import Path
 
 import torch
-import yaml
 
 from pipelines.core.errors import ConfigError
+from pipelines.core.run_files import CONFIG_FILE, read_run_file
 from pipelines.evaluation.export import TIMM_NAMES, load_state, to_timm, torchvision_model, write_detectron2
 from pipelines.probe.run import find_checkpoint
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             run_dir, checkpoint = find_checkpoint(src)
             weights = checkpoint / "backbone.pt"
-            model = yaml.safe_load((run_dir / "config.yaml").read_text())["model"]
+            model = read_run_file(run_dir / CONFIG_FILE)["model"]
             name = args.model or model["name"]
             image_size = args.image_size or int(model["image_size"])
             if float(model["width"]) != 1.0:

@@ -74,24 +74,9 @@ def write_checkpoint(directory: str | os.PathLike, state: dict[str, Any], backbo
     return d
 
 
-def _whole(marker_text: str, sizes: dict[str, int | None]) -> bool:
-    """Whether the files' sizes match what the ``COMPLETE`` marker recorded (older markers: present)."""
-    try:
-        expected = json.loads(marker_text).get("files") or {STATE: None, BACKBONE: None}
-    except (ValueError, AttributeError):
-        return False
-    return all(
-        sizes.get(n) is not None and (want is None or sizes[n] == want) for n, want in expected.items()
-    )
-
-
 def is_complete(directory: str | os.PathLike) -> bool:
     """Whether ``directory`` holds a checkpoint whose writing (and copying) finished."""
-    d = Path(directory)
-    if not (d / COMPLETE).is_file():
-        return False
-    sizes = {n: (d / n).stat().st_size if (d / n).is_file() else None for n in (STATE, BACKBONE)}
-    return _whole((d / COMPLETE).read_text(), sizes)
+    return not checkpoint_problem(directory)
 
 
 def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> Any:
@@ -121,11 +106,20 @@ def _why(err: BaseException) -> str:
     return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
+def checkpoint_problem(directory: str | os.PathLike) -> str:
+    """What makes ``directory`` an incomplete checkpoint, in words (``""``: it is complete)."""
+    d = Path(directory)
+    if not (d / COMPLETE).is_file():
+        return f"no {COMPLETE} marker: its writing never finished"
+    sizes = {n: (d / n).stat().st_size if (d / n).is_file() else None for n in (STATE, BACKBONE)}
+    problem = _sizes_problem((d / COMPLETE).read_text(), sizes)
+    return f"{problem}: cut short or replaced since it was written" if "bytes where" in problem else problem
+
+
 def _check(d: Path) -> None:
-    if not is_complete(d):
-        raise IncompleteCheckpointError(
-            f"{d} is not a complete checkpoint (no {COMPLETE} marker, or a file is missing or cut short)"
-        )
+    problem = checkpoint_problem(d)
+    if problem:
+        raise IncompleteCheckpointError(f"{d} is not a complete checkpoint ({problem})")
 
 
 def read_checkpoint(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -169,11 +163,41 @@ class Found:
     uri: str
 
 
-def newest_complete(storage: str, name: str) -> Found | None:
-    """The latest complete ``checkpoint_e*_s*`` of run ``name`` under ``storage`` (folder or URI).
+@dataclass(frozen=True)
+class Torn:
+    """A ``checkpoint_e*_s*`` folder that cannot be loaded.
 
-    Latest means the most steps (then the most epochs: an epoch-end checkpoint follows a step
-    checkpoint taken at the same step). Torn folders are skipped.
+    Attributes:
+        path: its folder.
+        problem: what is wrong with it, in words.
+        was_complete: its ``COMPLETE`` marker is there, so it was whole once (a file was cut or
+            replaced later), unlike a folder whose writing never finished.
+    """
+
+    path: str
+    problem: str
+    was_complete: bool
+
+
+def _sizes_problem(marker_text: str, sizes: dict[str, int | None]) -> str:
+    """What differs between the files and their ``COMPLETE`` marker (``""``: nothing)."""
+    try:
+        expected = json.loads(marker_text).get("files") or {STATE: None, BACKBONE: None}
+    except (ValueError, AttributeError):
+        return f"its {COMPLETE} marker is not valid JSON"
+    for name, want in expected.items():
+        if sizes.get(name) is None:
+            return f"{name} is missing"
+        if want is not None and sizes[name] != want:
+            return f"{name} has {sizes[name]:,} bytes where {COMPLETE} recorded {int(want):,}"
+    return ""
+
+
+def scan_checkpoints(storage: str, name: str) -> tuple[list[Found], list[Torn]]:
+    """The complete and the torn ``checkpoint_e*_s*`` folders of run ``name`` under ``storage``.
+
+    ``storage`` is a folder or a ``pyarrow`` URI; a folder that vanishes meanwhile (``num_to_keep``)
+    or cannot be read is left out of both lists.
     """
     if is_uri(storage):
         fs, root = pafs.FileSystem.from_uri(storage)
@@ -185,20 +209,25 @@ def newest_complete(storage: str, name: str) -> Found | None:
     try:
         entries = fs.get_file_info(pafs.FileSelector(f"{root}/{name}", allow_not_found=True))
     except OSError:
-        return None
+        return [], []
     found: list[Found] = []
+    torn: list[Torn] = []
     for entry in entries:
         m = NAME.match(entry.base_name)
         if not m or entry.type != pafs.FileType.Directory:
             continue
-        try:  # a folder removed meanwhile (num_to_keep) or a read that fails is skipped
+        try:
             files = {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(entry.path))}
             if COMPLETE not in files:
+                torn.append(Torn(entry.path, f"no {COMPLETE} marker (its writing never finished)", False))
                 continue
             with fs.open_input_stream(files[COMPLETE].path) as f:
                 text = f.read().decode(errors="replace")
-            sizes = {n: files[n].size if n in files else None for n in (STATE, BACKBONE)}
-            if not _whole(text, sizes):
+            problem = _sizes_problem(
+                text, {n: files[n].size if n in files else None for n in (STATE, BACKBONE)}
+            )
+            if problem:
+                torn.append(Torn(entry.path, problem, True))
                 continue
             info = json.loads(text)
             epoch, step = int(info.get("epoch", m[1])), int(info.get("step", m[2]))
@@ -207,6 +236,16 @@ def newest_complete(storage: str, name: str) -> Found | None:
         # the URI as the user wrote it (scheme, host, query) with this folder's path
         uri = f"{prefix}{entry.path[len(root) :]}{query}" if prefix else entry.path
         found.append(Found(entry.path, epoch, step, uri))
+    return found, sorted(torn, key=lambda t: t.path)
+
+
+def newest_complete(storage: str, name: str) -> Found | None:
+    """The latest complete ``checkpoint_e*_s*`` of run ``name`` under ``storage`` (folder or URI).
+
+    Latest means the most steps (then the most epochs: an epoch-end checkpoint follows a step
+    checkpoint taken at the same step). Torn folders are skipped.
+    """
+    found, _ = scan_checkpoints(storage, name)
     return max(found, key=lambda c: (c.step, c.epoch), default=None)
 
 

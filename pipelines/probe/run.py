@@ -9,20 +9,18 @@ of the run's ``results.json``, rewriting ``results.md`` and ``report.png``.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from pipelines.config.changes import migrate_saved
 from pipelines.config.checks import check_eval
 from pipelines.core import checkpoints as ckpt
 from pipelines.core.errors import ConfigError, run_command
-from pipelines.core.run_files import CLASS_COUNTS, RESULTS_JSON
+from pipelines.core.run_files import CLASS_COUNTS, CONFIG_FILE, read_results, read_run_file
 from pipelines.core.storage import is_uri
 from pipelines.data.loader import training_datasets
 from pipelines.data.recipes import MEAN_STD, eval_crop_for, recipes_for
@@ -48,17 +46,22 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
             f"run={path}: no such folder; pass a run folder (<storage_path>/<name>) or a checkpoint"
         )
     if (p / ckpt.COMPLETE).exists():
-        if not ckpt.is_complete(p):
-            raise ConfigError(f"run={path}: this checkpoint is incomplete (a file is missing); pick another")
+        problem = ckpt.checkpoint_problem(p)
+        if problem:
+            raise ConfigError(f"run={path}: this checkpoint cannot be used ({problem}); pick another")
         return p.parent, p
     if not (p / "config.yaml").exists():
         raise ConfigError(
             f"run={path}: not a run folder (no config.yaml) nor a checkpoint (no COMPLETE marker)"
         )
-    found = ckpt.newest_complete(str(p.parent), p.name)
-    if found is None:
-        raise ConfigError(f"run={path}: the run has no complete checkpoint yet")
-    return p, Path(found.path)
+    found, torn = ckpt.scan_checkpoints(str(p.parent), p.name)
+    if not found:
+        damaged = "".join(f"\n  {t.path}: {t.problem}" for t in torn if t.was_complete)
+        if damaged:
+            raise ConfigError(f"run={path}: every checkpoint of the run is damaged:{damaged}")
+        raise ConfigError(f"run={path}: the run has no complete checkpoint yet (still training?)")
+    newest = max(found, key=lambda c: (c.step, c.epoch))
+    return p, Path(newest.path)
 
 
 def probe_loop_per_worker(config: dict[str, Any]) -> None:
@@ -103,8 +106,7 @@ def probe_loop_per_worker(config: dict[str, Any]) -> None:
         judged["weights"] = info["weights"]
     judged["judged_on"] = info["judged_on"]
     run_dir = Path(info["run_dir"])
-    path = run_dir / RESULTS_JSON
-    results = json.loads(path.read_text()) if path.exists() else {}
+    results = read_results(run_dir)
     if info["judged_on"]["other_dataset"]:  # its own classes: kept with it, out of the run's per-class tables
         judged.update(classes=info["classes"], train_counts=info["train_counts"])
     else:
@@ -127,7 +129,8 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("run is not set: add run=<run folder or checkpoint folder>")
     run_dir, checkpoint = find_checkpoint(cfg["run"])
     errors: list[str] = []
-    run_cfg = migrate_saved(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    run_cfg = migrate_saved(read_run_file(run_dir / CONFIG_FILE))
+    read_results(run_dir)  # a damaged results.json is named now, not after the probe has run
     ev = probe_eval(run_cfg.get("eval"), cfg["eval"], list(cfg.get("overrides") or []))
     check_eval(errors, ev)
     if errors:
@@ -158,11 +161,11 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         whole_bank=True,
         eval_crop=eval_crop_for(aug, ev),
     )
-    marker = json.loads((checkpoint / ckpt.COMPLETE).read_text())
+    marker = read_run_file(checkpoint / ckpt.COMPLETE)
     mean, std = MEAN_STD[aug["mean_std"]]
     counts_file = run_dir / CLASS_COUNTS
     counts = (
-        json.loads(counts_file.read_text())["counts"]
+        read_run_file(counts_file)["counts"]
         if counts_file.exists() and not other
         else list(data.train_counts)
     )
@@ -207,7 +210,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
             execution_options={k: ExecutionOptions(preserve_order=True) for k in datasets},
         ),
     ).fit()
-    return {**json.loads((run_dir / RESULTS_JSON).read_text()), "probe_key": info["key"]}
+    return {**read_results(run_dir), "probe_key": info["key"]}
 
 
 def _weights_file(path: str | None) -> Path | None:
@@ -225,8 +228,7 @@ def _weights_file(path: str | None) -> Path | None:
 
 
 def _existing_probes(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / RESULTS_JSON
-    return json.loads(path.read_text()).get("linear_probes") or {} if path.exists() else {}
+    return read_results(run_dir).get("linear_probes") or {}
 
 
 def probe_table(results: dict[str, Any], protocol: str, run_dir: str) -> str:

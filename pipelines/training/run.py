@@ -21,9 +21,18 @@ import yaml
 from pipelines.config.changes import config_changes, migrate_saved
 from pipelines.config.checks import capacity_problem, check_config
 from pipelines.config.paths import check_shared_storage
+from pipelines.core import checkpoints as ckpt
 from pipelines.core.checkpoints import IncompleteCheckpointError, UnsafeCheckpointError
 from pipelines.core.errors import ConfigError, run_command
-from pipelines.core.run_files import CLASS_COUNTS, CONFIG_FILE, STOPPED
+from pipelines.core.run_files import (
+    CLASS_COUNTS,
+    CONFIG_FILE,
+    STOPPED,
+    RunFileError,
+    final_evaluation_done,
+    read_results,
+    read_run_file,
+)
 from pipelines.core.storage import is_uri, write_atomic
 from pipelines.data.loader import open_training_source, training_datasets
 from pipelines.data.monitor import monitor
@@ -73,7 +82,7 @@ def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
     saved_path = run_dir / CONFIG_FILE
     if not saved_path.exists():
         return False
-    saved = yaml.safe_load(saved_path.read_text())
+    saved = read_run_file(saved_path)
     changes = config_changes(migrate_saved(saved), cfg)
     if changes:
         raise ConfigError(
@@ -81,7 +90,33 @@ def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
             + "\n  ".join(changes)
             + "\nto start a new run pick another trainer.name=<name>; to resume it, use its settings"
         )
-    return (run_dir / "results.json").exists()
+    return final_evaluation_done(read_results(run_dir))
+
+
+def _check_checkpoints(cfg: dict[str, Any]) -> None:
+    """Say which checkpoints a resumed run cannot use; refuse when that would discard its training.
+
+    A folder whose writing never finished (a crash mid-write) is expected and skipped. One that
+    was complete once (its ``COMPLETE`` marker is there) but whose files changed since, when no
+    complete checkpoint is left, would make the run start over silently: refused, naming it.
+
+    Raises:
+        RunFileError: when every checkpoint of the run is torn and one of them was complete.
+    """
+    tr = cfg["trainer"]
+    found, torn = ckpt.scan_checkpoints(str(tr["storage_path"]), str(tr["name"]))
+    if not torn:
+        return
+    listed = "".join(f"\n  {t.path}: {t.problem}" for t in torn)
+    if not found and any(t.was_complete for t in torn):
+        raise RunFileError(
+            f"run {tr['name']!r} has no usable checkpoint, so it would start over from its first step:"
+            f"{listed}\nrestore the folder from a copy; to train from the start, move these checkpoints "
+            "away (or pick another trainer.name)"
+        )
+    newest = max(found, key=lambda c: (c.step, c.epoch)) if found else None
+    where = f"resuming from {newest.path}" if newest else "starting from the first step"
+    print(f"WARNING: checkpoints skipped, {where}:{listed}", flush=True)
 
 
 def _write_run_files(run_dir: Path, cfg: dict[str, Any], counts: list[int], classes: list[str]) -> None:
@@ -151,7 +186,8 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
         print(
             f"run {cfg['trainer']['name']!r} has already finished; its results are in {run_dir}", flush=True
         )
-        return RunOutcome(str(run_dir), json.loads((run_dir / "results.json").read_text()), 0.0)
+        return RunOutcome(str(run_dir), read_results(run_dir), 0.0)
+    _check_checkpoints(cfg)
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -252,14 +288,12 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
     _report_bad_images(run_dir, data_monitor)
     stopped = run_dir / STOPPED
     if stopped.exists():
-        info = json.loads(stopped.read_text())
+        info = read_run_file(stopped)
         raise RunStoppedError(
             f"{info['reason']}; last good checkpoint: {info.get('last_good_checkpoint')}; "
             f"details in {stopped}"
         )
-    results_path = run_dir / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    return RunOutcome(str(run_dir), results, time.time() - started, dashboard)
+    return RunOutcome(str(run_dir), read_results(run_dir), time.time() - started, dashboard)
 
 
 def results_table(outcome: RunOutcome, cfg: dict[str, Any]) -> str:
@@ -296,4 +330,5 @@ def results_table(outcome: RunOutcome, cfg: dict[str, Any]) -> str:
 
 def main_with_errors(cfg: dict[str, Any]) -> int:
     """Run :func:`pretrain` and print the table; config errors exit 2, stopped runs 3, one message each."""
-    return run_command(lambda: results_table(pretrain(cfg), cfg), {RunStoppedError: ("run stopped: ", 3)})
+    stops = {RunStoppedError: ("run stopped: ", 3), RunFileError: ("error: ", 2)}
+    return run_command(lambda: results_table(pretrain(cfg), cfg), stops)

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 
 from pipelines.core import checkpoints as ckpt
-from pipelines.core.run_files import write_stop
+from pipelines.core.run_files import keep_probes, write_stop
 from pipelines.core.run_log import RunLog, progress_line, say
 from pipelines.data.monitor import find_monitor
 from pipelines.evaluation.judge import Judge
@@ -215,6 +215,7 @@ class Session:
                         t.step, {f"final/{who}/{k}": v for k, v in values.items() if v is not None}
                     )
                 self.log.flush()
+            results = keep_probes(self.run["dir"], results)
             write_results(self.run["dir"], results, f"run {self.run['name']}: {results['objective']}", spe)
         if self.log:
             self.log.close()
