@@ -26,7 +26,15 @@ import torch
 
 from pipelines.core.errors import ConfigError
 from pipelines.core.run_files import CONFIG_FILE, read_run_file
-from pipelines.evaluation.export import TIMM_NAMES, load_state, to_timm, torchvision_model, write_detectron2
+from pipelines.evaluation.export import (
+    TIMM_NAMES,
+    TORCHVISION_NAMES,
+    fit_problem,
+    load_state,
+    to_timm,
+    torchvision_model,
+    write_detectron2,
+)
 from pipelines.probe.run import find_checkpoint
 
 
@@ -49,10 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         if src.is_file():
             weights, name, image_size = src, args.model, args.image_size or 224
             if not name:
-                raise ConfigError(
-                    f"{src} is a bare weights file: add --model "
-                    "resnet18|resnet50|vit_s16|vit_b16|vit_s16_moco_v3|vit_b16_moco_v3"
-                )
+                raise ConfigError(f"{src} is a bare weights file: add --model {'|'.join(TORCHVISION_NAMES)}")
         else:
             run_dir, checkpoint = find_checkpoint(src)
             weights = checkpoint / "backbone.pt"
@@ -69,24 +74,33 @@ def main(argv: list[str] | None = None) -> int:
                     f"{run_dir} used model.stem=cifar (a 3x3 conv1, no max-pool): its conv1 does not fit "
                     "torchvision's or detectron2's ImageNet stem"
                 )
+        out = args.out.expanduser()
+        if out.is_dir():
+            raise ConfigError(f"--out {out} is a folder: give the file to write, e.g. {out / 'backbone.pth'}")
+        if out.exists() and out.resolve() == weights.resolve():
+            raise ConfigError(f"--out {out} is the file being exported: write the export to another file")
         state = load_state(weights)
         if args.to == "detectron2":
             if not str(name).startswith("resnet"):
                 raise ConfigError(f"--to detectron2 needs a ResNet backbone, not {name}")
-            out = write_detectron2(state, args.out)
+            out = write_detectron2(state, out)
             print(f"wrote {out}: {len(state)} tensors renamed to detectron2's ResNet names", flush=True)
             return 0
         target = torchvision_model(name, image_size)
-        target.load_state_dict(state, strict=True)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
+        problem = fit_problem(state, target.state_dict())
+        if problem:
+            raise ConfigError(f"{weights} does not fit torchvision's {name} (--model): {problem}")
+        if out.exists():
+            print(f"replacing {out}", flush=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
         if args.to == "timm":
-            torch.save(to_timm(state, name), args.out)
-            print(f"wrote {args.out}: loads with strict=True into {_timm_call(name, image_size)}", flush=True)
+            torch.save(to_timm(state, name), out)
+            print(f"wrote {out}: loads with strict=True into {_timm_call(name, image_size)}", flush=True)
             return 0
-        torch.save(state, args.out)
+        torch.save(state, out)
         head = "heads" if name.startswith("vit") else "fc"
         print(
-            f"wrote {args.out}: loads with strict=True into torchvision's {name} once {head} is set aside "
+            f"wrote {out}: loads with strict=True into torchvision's {name} once {head} is set aside "
             f"(model.{head} = torch.nn.Identity())",
             flush=True,
         )

@@ -53,7 +53,14 @@ def _positive_int(errors: list[str], cfg: dict[str, Any], key: str, minimum: int
     return value
 
 
+def _optional_count(errors: list[str], value: Any, key: str, meaning: str) -> None:
+    """``value`` must be null (``meaning``) or an integer >= 1."""
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        errors.append(f"{key}={value!r}: must be an integer >= 1, or null ({meaning})")
+
+
 def _check_dataset(errors: list[str], ds: dict[str, Any]) -> None:
+    _optional_count(errors, ds.get("max_train_images"), "dataset.max_train_images", "every image")
     root = ds.get("root")
     if not root:
         errors.append(
@@ -145,6 +152,10 @@ def _check_trainer(errors: list[str], cfg: dict[str, Any]) -> None:
             f"trainer.schedule.milestones={sched.get('milestones')}: every milestone must be "
             f"< trainer.epochs={epochs}"
         )
+    width = model.get("width")
+    if not (isinstance(width, int | float) and not isinstance(width, bool) and 0 < width < float("inf")):
+        errors.append(f"model.width={width!r}: must be a number > 0 (1.0 is the full width)")
+    _positive_int(errors, cfg, "trainer.num_to_keep")
     if model.get("sync_bn") and not tr.get("use_gpu"):
         errors.append(
             "model.sync_bn=true needs GPUs (SyncBatchNorm has no CPU kernel): set "

@@ -91,8 +91,8 @@ def safe_load(path: str | os.PathLike, map_location: str | torch.device = "cpu")
         raise UnsafeCheckpointError(
             f"{path}: refused to load: it is not a plain file of tensors ({_why(err)}). It may have "
             "been tampered with, cut short or written by other software; nothing in it was executed. "
-            "Use a checkpoint written by this platform: restore this run's folder from a copy you trust, "
-            "or start a new run (another trainer.name)."
+            "Use a file written by this platform or the official code: restore it from a copy you trust "
+            "(a run's checkpoint: or start a new run with another trainer.name)."
         ) from err
 
 

@@ -53,11 +53,12 @@ class TrainingData:
     train_size: int = 0
 
 
-def open_training_source(dataset: dict[str, Any]) -> Source:
+def open_training_source(dataset: dict[str, Any], group: str = "dataset") -> Source:
     """Open the shards a run trains from and check its splits, without Ray (before a cluster starts).
 
     Args:
         dataset: the ``dataset`` config group as a plain dict.
+        group: the config group it came from, for the keys errors name (``eval_dataset`` in a probe).
 
     Raises:
         ValueError: for a dataset read for training only through shards, a split the shards lack
@@ -73,7 +74,7 @@ def open_training_source(dataset: dict[str, Any]) -> Source:
         )
     source = open_source(name, str(dataset["root"]))
     for key in ("train_split", "eval_split"):  # name the key to change, not only the split
-        source.check_split(dataset[key], key=f"dataset.{key}")
+        source.check_split(dataset[key], key=f"{group}.{key}")
     if any(str(c.args[0]).endswith(".tar") for c in source.chunks(dataset["train_split"])):
         raise ValueError(
             f"{dataset['root']} holds WebDataset shards; convert them once with `python pipelines/prepare.py "

@@ -98,7 +98,10 @@ class PromptWait:
 def _state(ref: Any) -> Any:
     """Where a ready task's output stands: a stream's next object id (unique to its task), else the ref."""
     head = getattr(ref, "_get_next_object_id_binary", None)
-    return head() if head is not None else ref
+    try:
+        return head() if head is not None else ref
+    except Exception:  # a stream Ray can no longer peek (its task failed): the loop must see it
+        return object()  # never seen before, so the wait returns and the loop handles the task
 
 
 def _prompt_wait_on(module: ModuleType) -> bool:

@@ -147,6 +147,26 @@ def from_timm(state: dict[str, Tensor], what: str = "timm state dict") -> dict[s
     return _rename(state, _TIMM_TO_VIT, what)
 
 
+def fit_problem(state: dict[str, Tensor], expected: dict[str, Tensor]) -> str:
+    """How ``state`` differs from a model's ``expected`` state dict, in one line (``""``: it fits)."""
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = (
+        f"missing {missing[:3]}" if missing else "",
+        f"unexpected {extra[:3]}" if extra else "",
+        f"shapes {shapes[:2]}" if shapes else "",
+    )
+    return "; ".join(x for x in parts if x)
+
+
+TORCHVISION_NAMES = ("resnet18", "resnet50", "vit_s16", "vit_b16", "vit_s16_moco_v3", "vit_b16_moco_v3")
+
+
 def torchvision_model(name: str, image_size: int = 224) -> nn.Module:
     """The torchvision model a backbone of ``model.name`` loads into, classifier replaced by identity.
 
@@ -175,7 +195,10 @@ def torchvision_model(name: str, image_size: int = 224) -> nn.Module:
     if model is not None:
         model.heads = nn.Identity()
         return model
-    raise ValueError(f"model.name={name!r} has no torchvision counterpart (small_alexnet is our own)")
+    raise ValueError(
+        f"model.name={name!r} has no torchvision counterpart: use one of {', '.join(TORCHVISION_NAMES)} "
+        "(small_alexnet is the project's own network)"
+    )
 
 
 def _detectron2_name(key: str) -> str | None:

@@ -22,7 +22,7 @@ from pipelines.core import checkpoints as ckpt
 from pipelines.core.errors import ConfigError, run_command
 from pipelines.core.run_files import CLASS_COUNTS, CONFIG_FILE, read_results, read_run_file
 from pipelines.core.storage import is_uri
-from pipelines.data.loader import training_datasets
+from pipelines.data.loader import open_training_source, training_datasets
 from pipelines.data.recipes import MEAN_STD, eval_crop_for, recipes_for
 from pipelines.evaluation.breakdown import is_imbalanced
 from pipelines.evaluation.export import load_state
@@ -150,6 +150,10 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    try:  # no shards there, a split they lack: named now, before Ray starts
+        source = open_training_source(dataset, group="eval_dataset" if other else "dataset")
+    except (ValueError, FileNotFoundError) as err:
+        raise ConfigError(str(err)) from err
     connect((cfg.get("ray") or {}).get("address"))
     aug = run_cfg["augment"]
     recipes = recipes_for(aug, 2)
@@ -160,6 +164,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         seed=int(run_cfg["trainer"]["seed"]),
         whole_bank=True,
         eval_crop=eval_crop_for(aug, ev),
+        source=source,
     )
     marker = read_run_file(checkpoint / ckpt.COMPLETE)
     mean, std = MEAN_STD[aug["mean_std"]]

@@ -15,7 +15,7 @@ from typing import Any
 from pipelines.core import checkpoints as ckpt
 from pipelines.core.errors import ConfigError
 from pipelines.core.storage import is_uri
-from pipelines.evaluation.export import load_state
+from pipelines.evaluation.export import fit_problem, load_state
 from pipelines.models.build import backbone_of
 
 
@@ -95,25 +95,9 @@ def check_backbone(run_cfg: dict[str, Any], checkpoint: Path, weights: Path | No
     """
     path = weights or checkpoint / ckpt.BACKBONE
     state = load_state(path)
-    expected = backbone_of(run_cfg["model"]).state_dict()
-    missing = sorted(set(expected) - set(state))
-    extra = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or extra or shapes:
+    what = fit_problem(state, backbone_of(run_cfg["model"]).state_dict())
+    if what:
         model = run_cfg["model"]
-        what = "; ".join(
-            x
-            for x in (
-                f"missing {missing[:3]}" if missing else "",
-                f"unexpected {extra[:3]}" if extra else "",
-                f"shapes {shapes[:2]}" if shapes else "",
-            )
-            if x
-        )
         hint = (
             "judge it with a run of its model"
             if weights

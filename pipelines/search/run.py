@@ -17,9 +17,11 @@ from typing import Any
 import yaml
 from hydra.errors import HydraException
 
+from pipelines.config.changes import config_changes
 from pipelines.config.checks import check_config, worker_resources
 from pipelines.config.paths import check_shared_storage
 from pipelines.core.errors import ConfigError, run_command
+from pipelines.core.run_files import read_run_file
 from pipelines.ray_session import alive_nodes, connect
 from pipelines.search.callbacks import ReleaseTrialResources, release_trial_resources
 from pipelines.search.results import METRIC, best_config_file, best_row, plot_params, trial_rows, write_tables
@@ -123,13 +125,67 @@ def _check_trials(search: dict[str, Any], config_dir: str) -> tuple[dict[str, An
     return base_cfg, views, epochs
 
 
-def _refuse_changed(folder: Path, search: dict[str, Any]) -> None:
-    saved = folder / "search.yaml"
-    if saved.exists() and yaml.safe_load(saved.read_text()) != search:
-        raise ConfigError(
-            f"search {folder.name!r} already exists in {folder} with another search config; resume it with "
-            "the same settings or pick a new tune.name=<name>"
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def check_search_settings(search: dict[str, Any], tune_cfg: dict[str, Any]) -> None:
+    """The search's own numbers (Ray Tune would assert, or run nothing and exit 0).
+
+    Raises:
+        ConfigError: naming each bad key and what it takes.
+    """
+    errors = []
+    n = search.get("num_samples", 1)
+    if not _count(n):
+        errors.append(f"search.num_samples={n!r}: must be an integer >= 1 (trials per grid point)")
+    asha = search.get("asha")
+    if isinstance(asha, dict):
+        grace, factor = asha.get("grace_period", 1), asha.get("reduction_factor", 2)
+        if not _count(grace):
+            errors.append(
+                f"search.asha.grace_period={grace!r}: must be an integer >= 1 (epochs before a trial "
+                "may be stopped)"
+            )
+        if not (isinstance(factor, int | float) and not isinstance(factor, bool) and factor > 1):
+            errors.append(
+                f"search.asha.reduction_factor={factor!r}: must be a number > 1 (1 in it goes on at "
+                "each rung)"
+            )
+    elif asha not in (None, False):
+        errors.append(f"search.asha={asha!r}: {{grace_period: <n>, reduction_factor: <r>}} or null (no ASHA)")
+    cap = tune_cfg.get("max_concurrent_trials")
+    if cap is not None and not _count(cap):
+        errors.append(
+            f"tune.max_concurrent_trials={cap!r}: must be an integer >= 1, or null (as many as fit)"
         )
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def _refuse_changed(folder: Path, search: dict[str, Any]) -> None:
+    """Refuse to resume a search under another search config, listing what differs.
+
+    A folder where no trial ever started (the search failed before Ray Tune did) takes the new
+    config: there is nothing to mix it with.
+    """
+    saved_path = folder / "search.yaml"
+    if not saved_path.exists():
+        return
+    saved = read_run_file(saved_path)
+    changes = config_changes(saved if isinstance(saved, dict) else {}, search, "search.")
+    if not changes:
+        return
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(folder / "tune")):
+        print(f"search {folder.name!r} never started a trial: starting it with the new settings", flush=True)
+        return
+    raise ConfigError(
+        f"search {folder.name!r} already exists in {folder} with another search config:\n  "
+        + "\n  ".join(changes)
+        + "\nresume it with the same settings or pick a new tune.name=<name>"
+    )
 
 
 def search(cfg: dict[str, Any]) -> SearchOutcome:
@@ -144,6 +200,7 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
     except SearchConfigError as err:
         raise ConfigError(str(err)) from err
     config_dir = str(PROJECT_ROOT / "configs")
+    check_search_settings(spec_search, tune_cfg)
     base_cfg, views, max_epochs = _check_trials(spec_search, config_dir)
     folder = Path(str(tune_cfg["storage_path"])).expanduser().resolve() / str(
         tune_cfg.get("name") or spec_search["name"]

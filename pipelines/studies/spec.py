@@ -69,6 +69,12 @@ def cells(study: dict[str, Any]) -> list[Cell]:
     seeds = study.get("seeds")
     if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) for s in seeds)):
         raise ConfigError(f"study.seeds={seeds!r}: a non-empty list of integers, e.g. [0, 1, 2]")
+    if len(set(seeds)) != len(seeds):
+        twice = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise ConfigError(
+            f"study.seeds={seeds!r}: seed(s) {twice} listed twice would run the same trial again and "
+            "count it as another sample in mean ± std; list each seed once"
+        )
     if metric_of(study) not in METRICS:
         raise ConfigError(f"study.metric={study.get('metric')!r}: choose one of {', '.join(METRICS)}")
     out = []

@@ -84,13 +84,22 @@ def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
         return False
     saved = read_run_file(saved_path)
     changes = config_changes(migrate_saved(saved), cfg)
+    tr, finished = cfg["trainer"], final_evaluation_done(read_results(run_dir))
+    started = finished or any(ckpt.scan_checkpoints(str(tr["storage_path"]), str(tr["name"])))
+    if changes and not started:
+        print(  # it failed before its first checkpoint: nothing of the old settings to mix in
+            f"run {tr['name']!r} in {run_dir} never saved a checkpoint: starting it again with the new "
+            "settings:\n  " + "\n  ".join(changes),
+            flush=True,
+        )
+        return False
     if changes:
         raise ConfigError(
             f"run {cfg['trainer']['name']!r} already exists in {run_dir} with other settings:\n  "
             + "\n  ".join(changes)
             + "\nto start a new run pick another trainer.name=<name>; to resume it, use its settings"
         )
-    return final_evaluation_done(read_results(run_dir))
+    return finished
 
 
 def _check_checkpoints(cfg: dict[str, Any]) -> None:

@@ -147,6 +147,9 @@ def test_the_probe_judges_on_another_dataset_and_refuses_a_backbone_that_does_no
     assert f"linear_probe.py {key}: judged on `{tmp_path / 'in1k'}` (train -> val, 3 classes)" in md
     assert "- pretrained: judged on `" in md and "(train -> test, 10 classes)" in md
 
+    with pytest.raises(ConfigError, match=r"eval_dataset.eval_split"):  # the key of the probe's config
+        linear_probe(probe_config(str(run_dir), other, "eval_dataset.eval_split=test"))
+
     edited = tmp_path / "edited"
     shutil.copytree(run_dir, edited)
     cfg = yaml.safe_load((edited / "config.yaml").read_text())

@@ -159,6 +159,10 @@ def errors_of(cfg: dict) -> str:
         (["+trainer.batchsize=64"], "trainer.batchsize is not a setting (added with '+'? check its spelling"),
         (["+trainer.optimizer.lrr=0.1"], "trainer.optimizer.lrr is not a setting"),
         (["+model.widht=0.5"], "model.widht is not a setting"),
+        (["model.width=0"], "model.width=0.0: must be a number > 0"),
+        (["trainer.num_to_keep=0"], "trainer.num_to_keep=0: must be an integer >= 1"),
+        (["dataset.max_train_images=0"], "dataset.max_train_images=0: must be an integer >= 1, or null"),
+        (["dataset.max_train_images=-5"], "dataset.max_train_images=-5: must be an integer >= 1, or null"),
     ],
 )
 def test_config_errors_name_the_key_and_the_fix(overrides: list[str], expected: str) -> None:

@@ -109,3 +109,19 @@ def test_a_checkpoint_whose_writing_never_finished_is_skipped_with_a_warning(tmp
     assert "starting from the first step" in out and "no COMPLETE marker" in out
     found, torn = ckpt.scan_checkpoints(str(tmp_path), "c")
     assert found == [] and [(t.path, t.was_complete) for t in torn] == [(str(crashed), False)]
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_restarts_with_corrected_settings(tmp_path, capsys):
+    """A bad value caught only inside Ray left config.yaml behind; the fixed command must run."""
+    cfg = smoke(tmp_path, "trainer.name=w")
+    run_dir = tmp_path / "w"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    fixed = smoke(tmp_path, "trainer.name=w", "objective.hparams.t_neg=2.0")
+    assert _check_existing(run_dir, fixed) is False
+    assert "never saved a checkpoint: starting it again" in capsys.readouterr().out
+
+    write_ckpt(run_dir, 1, 8)  # once it has trained, other settings are refused as before
+    refused = r"already exists .* with other settings:\n  objective.hparams.t_neg"
+    with pytest.raises(ConfigError, match=refused):
+        _check_existing(run_dir, fixed)

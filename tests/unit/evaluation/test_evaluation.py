@@ -411,7 +411,21 @@ def test_export_command_writes_both_formats_and_refuses_bad_input(tmp_path, caps
     assert main([source, "--to", "torchvision", "--out", str(tmp_path / "x")]) == 2
     assert "--model" in capsys.readouterr().err
     assert export("torchvision", "x", model="resnet18") == 2  # resnet50 weights do not fit resnet18
-    assert "export error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{source} does not fit torchvision's resnet18 (--model)" in err
+    assert "unexpected ['layer1.0.bn3." in err  # the first keys that differ, not torch's whole list
+
+    assert export("torchvision", "x", model="resnet19") == 2  # a typo: the valid names listed
+    assert "use one of resnet18, resnet50, vit_s16" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert export("torchvision", "folder") == 2
+    assert f"--out {tmp_path / 'folder'} is a folder" in capsys.readouterr().err
+    assert main([source, "--model", "resnet50", "--to", "torchvision", "--out", source]) == 2
+    assert "is the file being exported" in capsys.readouterr().err
+    assert torch.load(source, weights_only=True).keys() == state.keys()  # the input is untouched
+    assert (
+        export("torchvision", "tv.pth") == 0 and f"replacing {tmp_path / 'tv.pth'}" in capsys.readouterr().out
+    )
 
 
 def test_export_from_a_run_uses_its_image_size_and_refuses_a_scaled_width(tmp_path, capsys) -> None:

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from pipelines.core.errors import ConfigError
 from pipelines.search.results import TrialRow, best_config_file, best_row, plot_params, write_tables
-from pipelines.search.run import concurrency
+from pipelines.search.run import _refuse_changed, check_search_settings, concurrency
 from pipelines.search.space import SearchConfigError, arms, param_space, trial_overrides, trial_values
 from pipelines.search.trial import compose_pretrain, keep_views_per_step
 
@@ -186,6 +188,44 @@ def test_the_tune_command_refuses_a_bad_search_before_ray(tmp_path) -> None:
     )
     assert bad_preset.returncode == 2 and "experiment/nope" in bad_preset.stderr
     assert not list(tmp_path.iterdir())  # nothing started, nothing written
+
+
+@pytest.mark.parametrize(
+    "overrides, words",
+    [
+        (["search.num_samples=0"], "search.num_samples=0: must be an integer >= 1"),
+        (["search.num_samples=lots"], "search.num_samples='lots': must be an integer >= 1"),
+        (["search.asha.grace_period=0"], "search.asha.grace_period=0: must be an integer >= 1"),
+        (["search.asha.reduction_factor=1"], "search.asha.reduction_factor=1: must be a number > 1"),
+        (["tune.max_concurrent_trials=0"], "tune.max_concurrent_trials=0: must be an integer >= 1, or null"),
+    ],
+)
+def test_the_searchs_own_numbers_are_checked_before_anything_is_written(tmp_path, overrides, words) -> None:
+    """Ray Tune asserted on these, or ran no trial and exited 0, leaving a folder that refused
+    the corrected command."""
+    cfg = {"search": shipped("cacr_temperatures"), "tune": {"max_concurrent_trials": None}}
+    for override in overrides:
+        key, value = override.split("=")
+        *path, last = key.split(".")
+        node = cfg
+        for part in path:
+            node = node[part]
+        node[last] = yaml.safe_load(value)
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        check_search_settings(cfg["search"], cfg["tune"])
+
+
+def test_a_changed_search_lists_what_differs_and_one_that_never_ran_takes_the_new_settings(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    old = shipped("cacr_temperatures")
+    (folder / "search.yaml").write_text(yaml.safe_dump(old))
+    new = {**old, "num_samples": 3}
+    _refuse_changed(folder, new)  # no trial ever started there: nothing to mix with
+    (folder / "tune").mkdir()
+    (folder / "tune" / "tuner.pkl").write_bytes(b"")  # what Tune leaves once a search has started
+    with pytest.raises(ConfigError, match=r"another search config:\n  search.num_samples: 8 -> 3"):
+        _refuse_changed(folder, new)
 
 
 def temperature_trial(tmp_path) -> tuple[dict, dict]:

@@ -80,6 +80,7 @@ def test_the_seed_grid_multiplies_the_arms_once():
         ({"rows": {}}, "study.rows"),
         ({"seeds": []}, "study.seeds"),
         ({"seeds": [0.5]}, "study.seeds"),
+        ({"seeds": [0, 1, 0]}, r"seed\(s\) \[0\] listed twice"),
         ({"metric": "accuracy"}, "study.metric"),
         ({"rows": {"CL": {"cifar10": "cifar10_cl"}}}, "no preset for column 'cifar100'"),
         ({"rows": {"CL": 3}}, "study.rows.CL"),
