@@ -49,12 +49,31 @@ def _score(row: dict[str, Any] | None) -> float | None:
     return None if value is None or value != value else float(value)
 
 
+UNFINISHED = "unfinished (the same command resumes it)"
+
+
+def _tune_statuses(result_grid: Any) -> list[str | None]:
+    """Tune's status of each trial, in the grid's order (``TERMINATED``, ``RUNNING``, ``PAUSED``...).
+
+    ``ResultGrid`` builds its results from its analysis' trials in order, but does not expose the
+    status; without it (another Ray) every status reads ``None``.
+    """
+    trials = getattr(getattr(result_grid, "_experiment_analysis", None), "trials", None)
+    if trials is None or len(trials) != len(result_grid):
+        return [None] * len(result_grid)
+    return [getattr(t, "status", None) for t in trials]
+
+
 def trial_rows(result_grid: Any, search: dict[str, Any], max_epochs: int) -> list[TrialRow]:
-    """A row per trial of a Tune ``ResultGrid``: its last and best kNN top-1 from ``get_dataframe``."""
+    """A row per trial of a Tune ``ResultGrid``: its last and best kNN top-1 from ``get_dataframe``.
+
+    A trial that ended before ``max_epochs`` was stopped by ASHA when Tune terminated it, and is
+    unfinished when the search itself was stopped (SIGINT, SIGTERM) while it ran or waited.
+    """
     last = _by_trial(result_grid.get_dataframe())
     best = _by_trial(result_grid.get_dataframe(filter_metric=METRIC, filter_mode="max"))
     rows = []
-    for result in result_grid:
+    for result, tune_status in zip(result_grid, _tune_statuses(result_grid), strict=True):
         config = result.config or {}
         trial_id = str((result.metrics or {}).get("trial_id") or _id_from_path(result.path))
         epochs = int((result.metrics or {}).get("epoch") or 0)
@@ -63,8 +82,10 @@ def trial_rows(result_grid: Any, search: dict[str, Any], max_epochs: int) -> lis
             status, error = "error", (lines[-1] if lines else type(result.error).__name__)[:300]
         elif epochs >= max_epochs:
             status, error = "completed", ""
-        else:
+        elif tune_status in (None, "TERMINATED"):
             status, error = "stopped early (ASHA)", ""
+        else:
+            status, error = UNFINISHED, ""
         rows.append(
             TrialRow(
                 trial_id=trial_id,

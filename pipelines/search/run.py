@@ -266,6 +266,8 @@ def search(cfg: dict[str, Any]) -> SearchOutcome:
         grid = tuner.fit()
     for run_dir in (folder / "trials").glob("*"):  # whatever a callback could not reach
         release_trial_resources(run_dir)
+    if seen:  # stopped: the live grid calls every trial TERMINATED; the saved state knows which resume
+        grid = _saved_grid(exp_dir, trainable, grid)
     rows = trial_rows(grid, spec_search, max_epochs)
     best = best_row(rows)
     csv_path, md_path = write_tables(rows, folder)
@@ -299,6 +301,17 @@ def _scheduler(asha: dict[str, Any] | None, max_epochs: int) -> Any:
         grace_period=int(asha.get("grace_period", 1)),
         reduction_factor=float(asha.get("reduction_factor", 2)),
     )
+
+
+def _saved_grid(exp_dir: Path, trainable: Any, live: Any) -> Any:
+    """The results of a stopped search as Tune saved them (unfinished trials not ``TERMINATED``)."""
+    from ray import tune
+
+    try:
+        return tune.Tuner.restore(str(exp_dir), trainable).get_results()
+    except Exception as err:  # the tables still come, with the live statuses
+        print(f"WARNING: could not read the saved search state ({err}); statuses as Tune left them")
+        return live
 
 
 def _tune_config(row: Any) -> dict[str, Any]:

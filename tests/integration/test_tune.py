@@ -19,6 +19,7 @@ from omegaconf import OmegaConf
 
 from pipelines.config.paths import resolve_paths
 from pipelines.core.errors import ConfigError
+from pipelines.search.results import UNFINISHED
 from pipelines.search.run import concurrency, search
 from tests.helpers.runs import step_losses, wait_for, wait_until_free, watchers, worker_pid
 
@@ -154,6 +155,8 @@ def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp
         assert first.returncode == 143, out[-3000:]
         assert "search resume stopped by SIGTERM: its state is saved; run the same command again" in out
         assert not any(bad in out for bad in ("Aborted", "core dumped", "Fatal Python error")), out[-3000:]
+        stopped = list(csv.DictReader((tmp_path / "out" / "resume" / "results.csv").open()))
+        assert [r["status"] for r in stopped] == [UNFINISHED], stopped  # not "stopped early (ASHA)"
     wait_until_free(ray_cluster, 90)
 
     second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
