@@ -112,8 +112,7 @@ def checkpoint_problem(directory: str | os.PathLike) -> str:
     if not (d / COMPLETE).is_file():
         return f"no {COMPLETE} marker: its writing never finished"
     sizes = {n: (d / n).stat().st_size if (d / n).is_file() else None for n in (STATE, BACKBONE)}
-    problem = _sizes_problem((d / COMPLETE).read_text(), sizes)
-    return f"{problem}: cut short or replaced since it was written" if "bytes where" in problem else problem
+    return _sizes_problem((d / COMPLETE).read_text(), sizes)
 
 
 def _check(d: Path) -> None:
@@ -189,7 +188,10 @@ def _sizes_problem(marker_text: str, sizes: dict[str, int | None]) -> str:
         if sizes.get(name) is None:
             return f"{name} is missing"
         if want is not None and sizes[name] != want:
-            return f"{name} has {sizes[name]:,} bytes where {COMPLETE} recorded {int(want):,}"
+            return (
+                f"{name} has {sizes[name]:,} bytes where {COMPLETE} recorded {int(want):,}: cut short "
+                "or replaced since it was written"
+            )
     return ""
 
 
@@ -242,10 +244,16 @@ def scan_checkpoints(storage: str, name: str) -> tuple[list[Found], list[Torn]]:
 def newest_complete(storage: str, name: str) -> Found | None:
     """The latest complete ``checkpoint_e*_s*`` of run ``name`` under ``storage`` (folder or URI).
 
-    Latest means the most steps (then the most epochs: an epoch-end checkpoint follows a step
-    checkpoint taken at the same step). Torn folders are skipped.
+    Latest as :func:`newest` says; torn folders are skipped.
     """
-    found, _ = scan_checkpoints(storage, name)
+    return newest(scan_checkpoints(storage, name)[0])
+
+
+def newest(found: list[Found]) -> Found | None:
+    """The latest of ``found``: the most steps, then the most epochs.
+
+    An epoch-end checkpoint follows a step checkpoint taken at the same step.
+    """
     return max(found, key=lambda c: (c.step, c.epoch), default=None)
 
 

@@ -60,8 +60,7 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
         if damaged:
             raise ConfigError(f"run={path}: every checkpoint of the run is damaged:{damaged}")
         raise ConfigError(f"run={path}: the run has no complete checkpoint yet (still training?)")
-    newest = max(found, key=lambda c: (c.step, c.epoch))
-    return p, Path(newest.path)
+    return p, Path(ckpt.newest(found).path)
 
 
 def probe_loop_per_worker(config: dict[str, Any]) -> None:

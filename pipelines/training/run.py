@@ -85,8 +85,8 @@ def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
     saved = read_run_file(saved_path)
     changes = config_changes(migrate_saved(saved), cfg)
     tr, finished = cfg["trainer"], final_evaluation_done(read_results(run_dir))
-    started = finished or any(ckpt.scan_checkpoints(str(tr["storage_path"]), str(tr["name"])))
-    if changes and not started:
+    # storage is listed only for a changed config (pretrain lists it again for torn checkpoints)
+    if changes and not finished and not any(ckpt.scan_checkpoints(str(tr["storage_path"]), str(tr["name"]))):
         print(  # it failed before its first checkpoint: nothing of the old settings to mix in
             f"run {tr['name']!r} in {run_dir} never saved a checkpoint: starting it again with the new "
             "settings:\n  " + "\n  ".join(changes),
@@ -123,8 +123,8 @@ def _check_checkpoints(cfg: dict[str, Any]) -> None:
             f"{listed}\nrestore the folder from a copy; to train from the start, move these checkpoints "
             "away (or pick another trainer.name)"
         )
-    newest = max(found, key=lambda c: (c.step, c.epoch)) if found else None
-    where = f"resuming from {newest.path}" if newest else "starting from the first step"
+    latest = ckpt.newest(found)
+    where = f"resuming from {latest.path}" if latest else "starting from the first step"
     print(f"WARNING: checkpoints skipped, {where}:{listed}", flush=True)
 
 
