@@ -7,6 +7,8 @@ images, is judged next to it: the fair baseline the gain is measured against.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -18,6 +20,29 @@ from pipelines.models.build import build_framework
 from pipelines.training.pretrainer import Pretrainer
 
 STREAM_BATCH = 256  # images per batch of the bank / eval streams
+
+
+@contextmanager
+def node_threads(workers_here: int) -> Iterator[int]:
+    """Rank 0 judging alone: torch takes the threads of every training worker on its node.
+
+    The kNN monitor and the final evaluation run on rank 0 while the node's other workers wait
+    (a gloo barrier, which sleeps) or have finished, so their CPU would idle; the node keeps the
+    thread count it trains with. The previous count is restored on the way out.
+
+    Args:
+        workers_here: training workers on this node (Ray Train's local world size).
+
+    Yields:
+        The thread count in use inside the block.
+    """
+    before = torch.get_num_threads()
+    inside = before * max(1, int(workers_here))
+    torch.set_num_threads(inside)
+    try:
+        yield inside
+    finally:
+        torch.set_num_threads(before)
 
 
 def open_judge(trainer: Pretrainer, train_api: Any) -> Judge:

@@ -24,7 +24,7 @@ from pipelines.data.monitor import find_monitor
 from pipelines.evaluation.judge import Judge
 from pipelines.evaluation.linear import final_numbers
 from pipelines.evaluation.report import write_results
-from pipelines.training.final_eval import final_evaluation, open_judge
+from pipelines.training.final_eval import final_evaluation, node_threads, open_judge
 from pipelines.training.live import LiveMetrics
 from pipelines.training.pretrainer import Pretrainer, agree
 from pipelines.training.resume import record_placement_group, record_process, restore
@@ -77,6 +77,10 @@ class Session:
     def _barrier(self) -> None:
         if self.t.world > 1:
             dist.barrier()
+
+    def _workers_here(self) -> int:
+        """Training workers on this node (their threads are rank 0's while it judges alone)."""
+        return int(self.api.get_context().get_local_world_size())
 
     def _set_data_epoch(self, epoch: int) -> None:
         """Tell the data pipeline which epoch's crops to draw (rank 0), then wait for everyone."""
@@ -206,7 +210,9 @@ class Session:
             self._checkpoint(metrics)
         if t.epoch >= epochs and self.rank0:
             self.judge = self.judge or open_judge(t, self.api)
-            results = final_evaluation(t, self.judge, self.last_checkpoint, self._bad_images())
+            with node_threads(self._workers_here()) as threads:
+                results = final_evaluation(t, self.judge, self.last_checkpoint, self._bad_images())
+            results["threads"] = threads
             if self.log:
                 for who in ("pretrained", "random_init"):
                     judged = results.get(who, {})
@@ -279,7 +285,8 @@ class Session:
             if knn_every and (epoch + 1) % knn_every == 0:
                 t0 = time.perf_counter()
                 judge = self.judge = self.judge or open_judge(self.t, self.api)
-                metrics["knn/top1"] = judge.knn(judge.features(self.t.framework.backbone))[0]
+                with node_threads(self._workers_here()):
+                    metrics["knn/top1"] = judge.knn(judge.features(self.t.framework.backbone))[0]
                 self._print(
                     f"epoch {epoch + 1}: kNN top-1 {metrics['knn/top1']:.2f}% "
                     f"({time.perf_counter() - t0:.0f}s)"

@@ -105,6 +105,8 @@ def test_pretraining_on_real_cifar10_beats_the_random_init_encoder(ray_cluster, 
     gain = out.results["pretrained"]["knn_top1"] - out.results["random_init"]["knn_top1"]
     assert out.results["random_init"]["batchnorm_images"] == 10000
     assert gain >= 4.0, out.results
+    # rank 0 judged with both workers' threads (each trains with OMP_NUM_THREADS, Ray's 1 by default)
+    assert out.results["threads"] == 2 * int(os.environ.get("OMP_NUM_THREADS", "1"))
     events = list((Path(out.run_dir) / "tensorboard").glob("events.out.tfevents.*"))
     assert events
 

@@ -13,6 +13,7 @@ from pipelines.core import checkpoints as ckpt
 from pipelines.core.schedules import learning_rate
 from pipelines.evaluation.features import recompute_batchnorm
 from pipelines.evaluation.knn import knn_predict, knn_predict_at, knn_top1
+from pipelines.training.final_eval import node_threads
 from pipelines.training.optim import LARS, build_optimizer
 
 STEP = {"name": "step", "milestones": [155, 170, 185], "gamma": 0.1, "warmup_epochs": 0}
@@ -147,3 +148,21 @@ def test_recompute_batchnorm_gives_the_exact_mean_and_unbiased_variance() -> Non
     torch.testing.assert_close(net[2].running_mean.double(), exp_mean, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(net[2].running_var.double(), exp_var, rtol=1e-5, atol=1e-6)
     assert net[2].momentum == 0.1 and net.training
+
+
+def test_rank_zero_judges_with_the_threads_of_every_worker_on_its_node_then_gives_them_back() -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with node_threads(3) as inside:
+            assert inside == torch.get_num_threads() == 3
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError), node_threads(2):
+            assert torch.get_num_threads() == 4
+            raise RuntimeError("the evaluation failed")
+        assert torch.get_num_threads() == 2  # given back on failure too
+        with node_threads(0):  # a local world size of 0 (never from Ray) keeps the count
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
