@@ -39,13 +39,22 @@ def split_validation(labels: Tensor, fraction: float, seed: int = 0) -> Tensor:
     return mask
 
 
+GATHER_BATCHES = 64  # mini-batches gathered in one indexing call (one small gather per batch cost more)
+
+
 def cached_batches(x: Tensor, y: Tensor, batch_size: int, seed: int = 0) -> EpochBatches:
-    """Epoch ``e``'s shuffled mini-batches of fixed features (the shuffle seeded by ``seed`` and ``e``)."""
+    """Epoch ``e``'s shuffled mini-batches of fixed features (the shuffle seeded by ``seed`` and ``e``).
+
+    Rows are gathered ``GATHER_BATCHES`` mini-batches at a time (memory: that many batches, not a
+    shuffled copy of ``x``) and handed out as slices.
+    """
 
     def batches(epoch: int) -> Iterable[tuple[Tensor, Tensor]]:
         order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
-        for idx in order.split(batch_size):
-            yield x[idx], y[idx]
+        for block in order.split(batch_size * GATHER_BATCHES):
+            bx, by = x[block], y[block]
+            for start in range(0, len(block), batch_size):
+                yield bx[start : start + batch_size], by[start : start + batch_size]
 
     return batches
 

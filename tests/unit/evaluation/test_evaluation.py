@@ -19,10 +19,11 @@ from torch import nn
 
 from pipelines.data.augment import crop_boxes as augment_crop_boxes
 from pipelines.evaluation import breakdown as bd
+from pipelines.evaluation import linear as linear_mod
 from pipelines.evaluation.crops import random_resized_crop_flip
 from pipelines.evaluation.export import load_state, to_detectron2, torchvision_model, write_detectron2
 from pipelines.evaluation.judge import Judge
-from pipelines.evaluation.linear import final_numbers, split_validation, train_linear_probe
+from pipelines.evaluation.linear import cached_batches, final_numbers, split_validation, train_linear_probe
 from pipelines.evaluation.protocols import Protocol, from_config
 from pipelines.evaluation.report import results_markdown, write_results
 from pipelines.models.backbones import build_backbone
@@ -523,3 +524,17 @@ def test_probes_on_two_folders_of_the_same_name_get_their_own_entries() -> None:
     third = probe_key("moco_v2", {"root": "/x/shards"}, True, probes)
     assert other.startswith("moco_v2 on shards (") and third.startswith("moco_v2 on shards (")
     assert other != third
+
+
+@pytest.mark.parametrize("n", [1, 127, 128, 1000, 8193])
+def test_cached_batches_hand_out_each_epochs_seeded_permutation_in_order(n: int, monkeypatch) -> None:
+    monkeypatch.setattr(linear_mod, "GATHER_BATCHES", 3)  # several gathers even for small n
+    x = torch.arange(n * 4, dtype=torch.float32).reshape(n, 4)
+    y = torch.arange(n)
+    batches = cached_batches(x, y, 128, seed=5)
+    for epoch in (0, 1):
+        got = list(batches(epoch))
+        order = np.asarray(torch.randperm(n, generator=torch.Generator().manual_seed(5 * 100_003 + epoch)))
+        assert [len(b) for _, b in got] == [min(128, n - s) for s in range(0, n, 128)]
+        np.testing.assert_array_equal(np.concatenate([b.numpy() for _, b in got]), order)
+        np.testing.assert_array_equal(np.concatenate([a.numpy() for a, _ in got]), x.numpy()[order])
