@@ -39,6 +39,7 @@ from pipelines.data.monitor import monitor
 from pipelines.data.recipes import MEAN_STD, eval_crop_for, recipes_for
 from pipelines.evaluation.report import encoder_table
 from pipelines.ray_session import alive_nodes, connect, starts_local_cluster
+from pipelines.training.stop import RunInterruptedError, RunTerminatedError, signals_seen, stopped_error
 from pipelines.training.worker import train_loop_per_worker
 
 # Ray Train 2.60 starts a PreemptionWatcher actor per run unless this is "0": it polls for node drains
@@ -287,13 +288,20 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
         datasets=data.datasets,
         dataset_config=data.data_config,
     )
-    try:
-        trainer.fit()
-    except Exception as err:
-        problem = checkpoint_problem(err)
+    failed: BaseException | None = None
+    with signals_seen() as seen:
+        try:
+            trainer.fit()
+        except (Exception, SystemExit) as err:  # Ray Train's SIGINT abort ends fit() with SystemExit
+            failed = err
+    if seen:
+        latest = ckpt.newest_complete(str(tr["storage_path"]), name)
+        raise stopped_error(name, seen, latest.uri if latest else None) from failed
+    if failed is not None:
+        problem = checkpoint_problem(failed) if isinstance(failed, Exception) else None
         if problem is None:
-            raise
-        raise RunStoppedError(f"cannot resume run {name!r}: {problem}") from err
+            raise failed
+        raise RunStoppedError(f"cannot resume run {name!r}: {problem}") from failed
     _report_bad_images(run_dir, data_monitor)
     stopped = run_dir / STOPPED
     if stopped.exists():
@@ -337,7 +345,19 @@ def results_table(outcome: RunOutcome, cfg: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Expected ends of a run: message prefix and exit code (the first matching class wins).
+STOPS: dict[type[Exception], tuple[str, int]] = {
+    RunStoppedError: ("run stopped: ", 3),
+    RunFileError: ("error: ", 2),
+    RunTerminatedError: ("", RunTerminatedError.exit_code),
+    RunInterruptedError: ("", RunInterruptedError.exit_code),
+}
+
+
 def main_with_errors(cfg: dict[str, Any]) -> int:
-    """Run :func:`pretrain` and print the table; config errors exit 2, stopped runs 3, one message each."""
-    stops = {RunStoppedError: ("run stopped: ", 3), RunFileError: ("error: ", 2)}
-    return run_command(lambda: results_table(pretrain(cfg), cfg), stops)
+    """Run :func:`pretrain` and print the table.
+
+    Config errors (exit 2), stopped runs (3) and runs stopped by SIGINT (130) or SIGTERM (143)
+    print one message each.
+    """
+    return run_command(lambda: results_table(pretrain(cfg), cfg), STOPS)

@@ -206,6 +206,46 @@ def test_the_driver_killed_and_the_command_rerun_resumes_past_torn_checkpoints(
     assert "kNN top-1" in second.stdout
 
 
+def test_sigterm_to_the_command_aborts_the_run_and_names_the_checkpoint_to_resume_from(
+    ray_cluster, tmp_path
+) -> None:
+    """What a scheduler or a closed terminal sends: Ray Train's graceful abort, exit 143, one message.
+
+    Ray Train's own SIGINT handler ends ``fit()`` with ``SystemExit(1)`` and nothing said about the
+    run; Python's default SIGTERM kills the driver without a word. (The same command rerun resumes
+    from the newest complete checkpoint: the driver-kill test above.)
+    """
+    run_dir = tmp_path / "term"
+    command = [
+        sys.executable,
+        "pipelines/pretrain.py",
+        "experiment=smoke",
+        f"trainer.storage_path={tmp_path}",
+        "trainer.name=term",
+        *FAULT,
+        f"ray.address={ray_cluster.get_runtime_context().gcs_address}",
+    ]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    run = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    first = checkpoint_dir(run_dir, 0, 3)
+    wait_for(lambda: ckpt.is_complete(first) or run.poll() is not None, 300, first.name, every=0.01)
+    run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=120)
+    print(f"injected: SIGTERM to the driver once {first.name} was complete; observed: {err.strip()[-300:]}")
+    wait_until_free(ray_cluster, 90)
+    assert run.returncode == 143, out[-2000:] + err[-3000:]
+    latest = ckpt.newest_complete(str(tmp_path), "term")
+    assert latest is not None and latest.step >= 3 and latest.step < STEPS
+    assert err.strip().splitlines()[-1] == (
+        f"run term stopped by SIGTERM (last complete checkpoint {latest.uri}); "
+        "run the same command again to resume it"
+    )
+    assert "Traceback" not in err
+    assert not (run_dir / "results.json").exists()
+
+
 class Payload:
     """Pickles to a call of ``open(path, "w")``: loading it unsafely would create ``path``."""
 
