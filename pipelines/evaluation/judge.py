@@ -161,13 +161,15 @@ class Judge:
         backbone: nn.Module,
         protocol: Protocol | None,
         progress: Callable[[int, dict[str, float]], None] | None = None,
+        feats: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
     ) -> dict[str, Any]:
         """kNN, the linear probe (``protocol``; ``None`` skips it) and the per-class breakdown.
 
         The breakdown uses the final-epoch probe's test predictions, or the kNN's without a probe.
         ``progress`` is called after each probe epoch (see :func:`~pipelines.evaluation.linear.fit_probe`).
+        ``feats``: :meth:`features` of this ``backbone`` already computed (no second pass).
         """
-        feats = self.features(backbone)
+        feats = feats if feats is not None else self.features(backbone)
         k = int(self.ev["knn_k"])
         ks = sorted({k, *(int(x) for x in self.ev["knn_report_k"] or [])})
         top1, by_k = self.knn_at(feats, ks)

@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from pipelines.evaluation.features import recompute_batchnorm
 from pipelines.evaluation.judge import BatchCache, Judge
@@ -71,7 +72,11 @@ def open_judge(trainer: Pretrainer, train_api: Any) -> Judge:
 
 
 def final_evaluation(
-    trainer: Pretrainer, judge: Judge, checkpoint: str | None, data: dict[str, Any]
+    trainer: Pretrainer,
+    judge: Judge,
+    checkpoint: str | None,
+    data: dict[str, Any],
+    features: tuple[Tensor, ...] | None = None,
 ) -> dict[str, Any]:
     """Judge the pretrained backbone and the same network at random init (BN recomputed).
 
@@ -83,6 +88,8 @@ def final_evaluation(
         judge: from :func:`open_judge`.
         checkpoint: the last checkpoint written (recorded in the results).
         data: the bad-image monitor's snapshot (recorded in the results).
+        features: the pretrained backbone's :meth:`Judge.features`, when the last epoch's kNN
+            monitor computed them with these same weights.
 
     Returns:
         The run's results (``results.json``).
@@ -90,7 +97,9 @@ def final_evaluation(
     t0, cfg, run = time.perf_counter(), trainer.cfg, trainer.run
     ev = cfg["eval"]
     protocol = from_config(ev["protocol"]).cached() if ev["final_linear_probe"] else None
-    results: dict[str, Any] = {"pretrained": judge.judge(trainer.framework.backbone, protocol)}
+    results: dict[str, Any] = {
+        "pretrained": judge.judge(trainer.framework.backbone, protocol, feats=features)
+    }
     if ev["random_init_baseline"]:
         torch.manual_seed(trainer.seed)
         fresh = build_framework(cfg, seed=trainer.seed).backbone.to(trainer.device)

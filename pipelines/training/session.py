@@ -67,6 +67,7 @@ class Session:
         self.log: RunLog | None = None
         self.monitor = None
         self.judge: Judge | None = None
+        self.final_features: tuple[torch.Tensor, ...] | None = None  # the last epoch's monitor pass
         self.live: LiveMetrics | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -211,7 +212,9 @@ class Session:
         if t.epoch >= epochs and self.rank0:
             self.judge = self.judge or open_judge(t, self.api)
             with node_threads(self._workers_here()) as threads:
-                results = final_evaluation(t, self.judge, self.last_checkpoint, self._bad_images())
+                results = final_evaluation(
+                    t, self.judge, self.last_checkpoint, self._bad_images(), self.final_features
+                )
             results["threads"] = threads
             if self.log:
                 for who in ("pretrained", "random_init"):
@@ -286,7 +289,10 @@ class Session:
                 t0 = time.perf_counter()
                 judge = self.judge = self.judge or open_judge(self.t, self.api)
                 with node_threads(self._workers_here()):
-                    metrics["knn/top1"] = judge.knn(judge.features(self.t.framework.backbone))[0]
+                    feats = judge.features(self.t.framework.backbone)
+                    metrics["knn/top1"] = judge.knn(feats)[0]
+                if epoch + 1 == int(self.cfg["trainer"]["epochs"]):
+                    self.final_features = feats  # the weights the final evaluation judges next
                 self._print(
                     f"epoch {epoch + 1}: kNN top-1 {metrics['knn/top1']:.2f}% "
                     f"({time.perf_counter() - t0:.0f}s)"

@@ -391,6 +391,33 @@ def test_judge_runs_knn_probe_and_breakdown_on_batches() -> None:
     assert seen == list(range(1, 21))
 
 
+def test_judge_given_the_features_of_the_same_weights_reads_no_stream_and_judges_the_same() -> None:
+    torch.manual_seed(0)
+    images, labels = torch.randint(0, 256, (90, 3, 8, 8), dtype=torch.uint8), torch.arange(90) % 3
+    streams = {
+        "bank": [{"views": images[:60], "label": labels[:60]}],
+        "eval": [{"views": images[60:], "label": labels[60:]}],
+    }
+    opened: list[str] = []
+
+    def batches(name: str):
+        opened.append(name)
+        return streams[name]
+
+    judge = Judge(batches, 3, torch.zeros(3), torch.ones(3), torch.device("cpu"), [30, 30, 30], {"knn_k": 5})
+    backbone = nn.Sequential(nn.Flatten(), nn.Linear(192, 16))
+    proto = from_config(
+        {"name": "t", "optimizer": "adam", "lr": 1e-2, "batch_size": 16, "epochs": 3}
+    ).cached()
+    fresh = judge.judge(backbone, proto)
+    assert opened == ["bank", "eval"]
+    feats = judge.features(backbone)
+    opened.clear()
+    given = judge.judge(backbone, proto, feats=feats)
+    assert opened == []  # the kNN and the probe on cached features use the given ones only
+    assert given == fresh
+
+
 def test_export_command_writes_both_formats_and_refuses_bad_input(tmp_path, capsys) -> None:
     from pipelines.export_backbone import main
 
