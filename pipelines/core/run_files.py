@@ -84,3 +84,30 @@ def keep_probes(run_dir: str | Path, results: dict[str, Any]) -> dict[str, Any]:
     if not probes:
         return results
     return {**results, "linear_probes": {**probes, **(results.get("linear_probes") or {})}}
+
+
+def _listed(values: list[Any], show: int = 6) -> str:
+    head = ", ".join(str(v) for v in values[:show])
+    return f"[{head}{', ...' if len(values) > show else ''}] ({len(values)})"
+
+
+def other_data_problem(run_dir: str | Path, classes: list[str], counts: list[int]) -> str | None:
+    """How the data at hand differs from what the run trained on (its ``class_counts.json``), if it does.
+
+    A dataset may move (a new ``dataset.root``), but it must hold the same classes and the same
+    images per class.
+
+    Returns:
+        ``None`` when they agree or the run recorded none; else the difference in words.
+    """
+    path = Path(run_dir) / CLASS_COUNTS
+    if not path.exists():
+        return None
+    saved = read_run_file(path)
+    old_classes, old_counts = list(saved.get("classes") or []), [int(c) for c in saved.get("counts") or []]
+    new_counts = [int(c) for c in counts]
+    if old_classes != list(classes):
+        return f"classes {_listed(old_classes)} there, {_listed(list(classes))} here (from {path})"
+    if old_counts != new_counts:
+        return f"images per class {_listed(old_counts)} there, {_listed(new_counts)} here (from {path})"
+    return None

@@ -20,7 +20,13 @@ from pipelines.config.changes import migrate_saved
 from pipelines.config.checks import check_eval
 from pipelines.core import checkpoints as ckpt
 from pipelines.core.errors import ConfigError, run_command
-from pipelines.core.run_files import CLASS_COUNTS, CONFIG_FILE, read_results, read_run_file
+from pipelines.core.run_files import (
+    CLASS_COUNTS,
+    CONFIG_FILE,
+    other_data_problem,
+    read_results,
+    read_run_file,
+)
 from pipelines.core.storage import is_uri
 from pipelines.data.loader import open_training_source, training_datasets
 from pipelines.data.recipes import MEAN_STD, eval_crop_for, recipes_for
@@ -165,6 +171,13 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         eval_crop=eval_crop_for(aug, ev),
         source=source,
     )
+    if not other:  # the run's own dataset, perhaps moved: it must still hold the same images
+        problem = other_data_problem(run_dir, list(data.classes), list(data.train_counts))
+        if problem:
+            raise ConfigError(
+                f"dataset.root={dataset['root']} holds other data than run {run_dir.name} trained on: "
+                f"{problem}. To judge the encoder on another dataset pass eval_dataset.root=<its shards>"
+            )
     marker = read_run_file(checkpoint / ckpt.COMPLETE)
     mean, std = MEAN_STD[aug["mean_std"]]
     counts_file = run_dir / CLASS_COUNTS

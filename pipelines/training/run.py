@@ -30,6 +30,7 @@ from pipelines.core.run_files import (
     STOPPED,
     RunFileError,
     final_evaluation_done,
+    other_data_problem,
     read_results,
     read_run_file,
 )
@@ -242,6 +243,14 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
         raise ConfigError(
             f"trainer.batch_size={tr['batch_size']} is larger than the {n_train} training images: lower it"
         )
+    if any(ckpt.scan_checkpoints(str(tr["storage_path"]), name)[0]):  # resuming: the same data only
+        other = other_data_problem(run_dir, list(data.classes), list(data.train_counts))
+        if other:
+            raise ConfigError(
+                f"run {name!r} trained on other data than dataset.root={ds['root']} holds: {other}. "
+                "A moved dataset must hold the same images: point dataset.root at them, or pick "
+                "another trainer.name to train on this one"
+            )
     _write_run_files(run_dir, cfg, data.train_counts, data.classes)
     (run_dir / STOPPED).unlink(missing_ok=True)
     mean, std = MEAN_STD[aug["mean_std"]]

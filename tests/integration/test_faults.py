@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import torch
 import yaml
 
 from pipelines.core import checkpoints as ckpt
+from pipelines.core.errors import ConfigError
 from pipelines.training.run import RunStoppedError, pretrain
 from tests.helpers.data_fixtures import corrupt_cases, encode, pattern
 from tests.helpers.runs import (
@@ -89,6 +91,16 @@ def test_a_run_stopped_after_epoch_one_and_rerun_ends_with_the_uninterrupted_wei
     )
     assert part.results == {}  # stopped after epoch 1: no final evaluation yet
     assert watchers() == seen + 1  # asked for: Ray Train's PreemptionWatcher ran
+    other = tmp_path / "other-data"  # the data may move (a new dataset.root), not change
+    shutil.copytree(ROOT / "data" / "cifar10-sample", other)
+    (other / "classes.txt").write_text("".join(f"kind {i}\n" for i in range(10)))
+    with pytest.raises(ConfigError) as refused:
+        pretrain(smoke(tmp_path, "trainer.name=resumed", f"dataset.root={other}", *FAULT))
+    print(f"observed: {refused.value}")
+    assert str(refused.value).startswith(
+        f"run 'resumed' trained on other data than dataset.root={other} holds: classes [airplane, "
+    )
+    assert "[kind 0, kind 1, kind 2, kind 3, kind 4, kind 5, ...] (10) here" in str(refused.value)
     again = pretrain(smoke(tmp_path, "trainer.name=resumed", *FAULT))  # the same command without the stop
     assert watchers() == seen + 1  # the default (and a setting a resumed run may change): none
     run_dir = Path(again.run_dir)

@@ -150,6 +150,16 @@ def test_the_probe_judges_on_another_dataset_and_refuses_a_backbone_that_does_no
     with pytest.raises(ConfigError, match=r"eval_dataset.eval_split"):  # the key of the probe's config
         linear_probe(probe_config(str(run_dir), other, "eval_dataset.eval_split=test"))
 
+    renamed = tmp_path / "renamed"  # dataset_root= is the run's own data moved: other classes are refused
+    shutil.copytree(ROOT / "data" / "cifar10-sample", renamed)
+    (renamed / "classes.txt").write_text("".join(f"kind {i}\n" for i in range(10)))
+    with pytest.raises(ConfigError) as refused:
+        linear_probe(probe_config(str(run_dir), f"dataset_root={renamed}"))
+    assert str(refused.value).startswith(
+        f"dataset.root={renamed} holds other data than run imb trained on: classes [airplane, "
+    )
+    assert str(refused.value).endswith("pass eval_dataset.root=<its shards>")
+
     edited = tmp_path / "edited"
     shutil.copytree(run_dir, edited)
     cfg = yaml.safe_load((edited / "config.yaml").read_text())
