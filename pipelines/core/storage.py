@@ -86,6 +86,23 @@ class Store:
         selector = pafs.FileSelector(self.path(*parts), recursive=False)
         return sorted(self.fs.get_file_info(selector), key=lambda info: info.base_name)
 
+    def walk_files(self, *parts: str) -> list[tuple[str, pafs.FileInfo]]:
+        """Every file under a folder, at any depth, as ``(path relative to it, info)`` sorted by path.
+
+        Anything under a hidden folder (a name starting with ``.``, such as ``.ipynb_checkpoints``)
+        is left out.
+        """
+        top = self.path(*parts).rstrip("/")
+        selector = pafs.FileSelector(top, recursive=True)
+        found = []
+        for info in self.fs.get_file_info(selector):
+            relative = info.path[len(top) :].lstrip("/")
+            if info.type == pafs.FileType.File and not any(
+                p.startswith(".") for p in relative.split("/")[:-1]
+            ):
+                found.append((relative, info))
+        return sorted(found, key=lambda item: item[0])
+
     def write_atomic(self, data: bytes, *parts: str) -> None:
         """Write a file so that readers never see it half-written (temporary name, then move)."""
         final = self.path(*parts)

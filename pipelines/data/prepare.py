@@ -16,6 +16,7 @@ from pipelines.data.decode import DEFAULT_MAX_PIXELS
 from pipelines.data.shard_writer import MANIFEST, UNREADABLE, build_manifest, done_path, write_chunk
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
+from pipelines.data.sources.folders import IMAGE_SUFFIXES
 from pipelines.data.sources.holdout import HoldOut, HoldOutSettings
 
 
@@ -259,7 +260,26 @@ def prepare_dataset(
     if len(manifest["bad_files"]) > 10:
         print(f"  ... {len(manifest['bad_files']) - 10} more bad files listed in {MANIFEST}", flush=True)
     warn_unreadable(manifest, out)
+    warn_empty_classes(manifest)
+    empty = [split for split, info in manifest["splits"].items() if not info["rows"]]
+    if empty:
+        raise ValueError(
+            f"prepare {dataset}: no image was read for split(s) {', '.join(empty)} under {root} "
+            f"({len(manifest['bad_files'])} bad files in all; the manifest is in {out}): check that "
+            f"dataset={dataset} is the format of those files; in class folders an image file needs one "
+            f"of the extensions {', '.join(IMAGE_SUFFIXES)} (any case)"
+        )
     return manifest
+
+
+def warn_empty_classes(manifest: dict[str, Any]) -> None:
+    """A warning naming the classes of a split that have no image (an empty class folder)."""
+    classes = manifest["classes"]
+    for split, info in manifest["splits"].items():
+        empty = [classes[i] for i, n in enumerate(info["per_class"]) if not n and i < len(classes)]
+        if empty and info["rows"]:
+            names = ", ".join(repr(c) for c in empty[:10]) + (" ..." if len(empty) > 10 else "")
+            print(f"WARNING: {split}: {len(empty)} class(es) without any image: {names}", flush=True)
 
 
 def warn_unreadable(manifest: dict[str, Any], out: str) -> None:

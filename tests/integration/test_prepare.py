@@ -189,6 +189,24 @@ def test_a_flat_folder_prepared_with_a_held_out_split(ray_cluster, tmp_path):
     assert sorted(json.loads((out / "manifest.json").read_text())["splits"]) == ["train", "val"]
 
 
+def test_an_empty_class_is_named_and_a_split_without_any_image_is_refused(ray_cluster, tmp_path, capsys):
+    raw, tiny = tmp_path / "raw", encode(pattern(4, 4, 0), "PNG")
+    for name in ("animals/cat/1.png", "animals/cat/2.png", "plants/fern/3.png"):
+        (raw / name).parent.mkdir(parents=True, exist_ok=True)
+        (raw / name).write_bytes(tiny)
+    (raw / "empty class").mkdir()
+    manifest = prepare_dataset("imagefolder", str(raw), str(tmp_path / "out"))
+    assert manifest["classes"] == ["animals", "empty class", "plants"]  # top-level folders, as torchvision
+    assert manifest["splits"]["all"]["per_class"] == [2, 0, 1]
+    assert "WARNING: all: 1 class(es) without any image: 'empty class'" in capsys.readouterr().out
+    bare = tmp_path / "bare"
+    (bare / "cat").mkdir(parents=True)
+    (bare / "cat" / "readme.txt").write_text("not an image")
+    (bare / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"no image was read for split\(s\) all under .*bare \(1 bad files"):
+        prepare_dataset("imagefolder", str(bare), str(tmp_path / "out2"))
+
+
 def test_a_split_that_cannot_be_read_is_refused_before_any_split_is_written(tmp_path):
     replicas.stl10(tmp_path / "raw")
     unlabeled = tmp_path / "raw" / "stl10_binary" / "unlabeled_X.bin"

@@ -56,7 +56,8 @@ class ImageFolder(Source):
     """Any ``<root>/<class>/<image>`` tree.
 
     With ``train/``, ``val/`` or ``test/`` folders under the root those are the splits, otherwise
-    the root itself is the single split ``all``.
+    the root itself is the single split ``all``. Images in sub-folders of a class folder belong to
+    that class (torchvision's ImageFolder reads them too); hidden files and folders are left out.
     """
 
     name = "imagefolder"
@@ -119,9 +120,9 @@ class ImageFolder(Source):
     def read_selected(self, chunk: Chunk, keep: Callable[[str], bool]) -> Iterator[Record]:
         folder, cls, label = chunk.args
         sub = [p for p in (folder, cls) if p]
-        for info in self.store.listdir(*sub):
-            if info.type == pafs.FileType.File and is_image_name(info.base_name):
-                key = "/".join([*sub, info.base_name])
+        for relative, info in self.store.walk_files(*sub):  # sub-folders too, as torchvision's ImageFolder
+            if is_image_name(info.base_name):
+                key = "/".join([*sub, relative])
                 if keep(key):  # the key is known before the file is read
                     yield record(key, label, image=self.store.read(key))
 

@@ -195,6 +195,35 @@ def test_imagefolder_single_split(tmp_path):
     assert [(r["key"], r["label"]) for r in read_all(src, "all")] == [("a/1.png", 0), ("b/1.png", 1)]
 
 
+def test_imagefolder_reads_images_in_sub_folders_of_a_class_as_torchvision_does(tmp_path):
+    """Nested images were dropped without a word (a two-level tree prepared to 0 images)."""
+    files = [
+        "cat/a.png",
+        "cat/sub/b.png",
+        "cat/sub/deeper/c.PNG",
+        "cat/.ipynb_checkpoints/hidden.png",  # tool junk in a hidden folder: left out
+        "cat/sub/.d.png",
+        "dog/x/e.jpg",
+    ]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "real").mkdir()
+    (tmp_path / "real" / "r.png").write_bytes(b"x")
+    (tmp_path / "dog" / "linked").symlink_to(tmp_path / "real")  # a linked folder is followed
+    src = open_source("imagefolder", str(tmp_path))
+    assert src.classes() == ["cat", "dog", "real"]
+    got = [(r["key"], r["label"]) for r in read_all(src, "all")]
+    assert got == [
+        ("cat/a.png", 0),
+        ("cat/sub/b.png", 0),
+        ("cat/sub/deeper/c.PNG", 0),
+        ("dog/linked/r.png", 1),
+        ("dog/x/e.jpg", 1),
+        ("real/r.png", 2),
+    ]
+
+
 def test_imagefolder_without_class_folders_is_an_error_saying_the_layout(tmp_path):
     """Images straight under the root (or a split) would prepare to an empty dataset, silently."""
     flat = tmp_path / "flat"
