@@ -8,13 +8,16 @@ interrupted run stopped, and lists every bad file in ``<out>/manifest.json``.
 
 from __future__ import annotations
 
+import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pipelines.core.config_schema import register
 from pipelines.core.errors import ConfigError, run_command, run_hydra
+from pipelines.core.storage import is_uri
 from pipelines.data.prepare import prepare_dataset
 from pipelines.data.shuffle_writer import ShuffleSettings
 from pipelines.data.sources import open_source
@@ -45,9 +48,15 @@ def prepare(cfg: DictConfig) -> str:
         )
     if not cfg.out:
         raise ConfigError("out is not set: add out=<folder or URI for the shards>")
+    root, out = (_expand(str(p)) for p in (cfg.dataset.root, cfg.out))
+    if not is_uri(root) and not is_uri(out) and Path(out).resolve().is_relative_to(Path(root).resolve()):
+        raise ConfigError(
+            f"out={cfg.out} is inside dataset.root={cfg.dataset.root}: the next run would read the shards "
+            "as raw data; put out outside the raw dataset's folder"
+        )
     options = OmegaConf.to_container(cfg.dataset.options, resolve=True) or {}
     options = {k: v for k, v in options.items() if v is not None}
-    source = open_source(cfg.dataset.name, str(cfg.dataset.root), **options)  # the layout, before Ray
+    source = open_source(cfg.dataset.name, root, **options)  # the layout, before Ray
     shuffle = ShuffleSettings.from_config(OmegaConf.to_container(cfg.shuffle, resolve=True))
     holdout = HoldOutSettings.from_config(OmegaConf.to_container(cfg.holdout, resolve=True))
     if holdout.enabled:
@@ -58,15 +67,20 @@ def prepare(cfg: DictConfig) -> str:
     connect(cfg.ray.address)
     prepare_dataset(
         cfg.dataset.name,
-        str(cfg.dataset.root),
-        str(cfg.out),
+        root,
+        out,
         splits=splits,
         options=options,
         max_pixels=int(cfg.dataset.max_pixels),
         shuffle=shuffle,
         holdout=holdout,
     )
-    return f"manifest: {str(cfg.out).rstrip('/')}/manifest.json"
+    return f"manifest: {out.rstrip('/')}/manifest.json"
+
+
+def _expand(path: str) -> str:
+    """``~`` expanded in a local path (Hydra passes a quoted ``'~/raw'`` through as it is)."""
+    return path if is_uri(path) else os.path.expanduser(path)
 
 
 if __name__ == "__main__":

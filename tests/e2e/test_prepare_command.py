@@ -48,8 +48,21 @@ def test_prepare_command_writes_shards_and_manifest(tmp_path):
 def test_prepare_command_names_the_missing_key(tmp_path):
     proc = run("dataset=cifar10", f"out={tmp_path / 'x'}", cwd=tmp_path)
     assert proc.returncode != 0 and "dataset.root is not set" in proc.stderr
-    proc = run("dataset=cifar10", f"dataset.root={tmp_path}", f"out={tmp_path / 'x'}", cwd=tmp_path)
+    (tmp_path / "raw").mkdir()
+    proc = run("dataset=cifar10", f"dataset.root={tmp_path / 'raw'}", f"out={tmp_path / 'x'}", cwd=tmp_path)
     assert proc.returncode != 0 and "set dataset.root to the extracted cifar-10-batches-py" in proc.stderr
+    proc = run("dataset=cifar10", "dataset.root='~/raw'", f"out={tmp_path / 'x'}", cwd=tmp_path)
+    assert proc.returncode == 2 and f"{pathlib.Path.home() / 'raw'}" in proc.stderr  # ~ expanded
+    proc = run(
+        "dataset=imagefolder",
+        f"dataset.root={tmp_path / 'raw'}",
+        f"out={tmp_path / 'raw' / 'shards'}",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == (
+        f"config error: out={tmp_path / 'raw' / 'shards'} is inside dataset.root={tmp_path / 'raw'}: "
+        "the next run would read the shards as raw data; put out outside the raw dataset's folder"
+    )
     proc = run("dataset=nope", cwd=tmp_path)
     assert proc.returncode != 0 and "nope" in proc.stderr
 
@@ -63,7 +76,8 @@ def test_input_errors_are_one_line_with_exit_code_2(tmp_path):
     assert "Traceback" not in proc.stderr  # above the message, at most Ray's line saying it started
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "synsets.txt is missing: set dataset.root to the WebVision" in last
-    proc = run("dataset=cifar10", f"dataset.root={tmp_path}", f"out={tmp_path / 'x'}", cwd=tmp_path)
+    (tmp_path / "raw").mkdir()
+    proc = run("dataset=cifar10", f"dataset.root={tmp_path / 'raw'}", f"out={tmp_path / 'x'}", cwd=tmp_path)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
     assert "set dataset.root to the extracted cifar-10-batches-py" in proc.stderr
     replicas.stl10(tmp_path / "stl")
