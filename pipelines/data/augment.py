@@ -141,14 +141,26 @@ def resized_crop(
     return (crop.flip(-1) if flip else crop)[0]
 
 
+MAX_CENTRE_ASPECT = 16  # longest side / shortest side a centre view resizes whole
+
+
 def centre_view(image: Tensor, resize: int, size: int, interpolation: str = "bilinear") -> Tensor:
     """``Resize(resize)`` then ``CenterCrop(size)`` of a uint8 ``[1, 3, H, W]`` image, as torchvision's.
 
     The shorter side becomes ``resize`` and the longer ``int(resize * long / short)``; the crop's
     corner is ``round((side - size) / 2)`` (torchvision's rounding, so a test holds them equal).
-    ``size <= resize``.
+    ``size <= resize``. An image longer than ``MAX_CENTRE_ASPECT`` times its width (a banner, a
+    1-pixel spacer) first loses the ends of its long side down to that ratio: the crop comes from
+    the middle either way, and resizing the whole of a 1 x 20,000 strip would take gigabytes.
     """
     height, width = image.shape[-2:]
+    if max(height, width) > MAX_CENTRE_ASPECT * min(height, width):
+        keep = MAX_CENTRE_ASPECT * min(height, width)
+        if height > width:
+            image = image[..., (height - keep) // 2 : (height - keep) // 2 + keep, :]
+        else:
+            image = image[..., (width - keep) // 2 : (width - keep) // 2 + keep]
+        height, width = image.shape[-2:]
     if height <= width:
         new_h, new_w = resize, int(resize * width / height)
     else:

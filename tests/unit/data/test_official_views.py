@@ -134,6 +134,30 @@ def test_evaluation_views_equal_torchvision_resize_then_centre_crop(recipe, shap
         assert torch.equal(ours, chw(photo))  # CIFAR: Resize(32) + CenterCrop(32) is the identity
 
 
+def _smooth(h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[0:h, 0:w]
+    planes = (128 + 100 * np.sin(x / 37 + y / 5), 128 + 100 * np.cos(x / 53), x * 255 // max(w - 1, 1))
+    return np.stack(planes, -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("shape", "within"), [((20, 2000), 0), ((2000, 20), 0), ((1, 3000), 0), ((33, 1999), 3)]
+)
+def test_a_banner_keeps_torchvisions_centre_view_without_resizing_its_whole_length(shape, within):
+    """A 1 x 2,000 strip took 0.9 s and 800 MB (resized whole to 256 x 512,000 before the crop).
+
+    Its ends are cut to 16 x its short side first; the view is torchvision's Resize + CenterCrop
+    of the whole strip (equal where the scales line up, within a few grey levels otherwise).
+    """
+    import torchvision.transforms.v2 as T2
+
+    strip = chw(_smooth(*shape))
+    ours = A.centre_view(strip[None], 256, 224)
+    assert max_diff(ours, T2.Compose([T2.Resize(256, antialias=True), T2.CenterCrop(224)])(strip)) <= within
+    huge = torch.zeros(1, 3, 1, 200_000, dtype=torch.uint8)  # whole: 256 x 51,200,000 x 3 values
+    assert A.centre_view(huge, 256, 224).shape == (3, 224, 224)
+
+
 def test_evaluation_views_are_not_the_whole_centre_square_any_more():
     """The view before this change (the whole centre square resized to 224) is far from the official one."""
     photo = noise(375, 500, seed=1)
