@@ -326,7 +326,15 @@ def results_table(outcome: RunOutcome, cfg: dict[str, Any]) -> str:
     """The short table printed at the end of a run."""
     res = outcome.results
     lines = []
-    if res:
+    done = final_evaluation_done(res)
+    if not done:
+        tr = cfg["trainer"]
+        lines.append(
+            f"stopped after epoch {tr.get('stop_at_epoch') or tr['epochs']} of {tr['epochs']} "
+            "(trainer.stop_at_epoch): no final evaluation yet; the same command without "
+            "trainer.stop_at_epoch continues the run"
+        )
+    if done:
         label = f"pretrained ({cfg['objective']['name']}, K={cfg['objective']['K']})"
         rows = [(label, res.get("pretrained", {}))]
         if "random_init" in res:
@@ -342,7 +350,7 @@ def results_table(outcome: RunOutcome, cfg: dict[str, Any]) -> str:
                 "'best' = best test accuracy over the probe's epochs"
             )
     lines += [
-        f"run folder:  {outcome.run_dir} (results.md, report.png)",
+        f"run folder:  {outcome.run_dir}" + (" (results.md, report.png)" if done else ""),
         f"TensorBoard: tensorboard --logdir {Path(outcome.run_dir) / 'tensorboard'} --host 127.0.0.1",
         "Dashboard:   "
         + (

@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from pipelines.training.run import STOPS
+from pipelines.training.run import STOPS, RunOutcome, results_table
 from pipelines.training.stop import RunInterruptedError, RunTerminatedError, signals_seen, stopped_error
 
 
@@ -88,3 +88,23 @@ def test_the_stop_names_the_signal_the_checkpoint_and_its_exit_code(seen, where,
     )  # what the command exits with
     said = f"last complete checkpoint {where}" if where else "no checkpoint yet"
     assert str(err) == f"run a stopped by {seen['signal']} ({said}); run the same command again to resume it"
+
+
+def test_the_closing_lines_of_a_run_stopped_at_an_epoch_say_how_to_continue_it():
+    """It listed results.md and report.png, which a run without its final evaluation has not written."""
+    cfg = {"trainer": {"epochs": 6, "stop_at_epoch": 2}, "objective": {"name": "cacr_inbatch", "K": 4}}
+    lines = results_table(RunOutcome("/runs/a", {}), cfg).splitlines()
+    assert lines[0] == (
+        "stopped after epoch 2 of 6 (trainer.stop_at_epoch): no final evaluation yet; the same command "
+        "without trainer.stop_at_epoch continues the run"
+    )
+    assert lines[1] == "run folder:  /runs/a"
+    judged = {"knn_top1": 41.2, "knn_k": 200}
+    done = results_table(
+        RunOutcome("/runs/a", {"pretrained": judged, "random_init": {**judged, "knn_top1": 34.45}}), cfg
+    )
+    assert (
+        "kNN gain over random init: +6.75 points" in done
+        and "run folder:  /runs/a (results.md, report.png)" in done
+    )
+    assert "stopped after" not in done
