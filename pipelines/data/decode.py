@@ -44,7 +44,10 @@ def decode_image(
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if w * h > max_pixels:
-                return None, f"too large: {w}x{h} pixels (limit {max_pixels}, decompression bomb?)"
+                return (
+                    None,
+                    f"too large: {w}x{h} pixels (dataset.max_pixels={max_pixels}; a decompression bomb?)",
+                )
             if draft is not None and img.format == "JPEG":
                 img.draft("RGB", draft)
             img.load()

@@ -23,6 +23,11 @@ def test_each_case_is_good_or_bad_for_the_right_reason(name):
         assert pixels is None and reason in why
 
 
+def test_a_too_large_image_names_the_key_that_sets_the_limit():
+    pixels, why = decode_image(encode(pattern(20, 30)), max_pixels=599)
+    assert pixels is None and why == "too large: 30x20 pixels (dataset.max_pixels=599; a decompression bomb?)"
+
+
 def test_png_pixels_are_exact():
     arr = pattern(7, 9)
     pixels, _ = decode_image(encode(arr))
