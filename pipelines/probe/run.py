@@ -23,6 +23,7 @@ from pipelines.core.errors import ConfigError, run_command
 from pipelines.core.run_files import (
     CLASS_COUNTS,
     CONFIG_FILE,
+    STOPPED,
     other_data_problem,
     read_results,
     read_run_file,
@@ -65,7 +66,13 @@ def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
         damaged = "".join(f"\n  {t.path}: {t.problem}" for t in torn if t.was_complete)
         if damaged:
             raise ConfigError(f"run={path}: every checkpoint of the run is damaged:{damaged}")
-        raise ConfigError(f"run={path}: the run has no complete checkpoint yet (still training?)")
+        stopped = p / STOPPED
+        why = (
+            f"it stopped before its first checkpoint ({read_run_file(stopped).get('reason')}; {stopped})"
+            if stopped.exists()
+            else "still training, or it failed before its first checkpoint"
+        )
+        raise ConfigError(f"run={path}: the run has no complete checkpoint yet ({why})")
     return p, Path(ckpt.newest(found).path)
 
 

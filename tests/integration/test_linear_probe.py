@@ -111,8 +111,17 @@ def test_probe_command_refuses_bad_paths_before_ray(tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"run=.*no such folder"):
         find_checkpoint(tmp_path / "nope")
     (tmp_path / "config.yaml").write_text("{}\n")
-    with pytest.raises(ConfigError, match="no complete checkpoint"):
+    with pytest.raises(
+        ConfigError, match=r"no complete checkpoint yet \(still training, or it failed before"
+    ):
         find_checkpoint(tmp_path)
+    (tmp_path / "stopped.json").write_text('{"reason": "too many bad images"}')
+    with pytest.raises(ConfigError) as stopped:
+        find_checkpoint(tmp_path)
+    assert str(stopped.value) == (
+        f"run={tmp_path}: the run has no complete checkpoint yet (it stopped before its first "
+        f"checkpoint (too many bad images; {tmp_path / 'stopped.json'}))"
+    )
     proc = subprocess.run(
         [sys.executable, "pipelines/linear_probe.py", f"run={tmp_path / 'nope'}"],
         cwd=ROOT,
