@@ -25,13 +25,7 @@ import numpy as np
 from pipelines.data import imbalance, order, resilience
 from pipelines.data.read_tasks import ReadPlan, stream
 from pipelines.data.recipes import ViewRecipe, eval_view
-from pipelines.data.shard_index import (
-    check_labels,
-    index_shards,
-    training_rows,
-    warn_if_unshuffled,
-    with_rows,
-)
+from pipelines.data.shard_index import index_shards, training_rows, warn_if_unshuffled, with_rows
 from pipelines.data.sources import Source, open_source
 
 PARQUET_SOURCES = ("shards", "cifar10_jpeg")
@@ -156,8 +150,6 @@ def training_datasets(
     eval_index = index_shards(source, dataset["eval_split"])
     if not train_index.items:
         raise FileNotFoundError(f"no readable {dataset['train_split']} shards under {dataset['root']}")
-    check_labels(train_index, num_classes, dataset["train_split"])
-    check_labels(eval_index, num_classes, dataset["eval_split"])
     labels = train_index.labels
     positions, counts = training_rows(labels, num_classes, spec, seed, train_index.keys)
     limit, before_cap = dataset.get("max_train_images"), len(positions)

@@ -59,24 +59,6 @@ def index_shards(source: Shards, split: str, with_keys: bool = False) -> ShardIn
     return ShardIndex(items, sizes, flat, unreadable, np.concatenate(keys) if with_keys and keys else None)
 
 
-def check_labels(index: ShardIndex, num_classes: int, split: str) -> None:
-    """Refuse labels outside ``0 .. num_classes - 1`` (``-1``: unlabelled), naming the first shard.
-
-    Raises:
-        ValueError: naming the shard, the label and the classes' count, when one is out of range.
-    """
-    bad = np.flatnonzero((index.labels >= num_classes) | (index.labels < -1))
-    if not len(bad):
-        return
-    item = int(np.searchsorted(np.cumsum(index.sizes), bad[0], side="right"))
-    raise ValueError(
-        f"{index.items[item]['file']} ({split} split) has label {int(index.labels[bad[0]])}, and "
-        f"{len(bad):,} row(s) in all lie outside the {num_classes} classes (labels 0 to {num_classes - 1}; "
-        "-1: unlabelled): the shards and their class list (manifest.json or classes.txt) do not belong "
-        "together"
-    )
-
-
 def training_rows(
     labels: np.ndarray, num_classes: int, spec: dict[str, Any], seed: int, keys: np.ndarray | None = None
 ) -> tuple[np.ndarray, list[int]]:
