@@ -104,12 +104,15 @@ def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
     return finished
 
 
-def _check_checkpoints(cfg: dict[str, Any]) -> None:
+def _check_checkpoints(cfg: dict[str, Any]) -> list[ckpt.Found]:
     """Say which checkpoints a resumed run cannot use; refuse when that would discard its training.
 
     A folder whose writing never finished (a crash mid-write) is expected and skipped. One that
     was complete once (its ``COMPLETE`` marker is there) but whose files changed since, when no
     complete checkpoint is left, would make the run start over silently: refused, naming it.
+
+    Returns:
+        The run's complete checkpoints (none: it starts from its first step).
 
     Raises:
         RunFileError: when every checkpoint of the run is torn and one of them was complete.
@@ -117,7 +120,7 @@ def _check_checkpoints(cfg: dict[str, Any]) -> None:
     tr = cfg["trainer"]
     found, torn = ckpt.scan_checkpoints(str(tr["storage_path"]), str(tr["name"]))
     if not torn:
-        return
+        return found
     listed = "".join(f"\n  {t.path}: {t.problem}" for t in torn)
     if not found and any(t.was_complete for t in torn):
         raise RunFileError(
@@ -128,6 +131,7 @@ def _check_checkpoints(cfg: dict[str, Any]) -> None:
     latest = ckpt.newest(found)
     where = f"resuming from {latest.path}" if latest else "starting from the first step"
     print(f"WARNING: checkpoints skipped, {where}:{listed}", flush=True)
+    return found
 
 
 def _write_run_files(run_dir: Path, cfg: dict[str, Any], counts: list[int], classes: list[str]) -> None:
@@ -198,7 +202,7 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
             f"run {cfg['trainer']['name']!r} has already finished; its results are in {run_dir}", flush=True
         )
         return RunOutcome(str(run_dir), read_results(run_dir), 0.0)
-    _check_checkpoints(cfg)
+    resuming = bool(_check_checkpoints(cfg))
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -243,7 +247,7 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
         raise ConfigError(
             f"trainer.batch_size={tr['batch_size']} is larger than the {n_train} training images: lower it"
         )
-    if any(ckpt.scan_checkpoints(str(tr["storage_path"]), name)[0]):  # resuming: the same data only
+    if resuming:  # the same data only
         other = other_data_problem(run_dir, list(data.classes), list(data.train_counts))
         if other:
             raise ConfigError(
@@ -334,7 +338,7 @@ def results_table(outcome: RunOutcome, cfg: dict[str, Any]) -> str:
             "(trainer.stop_at_epoch): no final evaluation yet; the same command without "
             "trainer.stop_at_epoch continues the run"
         )
-    if done:
+    else:
         label = f"pretrained ({cfg['objective']['name']}, K={cfg['objective']['K']})"
         rows = [(label, res.get("pretrained", {}))]
         if "random_init" in res:
