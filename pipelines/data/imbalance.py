@@ -120,8 +120,13 @@ def select(labels: np.ndarray, counts: Sequence[int], order: str = "cacr", seed:
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> list[int]:
-    """Number of images per class (``num_classes`` entries, zeros included)."""
-    return np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).tolist()
+    """Number of images per class (``num_classes`` entries, zeros included).
+
+    Labels outside ``[0, num_classes)`` (unlabelled rows, or labels a shard holds beyond its class
+    list, which the reader reports as bad rows) are not counted.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    return np.bincount(labels[(labels >= 0) & (labels < num_classes)], minlength=num_classes).tolist()
 
 
 def summary(counts: Sequence[int]) -> dict[str, object]:

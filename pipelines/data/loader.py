@@ -172,16 +172,18 @@ def training_datasets(
         "eval": stream(ReadPlan(eval_index.items), plain, task_cpus),
     }
     if bank_size or whole_bank:
-        bank = np.flatnonzero(labels >= 0)  # unlabelled images are for pretraining only
+        bank = np.flatnonzero((labels >= 0) & (labels < num_classes))  # labelled images only
         if not whole_bank and int(bank_size) < len(bank):
             bank = order.stratified_sample(labels, int(bank_size), seed, num_classes, train_index.sizes)
         datasets["bank"] = stream(ReadPlan(with_rows(train_index, bank)), plain, task_cpus)
     stats = imbalance.summary(counts)
     unlabelled = int((labels[positions] < 0).sum())
+    stray = int((labels[positions] >= num_classes).sum())
     capped = len(positions) < before_cap
     print(
         f"training set: {len(positions):,} images"
         + (f" ({unlabelled:,} unlabelled)" if unlabelled else "")
+        + (f" ({stray:,} labelled beyond the {num_classes} classes: read as bad rows)" if stray else "")
         + (f", a class-stratified sample (dataset.max_train_images) of {before_cap:,}" if capped else "")
         + f", {stats['classes_present']} classes, imbalance ratio "
         f"{imbalance.ratio_text(stats['imbalance_ratio'])}, per class "

@@ -96,14 +96,15 @@ def stratified_sample(
 ) -> np.ndarray:
     """Sorted positions of a seeded class-stratified sample of ``size`` rows of ``labels``.
 
-    Rows with a negative label (unlabelled) are never drawn. All labelled rows when ``size`` is
-    at least their number. With ``group_sizes`` (the rows of each row group, in order), the
-    sample is drawn from the fewest row groups, taken in a seeded order, that hold every class's
-    share: a small sample of shuffled shards reads one or two row groups, not all of them.
+    Rows with a negative label (unlabelled) or one beyond ``num_classes`` are never drawn. All
+    labelled rows when ``size`` is at least their number. With ``group_sizes`` (the rows of each
+    row group, in order), the sample is drawn from the fewest row groups, taken in a seeded order,
+    that hold every class's share: a small sample of shuffled shards reads one or two row groups,
+    not all of them.
     """
     labels = np.asarray(labels, dtype=np.int64)
-    labelled = np.flatnonzero(labels >= 0)
-    n = int(num_classes if num_classes is not None else (labels.max() + 1 if labelled.size else 0))
+    n = int(num_classes if num_classes is not None else max(int(labels.max(initial=-1)) + 1, 0))
+    labelled = np.flatnonzero((labels >= 0) & (labels < n))
     counts = np.bincount(labels[labelled], minlength=n)
     take = allocate(counts, size)
     if group_sizes is not None and len(group_sizes) > 1:
@@ -111,7 +112,7 @@ def stratified_sample(
         held, chosen = np.zeros(n, dtype=np.int64), np.zeros(len(labels), dtype=bool)
         for g in rng_for(seed, "groups").permutation(len(group_sizes)):
             part = labels[bounds[g] : bounds[g + 1]]
-            held += np.bincount(part[part >= 0], minlength=n)
+            held += np.bincount(part[(part >= 0) & (part < n)], minlength=n)
             chosen[bounds[g] : bounds[g + 1]] = True
             if (held >= take).all():
                 break

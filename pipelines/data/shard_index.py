@@ -69,9 +69,12 @@ def training_rows(
     (``spec["balanced"]``); without either, every row. The rule picks its images over the rows
     sorted by ``keys`` when given, so the images kept do not depend on the order the shards were
     written in (for CIFAR pickles, key order is the original order the paper's code selects in).
+    Rows labelled beyond the class list are never counted, selected or resampled; they stay in
+    the epoch once, so the reader reports them as bad rows.
     """
     positions = np.arange(len(labels))
-    counts = imbalance.class_counts(labels[labels >= 0], num_classes)
+    counts = imbalance.class_counts(labels, num_classes)
+    stray = np.flatnonzero(labels >= num_classes)
     rule = spec["rule"]
     unlabelled = int((labels < 0).sum())
     if unlabelled and (rule != "none" or spec["balanced"]):
@@ -92,9 +95,12 @@ def training_rows(
         positions = np.sort(by_key[np.asarray(kept, dtype=np.int64)])
         counts = imbalance.class_counts(labels[positions], num_classes)
     if spec["balanced"]:
+        positions = positions[labels[positions] < num_classes]
         draws = imbalance.balanced_indices(labels[positions], seed=seed)
         positions = np.sort(positions[draws])
         counts = imbalance.class_counts(labels[positions], num_classes)
+    if stray.size and (rule != "none" or spec["balanced"]):
+        positions = np.sort(np.concatenate([positions, stray]))
     return positions, counts
 
 

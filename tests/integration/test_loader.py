@@ -140,6 +140,8 @@ def test_bad_rows_are_dropped_counted_and_reported(ray_cluster, tmp_path):
     mon = monitor("bad-rows-test", max_bad_fraction=0.6, min_seen=1)
     data = training_datasets(cfg, view_recipes("cifar", 2), eval_size=16, run="bad-rows-test")
     assert len(data.unreadable) == 1 and "train-00001.parquet" in data.unreadable[0]["path"]
+    in_range = [i % 3 for i in range(len(cases))] + [0, 1]  # label 7 is counted nowhere
+    assert data.train_counts == np.bincount(in_range, minlength=3).tolist()
     good = [n for n, (d, r) in cases.items() if r is None]
     assert sum(histogram(data.datasets["train"], 3)) == len(good)
     snap = ray_cluster.get(mon.snapshot.remote())

@@ -145,6 +145,24 @@ def test_unlabelled_images_pretrain_but_refuse_an_imbalance_rule() -> None:
             training_rows(labels, 3, with_defaults(ImbalanceConfig, spec), seed=0)
 
 
+def test_labels_beyond_the_class_list_are_not_counted_and_stay_once_to_be_reported_as_bad_rows() -> None:
+    from pipelines.core.config_schema import ImbalanceConfig, with_defaults
+    from pipelines.data import order
+    from pipelines.data.shard_index import training_rows
+
+    labels = np.array([0, 7, 1, 1, 2, 0, 2, 2, 9, 1])  # 3 classes; rows 1 and 8 are beyond them
+    positions, counts = training_rows(labels, 3, with_defaults(ImbalanceConfig), seed=0)
+    assert positions.tolist() == list(range(10)) and counts == [2, 3, 3]
+    positions, counts = training_rows(labels, 3, with_defaults(ImbalanceConfig, {"balanced": True}), seed=0)
+    assert counts == [3, 3, 2] and sorted(labels[positions].tolist()) == [0] * 3 + [1] * 3 + [2] * 2 + [7, 9]
+    spec = {"rule": "exponential", "ratio": 3}  # targets 3, 3 * 3**-0.5 -> 1, 3 * 3**-1 -> 1
+    positions, counts = training_rows(labels, 3, with_defaults(ImbalanceConfig, spec), seed=0)
+    assert len(counts) == 3 and {1, 8} <= set(positions.tolist())
+    assert np.bincount(labels[positions][labels[positions] < 3], minlength=3).tolist() == counts
+    sample = order.stratified_sample(labels, 10, seed=0, num_classes=3)
+    assert sample.tolist() == [0, 2, 3, 4, 5, 6, 7, 9]  # every row in range, none beyond
+
+
 def test_the_data_monitor_counts_a_retried_report_once_and_remembers_a_bounded_number() -> None:
     from pipelines.data import monitor as mon
 
