@@ -149,6 +149,22 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def loss_series(metrics: list[dict[str, Any]], steps_per_epoch: int) -> dict[str, list[tuple[float, float]]]:
+    """The loss panel's curves: ``label -> [(epoch, loss), ...]`` from a run's ``metrics.jsonl`` rows.
+
+    The per-step logs (``loss/<term>``, every ``trainer.log_every_steps`` steps) when there are
+    any; a run shorter than that logging interval has only its epochs' mean loss
+    (``epoch/loss_mean``), drawn at the end of each epoch.
+    """
+    spe = max(1, int(steps_per_epoch))
+    steps = [r for r in metrics if "loss/total" in r]
+    if not steps:
+        means = [(r["epoch"] + 1, r["epoch/loss_mean"]) for r in metrics if "epoch/loss_mean" in r]
+        return {"total (epoch mean)": means} if means else {}
+    keys = sorted({k for r in steps for k in r if k.startswith("loss/")})
+    return {k.removeprefix("loss/"): [(r["step"] / spe, r[k]) for r in steps if k in r] for k in keys}
+
+
 def report_figure(
     results: dict[str, Any], metrics: list[dict[str, Any]], steps_per_epoch: int, title: str
 ) -> Any:
@@ -166,16 +182,17 @@ def report_figure(
     judged = [(label, j) for label, j in own_classes(judged_encoders(results)) if j.get("breakdown")]
     show_classes = bool(counts and judged and is_imbalanced(counts))
     fig, axes = plt.subplots(1, 3 if show_classes else 2, figsize=(16 if show_classes else 11, 4.2))
-    spe = max(1, int(steps_per_epoch))
-    steps = [r for r in metrics if "loss/total" in r]
     ax = axes[0]
-    for key in sorted({k for r in steps for k in r if k.startswith("loss/")}):
-        pts = [(r["step"] / spe, r[key]) for r in steps if key in r]
+    series = loss_series(metrics, steps_per_epoch)
+    for label, pts in series.items():
         ax.plot(
-            *zip(*pts, strict=True), label=key.removeprefix("loss/"), lw=1.2 if key == "loss/total" else 0.8
+            *zip(*pts, strict=True),
+            "o-" if len(pts) < 3 else "-",  # a short run's one or two points stay visible
+            label=label,
+            lw=1.2 if label.startswith("total") else 0.8,
         )
     ax.set(xlabel="epoch", ylabel="loss", title="pretraining loss and its terms")
-    if steps:
+    if series:
         ax.legend(fontsize=8)
     ax = axes[1]
     knn = [(r["epoch"] + 1, r["epoch/knn_top1"]) for r in metrics if "epoch/knn_top1" in r]

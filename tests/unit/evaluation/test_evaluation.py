@@ -266,6 +266,22 @@ def test_write_results_makes_json_markdown_png_and_a_tensorboard_image(tmp_path)
     assert "report" in acc.Tags()["images"]
 
 
+def test_a_run_shorter_than_its_logging_interval_still_draws_its_loss() -> None:
+    from pipelines.evaluation.report import report_figure
+
+    one_epoch = [{"step": 3, "epoch": 0, "epoch/loss_mean": 5.25, "epoch/knn_top1": 20.0}]  # 3 steps < 20
+    fig = report_figure(_results([50, 50, 50]), one_epoch, steps_per_epoch=3, title="short")
+    (line,) = fig.axes[0].get_lines()
+    assert line.get_xydata().tolist() == [[1.0, 5.25]] and line.get_marker() == "o"
+    assert line.get_label() == "total (epoch mean)"
+    logged = [{"step": s, "epoch": 0, "loss/total": 4.0 - s, "loss/attraction": 1.0} for s in (2, 4)]
+    fig = report_figure(_results([50, 50, 50]), logged + one_epoch, steps_per_epoch=4, title="logged")
+    lines = {ln.get_label(): ln for ln in fig.axes[0].get_lines()}
+    assert set(lines) == {"total", "attraction"}  # the per-step logs, not the epoch mean
+    total = lines["total"]
+    assert total.get_xydata().tolist() == [[0.5, 2.0], [1.0, 0.0]] and total.get_marker() == "o"
+
+
 # ------------------------------------------------------------------ export
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])
 def test_backbone_loads_strictly_into_torchvision_and_gives_the_same_features(name, tmp_path) -> None:
