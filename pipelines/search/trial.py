@@ -65,15 +65,33 @@ def trial_config(spec: dict[str, Any], config: dict[str, Any], name: str) -> tup
     return overrides, cfg
 
 
+def all_but_the_last_epoch(epochs: int) -> Any:
+    """A Ray Train callback that passes each epoch's report on to Tune, except the run's last one.
+
+    The last epoch is what ends a trial: ASHA stops it at ``max_t``, and Tune then ends the trial
+    with its Train run, which at that moment is still in its final evaluation (the trial folder
+    was left without ``results.json``, ``results.md`` or ``report.png``). :func:`run_trial` reports
+    that epoch itself once the run has returned.
+    """
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    class AllButTheLastEpoch(TuneReportCallback):
+        def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+            if int(metrics[0].get("epoch") or 0) < epochs:
+                super().after_report(run_context, metrics, checkpoint)
+
+    return AllButTheLastEpoch()
+
+
 def run_trial(config: dict[str, Any], spec: dict[str, Any]) -> None:
     """The Tune function trainable (``spec`` bound with ``tune.with_parameters``)."""
     from ray import tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     name = tune.get_context().get_trial_id()
     _, cfg = trial_config(spec, config, name)
-    outcome = pretrain(cfg, callbacks=[TuneReportCallback()])
-    if outcome.seconds == 0.0:  # the run had finished before a driver restart: report its last epoch
-        rows = [json.loads(x) for x in (Path(outcome.run_dir) / METRICS_JSONL).read_text().splitlines() if x]
-        last = [r for r in rows if "epoch/knn_top1" in r][-1]
-        tune.report({"knn/top1": last["epoch/knn_top1"], "epoch": last["epoch"] + 1})
+    outcome = pretrain(cfg, callbacks=[all_but_the_last_epoch(int(cfg["trainer"]["epochs"]))])
+    # the run's last epoch (or, after a driver restart, that of a run finished before it), reported
+    # now that its results files are written
+    rows = [json.loads(x) for x in (Path(outcome.run_dir) / METRICS_JSONL).read_text().splitlines() if x]
+    last = [r for r in rows if "epoch/knn_top1" in r][-1]
+    tune.report({"knn/top1": last["epoch/knn_top1"], "epoch": last["epoch"] + 1})

@@ -72,6 +72,9 @@ def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster,
     assert out.files["plot"].read_bytes()[:4] == b"\x89PNG"
     for r in good:
         assert list((out.folder / "trials" / r.trial_id / "tensorboard").glob("events.out.tfevents.*"))
+    for r in (r for r in good if r.status == "completed"):  # ASHA's stop at max_t came after them
+        files = {p.name for p in (out.folder / "trials" / r.trial_id).iterdir()}
+        assert {"results.json", "results.md", "report.png"} <= files, (r.trial_id, sorted(files))
 
     best = out.best
     assert best.status == "completed" and best.final == max(r.final for r in good if r.status == "completed")
