@@ -19,6 +19,7 @@ from pipelines.core.errors import ConfigError
 from pipelines.core.storage import is_uri
 from pipelines.data.recipes import MEAN_STD, RECIPES, recipes_for
 from pipelines.evaluation.protocols import from_config
+from pipelines.models.backbones import check_backbone
 from pipelines.models.build import check_combination
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
@@ -198,6 +199,27 @@ def check_eval(errors: list[str], ev: dict[str, Any]) -> None:
         )
 
 
+def _check_backbone(errors: list[str], cfg: dict[str, Any]) -> None:
+    """What the backbone builder would refuse on the workers (``model.image_size``, ``model.width``...)."""
+    model = cfg["model"]
+    width = model.get("width")
+    if not isinstance(width, int | float) or isinstance(width, bool):
+        return  # named by the trainer checks
+    try:
+        check_backbone(
+            str(model.get("name")),
+            image_size=model.get("image_size"),
+            stem=str(model.get("stem")),
+            width=float(width),
+            norm=str(model.get("norm")),
+        )
+    except ValueError as err:
+        hint = ""
+        if str(err).startswith("model.width") and cfg.get("experiment_name") == "demo":
+            hint = " (the default experiment, demo, sets model.width=0.125 for its SmallAlexNet)"
+        errors.append(f"{err}{hint}")
+
+
 def check_config(cfg: dict[str, Any]) -> Plan:
     """Check a resolved config and derive its :class:`Plan`.
 
@@ -226,6 +248,7 @@ def check_config(cfg: dict[str, Any]) -> Plan:
     _check_objective(errors, cfg)
     _check_views(errors, cfg)
     _check_trainer(errors, cfg)
+    _check_backbone(errors, cfg)
     check_eval(errors, cfg["eval"])
     if errors:
         raise ConfigError("\n".join(errors))

@@ -227,6 +227,20 @@ def build_backbone(
     Raises:
         ValueError: naming the config key of an unknown or unsupported argument.
     """
+    check_backbone(name, image_size=image_size, stem=stem, width=width, norm=norm)
+    if name == "small_alexnet":
+        return SmallAlexNet(image_size=image_size, width=width, batch_norm=norm == "batch")
+    if name in _RESNETS:
+        return _resnet(name, stem, zero_init_residual)
+    return _vit(name, image_size)
+
+
+def check_backbone(name: str, *, image_size: int, stem: str, width: float, norm: str) -> None:
+    """Refuse arguments :func:`build_backbone` cannot build with (run before any cluster time).
+
+    Raises:
+        ValueError: naming the config key, what it must be and what it is.
+    """
     _require(name in BACKBONES, "model.name", f"one of {BACKBONES}", name)
     _require(stem in STEMS, "model.stem", f"one of {STEMS}", stem)
     _require(norm in NORMS, "model.norm", f"one of {NORMS}", norm)
@@ -236,13 +250,14 @@ def build_backbone(
             image_size in _ALEXNET_POOLED_SIDE, "model.image_size", "32 or 64 for small_alexnet", image_size
         )
         _require(width > 0, "model.width", "positive for small_alexnet", width)
-        return SmallAlexNet(image_size=image_size, width=width, batch_norm=norm == "batch")
+        return
     _require(width == 1.0, "model.width", f"1.0 for {name} (width scaling is small_alexnet only)", width)
     _require(norm == "batch", "model.norm", f"'batch' for {name} ('none' is small_alexnet only)", norm)
-    if name in _RESNETS:
-        return _resnet(name, stem, zero_init_residual)
-    _require(stem == "imagenet", "model.stem", f"'imagenet' for {name} (no CIFAR stem for ViTs)", stem)
-    _require(
-        image_size % 16 == 0, "model.image_size", f"a multiple of 16 (the patch size) for {name}", image_size
-    )
-    return _vit(name, image_size)
+    if name not in _RESNETS:
+        _require(stem == "imagenet", "model.stem", f"'imagenet' for {name} (no CIFAR stem for ViTs)", stem)
+        _require(
+            image_size % 16 == 0,
+            "model.image_size",
+            f"a multiple of 16 (the patch size) for {name}",
+            image_size,
+        )

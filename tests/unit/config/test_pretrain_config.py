@@ -161,6 +161,25 @@ def errors_of(cfg: dict) -> str:
         (["+model.widht=0.5"], "model.widht is not a setting"),
         (["model.width=0"], "model.width=0.0: must be a number > 0"),
         (["trainer.num_to_keep=0"], "trainer.num_to_keep=0: must be an integer >= 1"),
+        (
+            ["augment.size=20", "model.image_size=20"],
+            "model.image_size must be 32 or 64 for small_alexnet, got 20",
+        ),
+        (
+            ["model=vit_s16", "augment=imagenet_moco_v3", "objective=cacr_moco_v3", "objective.K=1"],
+            "model.width must be 1.0 for vit_s16 (width scaling is small_alexnet only), got 0.125 "
+            "(the default experiment, demo, sets model.width=0.125",
+        ),
+        (
+            [
+                "model=resnet18",
+                "augment.size=32",
+                "model.image_size=32",
+                "model.norm=none",
+                "model.width=1.0",
+            ],
+            "model.norm must be 'batch' for resnet18",
+        ),
         (["dataset.max_train_images=0"], "dataset.max_train_images=0: must be an integer >= 1, or null"),
         (["dataset.max_train_images=-5"], "dataset.max_train_images=-5: must be an integer >= 1, or null"),
     ],
