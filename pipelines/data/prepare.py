@@ -261,6 +261,7 @@ def prepare_dataset(
         print(f"  ... {len(manifest['bad_files']) - 10} more bad files listed in {MANIFEST}", flush=True)
     warn_unreadable(manifest, out)
     warn_empty_classes(manifest)
+    warn_unread_folders(source)
     empty = [split for split, info in manifest["splits"].items() if not info["rows"]]
     if empty:
         raise ValueError(
@@ -270,6 +271,21 @@ def prepare_dataset(
             f"of the extensions {', '.join(IMAGE_SUFFIXES)} (any case)"
         )
     return manifest
+
+
+def warn_unread_folders(source: Any) -> None:
+    """A warning naming the folders under the root that no split reads (their images are not written)."""
+    unread = source.unread_folders()
+    if unread:
+        names = ", ".join(f"{n}/" for n in unread[:10]) + (
+            f" and {len(unread) - 10} more" if len(unread) > 10 else ""
+        )
+        print(
+            f"WARNING: {len(unread)} folder(s) beside the split folders under {source.root} are not read: "
+            f"{names}; images belong in <root>/<split>/<class>/: move them into a split folder, or "
+            "prepare them on their own",
+            flush=True,
+        )
 
 
 def warn_empty_classes(manifest: dict[str, Any]) -> None:

@@ -83,6 +83,10 @@ class Source:
         """The records of one chunk, in a stable order."""
         raise NotImplementedError
 
+    def unread_folders(self) -> list[str]:
+        """Folders under the root that hold none of the source's splits, so are not read (none here)."""
+        return []
+
     def read_selected(self, chunk: Chunk, keep: Callable[[str], bool]) -> Iterator[Record]:
         """The records of one chunk whose key ``keep`` accepts.
 

@@ -73,6 +73,22 @@ class ImageFolder(Source):
     def _split_dir(self, split: str) -> str:
         return "" if split == "all" else split
 
+    def unread_folders(self) -> list[str]:
+        """Folders beside the split folders (e.g. a class folder next to ``train/``): not read."""
+        if self.splits == ("all",):
+            return []
+        return sorted(
+            i.base_name
+            for i in self.store.listdir("")
+            if i.type == pafs.FileType.Directory
+            and not i.base_name.startswith(".")
+            and i.base_name not in (*self.split_dirs, *self._own_folders())
+        )
+
+    def _own_folders(self) -> tuple[str, ...]:
+        """Folders under the root the source reads for other purposes (ImageNet's devkit)."""
+        return ()
+
     def _class_dirs(self, split: str) -> list[str]:
         return [
             i.base_name
@@ -181,6 +197,9 @@ class ImageNet1k(ImageFolder):
             )
             for s in range(0, len(truth), VAL_CHUNK)
         ]
+
+    def _own_folders(self) -> tuple[str, ...]:
+        return (str(self.options.get("devkit") or "ILSVRC2012_devkit_t12").rstrip("/"),)
 
     def _devkit(self) -> Store:
         devkit = str(self.options.get("devkit") or "ILSVRC2012_devkit_t12")

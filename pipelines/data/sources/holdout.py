@@ -103,6 +103,9 @@ class HoldOut(Source):
     def classes(self) -> list[str]:
         return self.base.classes()
 
+    def unread_folders(self) -> list[str]:
+        return self.base.unread_folders()
+
     def chunks(self, split: str) -> list[Chunk]:
         self.check_split(split)
         if split not in (TRAIN, self.settings.to):
