@@ -51,8 +51,11 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
     meta = [f"{k}: {results[k]}" for k in ("objective", "epochs", "steps", "checkpoint") if results.get(k)]
     if meta:
         lines += ["; ".join(str(m) for m in meta), ""]
+    splits = sorted({str(j["judged_on"]["eval_split"]) for _, j in rows if j.get("judged_on")})
+    on = splits[0] if len(splits) == 1 else "the evaluation split"
+    on_split = f"the {on} split" if len(splits) == 1 else on
     lines += [
-        "| encoder | kNN top-1 | linear top-1, final epoch | best over epochs (on test) | selected on val |",
+        f"| encoder | kNN top-1 | linear top-1, final epoch | best over epochs (on {on}) | selected on val |",
         "|---|---|---|---|---|",
     ]
     for label, judged in rows:
@@ -82,13 +85,22 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
             "|---" * (len(ks) + 1) + "|",
         ]
         lines += [f"| {label} | " + " | ".join(_num(v.get(k)) for k in ks) + " |" for label, v in at_k]
-    probes = {(j.get("linear") or {}).get("protocol"): j.get("linear") for _, j in rows if j.get("linear")}
-    for name, lin in probes.items():
-        how = "random-resized crops + flips" if lin.get("augment") else "cached centre-crop features"
+    # rows probed the same way: a run's own probe and a later linear_probe.py may differ
+    probes: dict[tuple[Any, Any, bool], list[str]] = {}
+    for label, j in rows:
+        lin = j.get("linear") or {}
+        if lin:
+            how = (lin.get("protocol"), lin.get("epochs"), bool(lin.get("augment")))
+            probes.setdefault(how, []).append(label)
+    for (name, epochs, augment), labels in probes.items():
+        how = "random-resized crops + flips" if augment else "cached centre-crop features"
+        who = f" ({', '.join(labels)})" if len(probes) > 1 else ""
+        lines.append(f"\nProbe `{name}`{who}: {epochs} epochs on {how}.")
+    if probes:
         lines.append(
-            f"\nProbe `{name}`: {lin.get('epochs')} epochs on {how}. 'Best over epochs' picks the epoch on "
-            "the test set (what the official small-scale script prints); 'final epoch' does not pick; "
-            "'selected on val' picks on a split held out of train (eval.protocol.val_fraction)."
+            f"'Best over epochs' picks the epoch on {on_split} (what the official small-scale script "
+            "prints); 'final epoch' does not pick; 'selected on val' picks on a split held out of train "
+            "(eval.protocol.val_fraction)."
         )
     counts = results.get("train_counts") or []
     classes = results.get("classes") or [str(i) for i in range(len(counts))]

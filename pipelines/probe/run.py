@@ -255,13 +255,29 @@ def _existing_probes(run_dir: Path) -> dict[str, Any]:
     return read_results(run_dir).get("linear_probes") or {}
 
 
+def baseline_label(probe: dict[str, Any] | None, baseline: dict[str, Any] | None) -> str:
+    """The run's random-init row in the probe's table, saying how it was probed when that differs."""
+    label = "random init (from the run's own evaluation"
+    how = [(p or {}).get(k) for p in (probe, baseline) for k in ("protocol", "epochs", "augment")]
+    if baseline and how[:3] != how[3:]:
+        name, epochs, augment = how[3:]
+        on = "random-resized crops" if augment else "cached centre-crop features"
+        label += f": probed by {name}, {epochs} epochs on {on}"
+    return label + ")"
+
+
 def probe_table(results: dict[str, Any], protocol: str, run_dir: str) -> str:
     """The short table printed at the end of ``linear_probe.py``."""
     judged = results["linear_probes"][protocol]
     other = (judged.get("judged_on") or {}).get("other_dataset")
     rows = [(f"pretrained, {protocol} probe", judged)]
     if "random_init" in results and not other:  # the run's baseline was judged on the run's own data
-        rows.append(("random init (from the run's own evaluation)", results["random_init"]))
+        rows.append(
+            (
+                baseline_label(judged.get("linear"), results["random_init"].get("linear")),
+                results["random_init"],
+            )
+        )
     lines = encoder_table(rows)
     shots = (judged.get("breakdown") or {}).get("shots")
 

@@ -241,6 +241,32 @@ def test_results_markdown_tables_hold_the_numbers() -> None:
     assert "Many / medium / few" not in balanced and "| dog | 50 | 100.00 |" in balanced
 
 
+def test_each_probe_is_described_as_it_ran_and_best_names_the_split_it_picked_on() -> None:
+    """A later augmented probe relabelled the run's own cached-feature rows; 'on test' was fixed."""
+    res = _results([50, 50, 50])
+    where = {"root": "/data/x", "train_split": "train", "eval_split": "val", "classes": 3}
+    res["pretrained"]["judged_on"] = res["random_init"]["judged_on"] = where
+    later = {**res["pretrained"]["linear"], "augment": True, "epochs": 100}
+    res["linear_probes"] = {"small_scale": {"knn_top1": 41.5, "linear": later, "judged_on": where}}
+    md = results_markdown(res, "run z")
+    assert (
+        "| encoder | kNN top-1 | linear top-1, final epoch | best over epochs (on val) | selected on val |"
+        in md
+    )
+    assert (
+        "Probe `small_scale` (pretrained, random init (BatchNorm recomputed)): 60 epochs on cached "
+        "centre-crop features." in md
+    )
+    assert (
+        "Probe `small_scale` (pretrained, linear_probe.py small_scale): 100 epochs on random-resized crops"
+        in md
+    )
+    assert "'Best over epochs' picks the epoch on the val split" in md
+    one = results_markdown(_results([50, 50, 50]), "run w")  # one way of probing: no row names
+    assert "Probe `small_scale`: 60 epochs on cached centre-crop features." in one
+    assert "best over epochs (on the evaluation split)" in one  # no judged_on recorded
+
+
 def _png_size(path) -> tuple[int, int]:
     head = path.read_bytes()[:24]
     assert head[:8] == b"\x89PNG\r\n\x1a\n"
@@ -552,7 +578,18 @@ def test_the_probe_table_of_another_dataset_leaves_out_the_runs_own_baseline() -
     assert "random init" not in table and "60.00" in table
     assert "many / medium / few-shot top-1" in table  # from the other dataset's counts, not the run's
     own = probe_table({**results, "linear_probes": {"s": {**judged, "judged_on": {}}}}, "s", "/runs/x")
-    assert "random init" in own
+    assert "random init (from the run's own evaluation)" in own
+    cached = {"protocol": "small_scale", "epochs": 60, "augment": False, "final_top1": 40.0}
+    augmented = {**judged, "judged_on": {}, "linear": {**cached, "epochs": 100, "augment": True}}
+    results = {
+        **results,
+        "random_init": {"knn_top1": 30.0, "linear": cached},
+        "linear_probes": {"a": augmented},
+    }
+    table = probe_table(results, "a", "/runs/x")  # the baseline was probed another way: said so
+    assert "random init (from the run's own evaluation: probed by small_scale, 60 epochs on cached" in table
+    same = {**augmented, "linear": cached}
+    assert "own evaluation)" in probe_table({**results, "linear_probes": {"a": same}}, "a", "/runs/x")
 
 
 def test_probes_on_two_folders_of_the_same_name_get_their_own_entries() -> None:
