@@ -141,7 +141,8 @@ def training_datasets(
             "dataset.eval_split=val",
             flush=True,
         )
-    resilience.configure()  # before the datasets exist: each keeps the context it was made in
+    context = resilience.configure()  # before the datasets exist: each keeps the context it was made in
+    context.enable_progress_bars = False  # runs print their own progress (a search trial's too)
     classes = source.classes()
     num_classes = len(classes)
     spec = dataset["imbalance"]

@@ -94,11 +94,15 @@ def test_one_worker_reads_the_training_stream_whole_and_several_split_it(ray_clu
 
 
 def test_eval_split_is_one_centre_view_of_every_image(ray_cluster):
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = True  # as in a search trial's process
     data = training_datasets(cifar_cfg(), view_recipes("cifar", 2), eval_size=32)
     batch = next(iter(data.datasets["eval"].iter_batches(batch_size=10, batch_format="numpy")))
     assert batch["views"].shape == (10, 1, 3, 32, 32)
     for ds in data.datasets.values():  # transient errors in read tasks are retried (Ray: none are)
         assert ds.context.max_map_retries == 3 and "ActorUnavailableError" in ds.context.retried_map_errors
+        assert not ds.context.enable_progress_bars  # a search printed thousands of bar lines
 
 
 def _bad_shards(tmp_path):
