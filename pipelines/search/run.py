@@ -122,7 +122,29 @@ def _check_trials(search: dict[str, Any], config_dir: str) -> tuple[dict[str, An
         epochs = max(epochs, int(cfg["trainer"]["epochs"]))
         if search.get("batch_rule") == "constant_views" and views is None:
             views = int(cfg["trainer"]["batch_size"]) * (int(cfg["objective"]["K"]) + 1)
+    for arm in arms(search):
+        _check_listed_values(search, arm, config_dir, views)
     return base_cfg, views, epochs
+
+
+def _check_listed_values(search: dict[str, Any], arm: Any, config_dir: str, views: int | None) -> None:
+    """Check each value a ``grid`` or ``choice`` lists, as its trial would run (a bad one wasted a trial)."""
+    params = [(f"{arm.name}{SEP}{k}", k, spec) for k, spec in arm.params.items()]
+    params += [(k, k, spec) for k, spec in (search.get("shared") or {}).items()]
+    for name, key, spec in params:
+        kind, values = next(iter(spec.items()))
+        if kind not in ("grid", "choice"):
+            continue
+        for value in values:
+            where = f"search arm {arm.name!r}: {key}={value!r} (listed in its {kind})"
+            overrides = trial_overrides(search, {"arm": arm.name, name: value})
+            try:
+                cfg = compose_pretrain(config_dir, overrides, str(PROJECT_ROOT))
+                if views:
+                    keep_views_per_step(cfg, views)
+                check_config(cfg)
+            except (HydraException, ConfigError) as err:
+                raise ConfigError(f"{where}:\n{err}") from err
 
 
 def _count(value: Any) -> bool:

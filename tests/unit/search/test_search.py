@@ -281,6 +281,26 @@ def test_ashas_max_t_is_the_longest_arm_not_the_first() -> None:
     assert first["trainer"]["epochs"] == 6 and max_t == 9
 
 
+def test_every_listed_value_is_checked_as_its_trial_would_run_before_ray() -> None:
+    """``choice: [0, 2]`` for K passed the check and the first trial failed inside Tune."""
+    from pipelines.search.run import _check_trials
+
+    search = shipped("cacr_k")
+    _check_trials(search, str(ROOT / "configs"))  # K 1, 2, 4, 8 with the batch each trial gets: fine
+    search["params"]["objective.K"] = {"choice": [2, 0]}
+    with pytest.raises(
+        ConfigError, match=r"objective.K=0 \(listed in its choice\):\n.*objective.K=0: must be"
+    ):
+        _check_trials(search, str(ROOT / "configs"))
+    search["params"]["objective.K"] = {"grid": [1]}
+    search["shared"] = {"trainer.batch_size": {"grid": [64, 63]}}
+    search.pop("batch_rule")
+    with pytest.raises(
+        ConfigError, match=r"trainer.batch_size=63 .*\n.*not divisible by trainer.num_workers=2"
+    ):
+        _check_trials(search, str(ROOT / "configs"))
+
+
 def test_gpu_trials_count_only_the_cpus_ray_train_reserves() -> None:
     """With use_gpu and no CPU in resources_per_worker Ray Train asks each worker for 1 GPU only."""
     gpu = {"trainer": {"num_workers": 2, "use_gpu": True, "resources_per_worker": {"GPU": 1}}}
