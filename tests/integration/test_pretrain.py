@@ -107,6 +107,7 @@ def test_pretraining_on_real_cifar10_beats_the_random_init_encoder(ray_cluster, 
     assert gain >= 4.0, out.results
     # rank 0 judged with both workers' threads (each trains with OMP_NUM_THREADS, Ray's 1 by default)
     assert out.results["threads"] == 2 * int(os.environ.get("OMP_NUM_THREADS", "1"))
+    assert 0 < out.results["evaluation_seconds"] < out.seconds  # the final evaluation's part of the run
     events = list((Path(out.run_dir) / "tensorboard").glob("events.out.tfevents.*"))
     assert events
 
