@@ -135,7 +135,7 @@ def claim_out_folder(store: Store, out: str, job: dict[str, Any]) -> None:
     if saved is not None:
         old = json.loads(saved)
         keys = [*job, *(k for k in old if k not in job)]  # a setting only one of them has differs too
-        diff = [f"{k}: {old.get(k)!r} -> {job.get(k)!r}" for k in keys if old.get(k) != job.get(k)]
+        diff = [f"{k}: {_shown(old, k)} -> {_shown(job, k)}" for k in keys if old.get(k) != job.get(k)]
         if diff:
             raise ValueError(
                 f"out={out} holds the shards of another prepare: {'; '.join(diff)}. A re-run into the "
@@ -144,6 +144,10 @@ def claim_out_folder(store: Store, out: str, job: dict[str, Any]) -> None:
             )
         return
     store.write_atomic(json.dumps(job, indent=1).encode(), JOB)
+
+
+def _shown(job: dict[str, Any], key: str) -> str:
+    return repr(job[key]) if key in job else "not set"
 
 
 def prepare_dataset(

@@ -164,15 +164,15 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def loss_series(metrics: list[dict[str, Any]], steps_per_epoch: int) -> dict[str, list[tuple[float, float]]]:
     """The loss panel's curves: ``label -> [(epoch, loss), ...]`` from a run's ``metrics.jsonl`` rows.
 
-    The per-step logs (``loss/<term>``, every ``trainer.log_every_steps`` steps) when there are
-    any; a run shorter than that logging interval has only its epochs' mean loss
-    (``epoch/loss_mean``), drawn at the end of each epoch.
+    The per-step logs (``loss/<term>``, every ``trainer.log_every_steps`` steps), or, for a run
+    that logged fewer steps than it has epochs (epochs shorter than that interval), each epoch's
+    mean loss (``epoch/loss_mean``) drawn at the end of the epoch.
     """
     spe = max(1, int(steps_per_epoch))
     steps = [r for r in metrics if "loss/total" in r]
-    if not steps:
-        means = [(r["epoch"] + 1, r["epoch/loss_mean"]) for r in metrics if "epoch/loss_mean" in r]
-        return {"total (epoch mean)": means} if means else {}
+    means = [(r["epoch"] + 1, r["epoch/loss_mean"]) for r in metrics if "epoch/loss_mean" in r]
+    if len(steps) < len(means):  # logged less often than once an epoch: the epochs' means say more
+        return {"total (epoch mean)": means}
     keys = sorted({k for r in steps for k in r if k.startswith("loss/")})
     return {k.removeprefix("loss/"): [(r["step"] / spe, r[k]) for r in steps if k in r] for k in keys}
 

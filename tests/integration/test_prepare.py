@@ -184,7 +184,7 @@ def test_a_flat_folder_prepared_with_a_held_out_split(ray_cluster, tmp_path):
     assert len(manifest["splits"]["val"]["shards"]) == 1  # not one small shard per class folder
     with pytest.raises(ValueError, match=r"holdout.fraction: 0.2 -> 0.3"):
         prepare_dataset("imagefolder", str(raw), str(out), holdout=HoldOutSettings(fraction=0.3))
-    with pytest.raises(ValueError, match=r"holdout.fraction: 0.2 -> None"):  # nor without a hold-out
+    with pytest.raises(ValueError, match=r"holdout.fraction: 0.2 -> not set"):  # nor without a hold-out
         prepare_dataset("imagefolder", str(raw), str(out))
     assert sorted(json.loads((out / "manifest.json").read_text())["splits"]) == ["train", "val"]
 

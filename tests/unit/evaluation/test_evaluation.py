@@ -306,6 +306,10 @@ def test_a_run_shorter_than_its_logging_interval_still_draws_its_loss() -> None:
     assert set(lines) == {"total", "attraction"}  # the per-step logs, not the epoch mean
     total = lines["total"]
     assert total.get_xydata().tolist() == [[0.5, 2.0], [1.0, 0.0]] and total.get_marker() == "o"
+    epochs = [{"step": 3 * (e + 1), "epoch": e, "epoch/loss_mean": 5.0 - e} for e in range(4)]
+    fig = report_figure(_results([50, 50, 50]), logged + epochs, steps_per_epoch=3, title="4 epochs")
+    (line,) = fig.axes[0].get_lines()  # 2 logged steps over 4 epochs: the 4 epoch means instead
+    assert line.get_xydata().tolist() == [[1.0, 5.0], [2.0, 4.0], [3.0, 3.0], [4.0, 2.0]]
 
 
 # ------------------------------------------------------------------ export
