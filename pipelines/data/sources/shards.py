@@ -52,7 +52,9 @@ class Shards(Source):
             )
             if not found:
                 raise FileNotFoundError(
-                    f"{self.name}: no {MANIFEST} and no <split>-*.parquet/.tar under {root!r}"
+                    f"{self.name}: no {MANIFEST} and no <split>-*.parquet/.tar under {root!r}; raw "
+                    "images or a raw dataset are written into shards first: python pipelines/prepare.py "
+                    "dataset=<its format, e.g. imagefolder> dataset.root=<raw folder> out=<shards folder>"
                 )
             self.splits = tuple(found)
 

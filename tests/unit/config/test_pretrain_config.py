@@ -279,7 +279,10 @@ def test_hydras_own_command_line_errors_exit_2_like_every_config_error(tmp_path)
 def test_a_dataset_root_without_the_shards_or_splits_is_refused_before_ray_starts(tmp_path) -> None:
     sample = ROOT / "data" / "cifar10-sample"
     cases = [
-        (["dataset=shards", f"dataset.root={tmp_path}"], "no manifest.json and no <split>-*.parquet/.tar"),
+        (
+            ["dataset=shards", f"dataset.root={tmp_path}"],
+            "raw images or a raw dataset are written into shards first: python pipelines/prepare.py",
+        ),
         (
             [f"dataset.root={sample}", "dataset.eval_split=val"],
             "dataset.eval_split=val: dataset 'cifar10_jpeg'",
