@@ -37,7 +37,9 @@ TINY = {
         "eval.final_linear_probe=false",
         "eval.random_init_baseline=false",
     ],
-    "params": {"objective.hparams.t_neg": {"grid": [0.3, 0.9, 3.0, -1.0]}},  # -1: the trial fails its checks
+    # 1e300 passes the up-front checks (a finite number > 0) but is inf in float32: that trial's
+    # loss is not finite at its first step, so it stops with an error inside Tune
+    "params": {"objective.hparams.t_neg": {"grid": [0.3, 0.9, 3.0, 1e300]}},
     "num_samples": 1,
     "asha": {"grace_period": 1, "reduction_factor": 2},
 }
@@ -56,10 +58,10 @@ def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster,
     out = search(tune_config(tmp_path, max_concurrent_trials=2))
     assert watchers() == seen  # tune.preemption_watcher=false: no watcher actor per trial
     rows = {r.values["objective.hparams.t_neg"]: r for r in out.rows}
-    assert sorted(rows) == [-1.0, 0.3, 0.9, 3.0]
+    assert sorted(rows) == [0.3, 0.9, 3.0, 1e300]
     print({k: (r.status, r.epochs, r.final) for k, r in rows.items()})
-    assert rows[-1.0].status == "error" and "t_neg" in rows[-1.0].error  # recorded, the search went on
-    good = [r for k, r in rows.items() if k > 0]
+    assert rows[1e300].status == "error" and "non-finite loss" in rows[1e300].error  # the search went on
+    good = [r for k, r in rows.items() if k < 1e300]
     assert {r.trial_id.rsplit("_", 1)[0] for r in rows.values()} == {good[0].trial_id.rsplit("_", 1)[0]}
     assert any(r.status == "stopped early (ASHA)" and r.epochs < 4 for r in good)
     assert any(r.status == "completed" and r.epochs == 4 for r in good)
