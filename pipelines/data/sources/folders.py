@@ -199,10 +199,13 @@ class ImageNet1k(ImageFolder):
         ]
 
     def _own_folders(self) -> tuple[str, ...]:
-        return (str(self.options.get("devkit") or "ILSVRC2012_devkit_t12").rstrip("/"),)
+        return (self._devkit_option().rstrip("/"),)
+
+    def _devkit_option(self) -> str:
+        return str(self.options.get("devkit") or "ILSVRC2012_devkit_t12")
 
     def _devkit(self) -> Store:
-        devkit = str(self.options.get("devkit") or "ILSVRC2012_devkit_t12")
+        devkit = self._devkit_option()
         if is_uri(devkit) or os.path.isabs(devkit):
             return Store.open(devkit)
         return Store(self.store.fs, self.store.path(devkit))
