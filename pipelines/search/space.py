@@ -4,7 +4,8 @@ A search starts every trial from one pretraining preset (``experiment``) plus ``
 (Hydra syntax, e.g. ``trainer.epochs=6``), and samples ``params``: dotted pretraining keys with a
 distribution each (``{loguniform: [lo, hi]}``, ``{uniform: [lo, hi]}``, ``{randint: [lo, hi]}``,
 ``{choice: [...]}``, ``{grid: [...]}``). A search over several objectives lists ``arms``, each
-with its own ``experiment``, ``overrides`` and ``params``; Tune then runs a grid over the arms.
+with its own ``experiment``, ``overrides`` and ``params``; Tune then runs a grid over the arms
+(an arm's own ``grid`` values are points of that grid: they add trials to their arm only).
 ``shared`` params (e.g. a grid of seeds) are sampled once per trial, whatever its arm.
 """
 
@@ -83,35 +84,73 @@ def arms(search: dict[str, Any]) -> list[Arm]:
     return out
 
 
+def _grid_points(arm: Arm) -> list[dict[str, Any]]:
+    """Every combination of ``arm``'s own ``grid`` values, as ``{<arm>::<key>: value}``."""
+    points: list[dict[str, Any]] = [{}]
+    for key, spec in arm.params.items():
+        kind, values = next(iter(spec.items()))
+        if kind == "grid":
+            points = [{**p, f"{arm.name}{SEP}{key}": v} for p in points for v in values]
+    return points
+
+
+def _sampler(spec: dict[str, Any]) -> Any:
+    from ray import tune
+
+    kind, values = next(iter(spec.items()))
+    if kind == "grid":
+        return tune.grid_search(list(values))
+    if kind == "choice":
+        return tune.choice(list(values))
+    return getattr(tune, kind)(*values)
+
+
 def param_space(search: dict[str, Any]) -> dict[str, Any]:
-    """The Tune ``param_space``: ``arm`` (a grid, with several arms) and ``<arm>::<key>`` samplers."""
+    """The Tune ``param_space``: ``arm`` (a grid, with several arms) and ``<arm>::<key>`` samplers.
+
+    With several arms, each arm's ``grid`` keys are points of the one ``arm`` grid
+    (``{"name": arm, "<arm>::<key>": value, ...}``), so an arm's grid never multiplies another
+    arm's trials; its other keys are sampled per trial. ``shared`` grids multiply every point.
+    """
     from ray import tune
 
     space: dict[str, Any] = {}
     all_arms = arms(search)
-    if len(all_arms) > 1:
-        space["arm"] = tune.grid_search([a.name for a in all_arms])
-    named = [(f"{arm.name}{SEP}{key}", spec) for arm in all_arms for key, spec in arm.params.items()]
-    for name, spec in [*named, *(search.get("shared") or {}).items()]:
-        kind, values = next(iter(spec.items()))
-        if kind == "grid":
-            space[name] = tune.grid_search(list(values))
-        elif kind == "choice":
-            space[name] = tune.choice(list(values))
+    several = len(all_arms) > 1
+    if several:
+        points = [(a.name, p) for a in all_arms for p in _grid_points(a)]
+        if any(p for _, p in points):
+            space["arm"] = tune.grid_search([{"name": name, **p} for name, p in points])
         else:
-            space[name] = getattr(tune, kind)(*values)
+            space["arm"] = tune.grid_search([a.name for a in all_arms])
+    for arm in all_arms:
+        for key, spec in arm.params.items():
+            if not (several and next(iter(spec)) == "grid"):
+                space[f"{arm.name}{SEP}{key}"] = _sampler(spec)
+    for name, spec in (search.get("shared") or {}).items():
+        space[name] = _sampler(spec)
     return space
+
+
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A trial's Tune ``config`` with its ``arm`` grid point (a dict, with arm grids) spread out."""
+    point = config.get("arm")
+    if not isinstance(point, dict):
+        return config
+    rest = {k: v for k, v in point.items() if k != "name"}
+    return {**config, **rest, "arm": point["name"]}
 
 
 def trial_arm(search: dict[str, Any], config: dict[str, Any]) -> Arm:
     """The arm a trial's Tune ``config`` belongs to."""
     all_arms = arms(search)
-    name = config.get("arm", all_arms[0].name)
+    name = flat_config(config).get("arm", all_arms[0].name)
     return next(a for a in all_arms if a.name == name)
 
 
 def trial_values(search: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
     """``{dotted key: value}`` that a trial's Tune ``config`` sets (its own arm's keys only)."""
+    config = flat_config(config)
     arm = trial_arm(search, config)
     own = {key: config[f"{arm.name}{SEP}{key}"] for key in arm.params if f"{arm.name}{SEP}{key}" in config}
     return {**own, **{key: config[key] for key in search.get("shared") or {} if key in config}}

@@ -13,7 +13,14 @@ import yaml
 from pipelines.core.errors import ConfigError
 from pipelines.search.results import TrialRow, best_config_file, best_row, plot_params, write_tables
 from pipelines.search.run import _refuse_changed, check_search_settings, concurrency
-from pipelines.search.space import SearchConfigError, arms, param_space, trial_overrides, trial_values
+from pipelines.search.space import (
+    SearchConfigError,
+    arms,
+    param_space,
+    trial_arm,
+    trial_overrides,
+    trial_values,
+)
 from pipelines.search.trial import compose_pretrain, keep_views_per_step
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -76,6 +83,45 @@ def test_param_space_and_trial_values_per_arm() -> None:
     overrides = trial_overrides(shipped("baselines"), config)
     assert overrides[0] == "experiment=cifar10_hn_cl" and "objective.hparams.tau=0.7" in overrides
     assert "trainer.checkpoint_every_steps=0" in overrides and "eval.knn_every_epochs=1" in overrides
+
+
+def test_an_arms_grid_adds_trials_to_that_arm_only() -> None:
+    """Grids in two arms: 3 + 1 + 1 trials per seed (they multiplied into 2 x 3 x 1 x ... before)."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    search = {
+        "name": "s",
+        "experiment": "cifar10_cacr_k4",
+        "arms": {
+            "a": {"params": {"objective.t_neg": {"grid": [0.3, 0.9, 3.0]}, "objective.K": {"grid": [2, 4]}}},
+            "b": {"params": {"objective.t_pos": {"grid": [0.5]}}},
+            "c": {"params": {"optim.lr_per_256": {"loguniform": [0.1, 1.0]}}},
+        },
+        "shared": {"seed": {"grid": [0, 1]}},
+    }
+    trials = [
+        (trial_arm(search, config).name, tuple(sorted(trial_values(search, config).items())))
+        for _, config in generate_variants(param_space(search))
+    ]
+    assert len(trials) == (3 * 2 + 1 + 1) * 2
+    a_trials = [values for arm, values in trials if arm == "a"]
+    expected = {
+        (("objective.K", k), ("objective.t_neg", t), ("seed", s))
+        for t in (0.3, 0.9, 3.0)
+        for k in (2, 4)
+        for s in (0, 1)
+    }
+    assert set(a_trials) == expected and len(a_trials) == len(expected)
+    assert sorted(v for arm, v in trials if arm == "b") == [
+        (("objective.t_pos", 0.5), ("seed", 0)),
+        (("objective.t_pos", 0.5), ("seed", 1)),
+    ]
+    c_values = [dict(v) for arm, v in trials if arm == "c"]
+    assert len(c_values) == 2 and all(0.1 <= v["optim.lr_per_256"] <= 1.0 for v in c_values)
+    overrides = trial_overrides(search, next(c for _, c in generate_variants(param_space(search))))
+    assert overrides[0] == "experiment=cifar10_cacr_k4" and any(
+        o.startswith("objective.t_neg=") for o in overrides
+    )
 
 
 @pytest.mark.parametrize(
