@@ -3,7 +3,8 @@
 Nothing here raises on bad data. ``decode_image`` returns ``(pixels, None)`` for a good image
 and ``(None, reason)`` for a bad one; callers drop the row, count it and report the reason with
 the file's path. Good images are never dropped: greyscale, palette, CMYK, alpha and 16-bit
-images are converted to 8-bit RGB (alpha composited over white, 16-bit scaled by 1/257).
+images are converted to 8-bit RGB (alpha composited over white, 16-bit scaled by 1/257, float
+images read as [0, 1] when no value is above 1, else as 8- or 16-bit levels).
 """
 
 from __future__ import annotations
@@ -68,8 +69,10 @@ def decode_image(
 def to_rgb(img: Image.Image) -> np.ndarray:
     """Convert any PIL image to ``[H, W, 3]`` uint8 RGB."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float64))
         top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F" and arr.max() <= 1.0:  # a float image in [0, 1] (e.g. a float TIFF)
+            top = 1.0
         grey = np.clip(np.rint(arr * (255.0 / top)), 0, 255).astype(np.uint8)
         return np.repeat(grey[..., None], 3, axis=-1)
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):

@@ -42,6 +42,17 @@ def test_greyscale_and_sixteen_bit_are_expanded_to_rgb_exactly():
     np.testing.assert_array_equal(sixteen, np.repeat(arr[..., None], 3, -1))
 
 
+def test_float_images_in_zero_one_are_read_as_fractions_of_white():
+    """A float TIFF in [0, 1] was read as 8-bit levels 0 and 1: black."""
+    arr = pattern(5, 6)[..., 0]
+    fractions = Image.fromarray((arr / 255.0).astype(np.float32), mode="F")
+    pixels, why = decode_image(encode(fractions, "TIFF"))
+    assert why is None
+    np.testing.assert_array_equal(pixels, np.repeat(arr[..., None], 3, -1))
+    levels = Image.fromarray(arr.astype(np.float32), mode="F")  # 0..255 floats stay levels
+    np.testing.assert_array_equal(decode_image(encode(levels, "TIFF"))[0], np.repeat(arr[..., None], 3, -1))
+
+
 def test_alpha_is_composited_over_white():
     rgba = np.zeros((2, 2, 4), np.uint8)
     rgba[0, 0] = (255, 0, 0, 255)  # opaque red
