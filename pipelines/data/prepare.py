@@ -259,6 +259,7 @@ def prepare_dataset(
             f"{info['bad_count'] - broken} bad{cut}",
             flush=True,
         )
+    warn_skipped_files(manifest)
     for entry in manifest["bad_files"][:10]:
         print(f"  bad: {entry['path']}: {entry['reason']}", flush=True)
     if len(manifest["bad_files"]) > 10:
@@ -275,6 +276,20 @@ def prepare_dataset(
             f"of the extensions {', '.join(IMAGE_SUFFIXES)} (any case)"
         )
     return manifest
+
+
+def warn_skipped_files(manifest: dict[str, Any]) -> None:
+    """A line per split naming the files not taken for images (by extension): renamed images show."""
+    for split, info in manifest["splits"].items():
+        skipped = info.get("skipped_files") or {}
+        if skipped:
+            kinds = ", ".join(f"{ext} {n:,}" for ext, n in list(skipped.items())[:8])
+            more = f" and {len(skipped) - 8} more kinds" if len(skipped) > 8 else ""
+            print(
+                f"  {split}: skipped {sum(skipped.values()):,} file(s) without an image extension "
+                f"({kinds}{more}); an image needs one of {', '.join(IMAGE_SUFFIXES)} (any case)",
+                flush=True,
+            )
 
 
 def warn_unread_folders(source: Any) -> None:

@@ -74,6 +74,7 @@ class ChunkRows:
     images: list[bytes] = field(default_factory=list)
     labels: list[int] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)  # files not taken for images, by extension
     log: BadImageLog = field(default_factory=lambda: BadImageLog(max_bad_fraction=1.0, keep=1_000_000))
 
     def table(self, order: np.ndarray | None = None) -> pa.Table:
@@ -83,16 +84,24 @@ class ChunkRows:
 
     def record(self, split: str, name: str, num_classes: int) -> dict[str, Any]:
         """The counts part of a completion record of these rows (:func:`counts_record`)."""
-        return counts_record(split, name, num_classes, self.labels, self.log.bad)
+        return counts_record(split, name, num_classes, self.labels, self.log.bad, self.skipped)
 
 
 UNREADABLE = "unreadable: "  # the reason's prefix for a file read only up to an error
 
 
 def counts_record(
-    split: str, name: str, num_classes: int, labels: list[int], bad_files: list[Any]
+    split: str,
+    name: str,
+    num_classes: int,
+    labels: list[int],
+    bad_files: list[Any],
+    skipped: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """The counts part of a completion record: rows, per-class counts, unlabelled rows, bad files."""
+    """The counts part of a completion record: rows, per-class counts, unlabelled rows, bad files.
+
+    ``skipped``: files the source did not take for images, counted by extension.
+    """
     array = np.asarray(labels, dtype=np.int64)
     return {
         "split": split,
@@ -101,6 +110,7 @@ def counts_record(
         "per_class": np.bincount(array[array >= 0], minlength=num_classes).tolist(),
         "unlabeled": int((array == UNLABELED).sum()),
         "bad_files": bad_files,
+        "skipped": dict(skipped or {}),
     }
 
 
@@ -123,6 +133,9 @@ def read_chunk(
     allow_unlabeled = chunk.split in UNLABELED_SPLITS
     try:
         for rec in source.read(chunk):
+            if rec.get("skipped"):
+                rows.skipped[rec["skipped"]] = rows.skipped.get(rec["skipped"], 0) + 1
+                continue
             reason = rec.get("problem") or check_label(rec["label"], num_classes, allow_unlabeled)
             data = rec["image"]
             if reason is None:
@@ -178,6 +191,15 @@ def write_chunk(
     return done
 
 
+def _merged_counts(counts: Any) -> dict[str, int]:
+    """``{name: count}`` dicts added up, the largest count first."""
+    total: dict[str, int] = {}
+    for part in counts:
+        for name, n in part.items():
+            total[name] = total.get(name, 0) + int(n)
+    return dict(sorted(total.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
 def build_manifest(
     dataset: str,
     root: str,
@@ -226,6 +248,7 @@ def build_manifest(
             "unreadable_files": sum(
                 1 for d in records for b in d["bad_files"] if b["reason"].startswith(UNREADABLE)
             ),
+            "skipped_files": _merged_counts(d.get("skipped") or {} for d in records),
             "order": "shuffled" if info else "source",
             "shards": info["shards"] if info else [{"file": d["file"], "rows": d["rows"]} for d in records],
         }

@@ -183,7 +183,7 @@ def scatter(
     for chunk in group:
         read_chunk(source, chunk, num_classes, max_pixels, rows, spill=flush, spill_at=plan.rows_per_shard)
     flush()
-    counts = counts_record(split, name, num_classes, labels, rows.log.bad)  # everything this task read
+    counts = counts_record(split, name, num_classes, labels, rows.log.bad, rows.skipped)  # all this task read
     done = {**counts, "chunks": [c.name for c in group], "pieces": pieces}
     out.write_atomic(json.dumps(done).encode(), scatter_done_path(split, group))
     return done

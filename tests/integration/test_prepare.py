@@ -40,14 +40,23 @@ def test_cifar10_pickles_round_trip_pixel_exact(ray_cluster, tmp_path):
     assert on_disk["splits"]["train"]["rows"] == manifest["splits"]["train"]["rows"]
 
 
-def test_every_bad_kind_is_reported_and_every_good_file_kept(ray_cluster, tmp_path):
+def test_every_bad_kind_is_reported_and_every_good_file_kept(ray_cluster, tmp_path, capsys):
     raw = tmp_path / "raw"
     cases = corrupt_cases()
     for name, (data, _) in cases.items():
         (raw / "cls").mkdir(parents=True, exist_ok=True)
         if data is not None:
             (raw / "cls" / name).write_bytes(data)
+    # files that are not taken for images: counted by extension (they vanished without a word)
+    for name in ("notes.txt", "labels.TXT", "photo.heic", "README", ".DS_Store"):
+        (raw / "cls" / name).write_bytes(cases["plain.png"][0])
     manifest = prepare_dataset("imagefolder", str(raw), str(tmp_path / "out"))
+    assert manifest["splits"]["all"]["skipped_files"] == {".txt": 2, "(none)": 1, ".heic": 1}
+    assert next(iter(manifest["splits"]["all"]["skipped_files"])) == ".txt"  # the most first
+    assert (
+        "all: skipped 4 file(s) without an image extension (.txt 2, (none) 1, .heic 1)"
+        in capsys.readouterr().out
+    )
     reasons = {b["path"].split("/")[-1]: b["reason"] for b in manifest["bad_files"]}
     expected_bad = {n: r for n, (d, r) in cases.items() if r is not None and d is not None}
     assert set(reasons) == set(expected_bad)
@@ -168,9 +177,12 @@ def test_a_flat_folder_prepared_with_a_held_out_split(ray_cluster, tmp_path):
         (raw / cls).mkdir(parents=True)
         for i in range(n):
             (raw / cls / f"{i:04d}.png").write_bytes(tiny)
+            (raw / cls / f"{i:04d}.json").write_bytes(b"{}")  # beside each image, as crawlers write
     out, holdout = tmp_path / "out", HoldOutSettings(fraction=0.2)
     manifest = prepare_dataset("imagefolder", str(raw), str(out), holdout=holdout)
     assert sorted(manifest["splits"]) == ["train", "val"]
+    skipped = [manifest["splits"][s]["skipped_files"].get(".json", 0) for s in ("train", "val")]
+    assert sum(skipped) == sum(sizes.values()) and min(skipped) > 0  # each counted once, in its split
     assert manifest["holdout"] == {"fraction": 0.2, "split": "all", "to": "val", "seed": 0}
     train, val = read_back(out, "train"), read_back(out, "val")
     assert manifest["splits"]["train"]["rows"] == len(train) and manifest["splits"]["val"]["rows"] == len(val)

@@ -101,15 +101,20 @@ def record(
     image: bytes | None = None,
     pixels: np.ndarray | None = None,
     problem: str | None = None,
+    skipped: str | None = None,
 ) -> Record:
     """Build one record (a label that is not an integer is kept as is, for the guard to report).
 
     ``problem``: why the source already knows the entry is unusable (a malformed list line, a
     sample without its label); the guard lists it as the reason, as for a bad image.
+    ``skipped``: a file the source does not take for an image (its extension, e.g. ``.txt``):
+    counted by extension, neither written nor listed as bad.
     """
     if isinstance(label, int | np.integer) or (
         isinstance(label, str) and label.strip().lstrip("-").isdigit()
     ):
         label = int(label)
     out = {"key": key, "label": label, "image": image, "pixels": pixels}
+    if skipped:
+        out["skipped"] = skipped
     return out | {"problem": problem} if problem else out

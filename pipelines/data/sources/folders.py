@@ -52,6 +52,12 @@ def is_image_name(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def file_extension(name: str) -> str:
+    """A file name's extension in lower case (``"(none)"`` without one)."""
+    stem, dot, ext = name.rpartition(".")
+    return f".{ext.lower()}" if dot and stem else "(none)"
+
+
 class ImageFolder(Source):
     """Any ``<root>/<class>/<image>`` tree.
 
@@ -137,10 +143,15 @@ class ImageFolder(Source):
         folder, cls, label = chunk.args
         sub = [p for p in (folder, cls) if p]
         for relative, info in self.store.walk_files(*sub):  # sub-folders too, as torchvision's ImageFolder
+            if info.base_name.startswith("."):
+                continue
+            key = "/".join([*sub, relative])
+            if not keep(key):  # the key is known before the file is read
+                continue
             if is_image_name(info.base_name):
-                key = "/".join([*sub, relative])
-                if keep(key):  # the key is known before the file is read
-                    yield record(key, label, image=self.store.read(key))
+                yield record(key, label, image=self.store.read(key))
+            else:  # counted, so that images under an unlisted extension do not vanish unseen
+                yield record(key, label, skipped=file_extension(info.base_name))
 
 
 class ImageNet1k(ImageFolder):

@@ -192,7 +192,13 @@ def test_imagefolder_single_split(tmp_path):
         (tmp_path / c / "notes.txt").write_text("not listed")
     src = open_source("imagefolder", str(tmp_path))
     assert src.splits == ("all",) and src.classes() == ["a", "b"]
-    assert [(r["key"], r["label"]) for r in read_all(src, "all")] == [("a/1.png", 0), ("b/1.png", 1)]
+    records = read_all(src, "all")
+    assert [(r["key"], r["label"]) for r in records if "skipped" not in r] == [("a/1.png", 0), ("b/1.png", 1)]
+    # a file without an image extension is passed on as skipped (counted by prepare), never read
+    assert sorted((r["key"], r["skipped"], r["image"]) for r in records if "skipped" in r) == [
+        ("a/notes.txt", ".txt", None),
+        ("b/notes.txt", ".txt", None),
+    ]
 
 
 def test_class_folders_beside_the_split_folders_are_named_in_a_warning(tmp_path, capsys):
