@@ -87,6 +87,12 @@ class HoldOut(Source):
                 )
             split = base.splits[0]
         base.check_split(split, key="holdout.split")
+        if settings.to == split:
+            raise ValueError(
+                f"holdout.to={settings.to}: the held-out images would keep the name of the split they "
+                f"are taken from ({split}, which becomes {TRAIN} and the held-out split): name it e.g. "
+                "holdout.to=val"
+            )
         others = [s for s in base.splits if s != split]
         clash = sorted({TRAIN, settings.to} & set(others))
         if clash:

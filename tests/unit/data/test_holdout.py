@@ -93,6 +93,11 @@ def test_bad_holdout_settings_name_the_key_and_the_fix(tmp_path):
         match=r"holdout.split=all: .*no split 'all'; choose one of train, val, test; set holdout.split=",
     ):
         HoldOut(tree, HoldOutSettings(0.1, split="all"))
+    flat = open_source("imagefolder", str(tmp_path / "val"))  # one split: all
+    with pytest.raises(
+        ValueError, match=r"holdout.to=all: .* taken from \(all, which becomes train .*holdout.to=val"
+    ):
+        HoldOut(flat, HoldOutSettings(0.1, to="all"))
     with pytest.raises(ValueError, match=r"holdout.fraction=1.0 must be in \[0, 1\)"):
         HoldOutSettings.from_config({"fraction": 1.0})
     with pytest.raises(ValueError, match=r"holdout.to='train': name the held-out split"):
