@@ -34,7 +34,9 @@ def shot_groups(
     """Mean accuracy of the many / medium / few-shot classes (by pretraining image count).
 
     Returns:
-        ``{"many"|"medium"|"few": {"top1": mean or None, "classes": n, "rule": text}}``.
+        ``{"many"|"medium"|"few": {"top1": mean or None, "classes": n, "untested": m, "rule": text}}``:
+        ``n`` classes fall in the group by their count, ``m`` of them have no test image (left out
+        of the mean).
     """
     if few > many:
         raise ValueError(f"eval.few_shot_below={few} must be <= eval.many_shot_above={many}")
@@ -46,7 +48,10 @@ def shot_groups(
         if acc is not None:
             groups[key].append(acc)
     rules = {"many": f"> {many} images", "medium": f"{few}..{many} images", "few": f"< {few} images"}
-    return {k: {"top1": _mean(v), "classes": sizes[k], "rule": rules[k]} for k, v in groups.items()}
+    return {
+        k: {"top1": _mean(v), "classes": sizes[k], "untested": sizes[k] - len(v), "rule": rules[k]}
+        for k, v in groups.items()
+    }
 
 
 def block_averages(per_class: list[float | None], block: int = 10) -> list[float | None]:

@@ -44,6 +44,13 @@ def _linear_cells(judged: dict[str, Any]) -> list[str]:
     return [_num(lin.get("final_top1")), _num(lin.get("best_top1")), _num(lin.get("selected_top1"))]
 
 
+def _group_size(group: dict[str, Any]) -> str:
+    """``"5 classes"``, with ``", 2 without test images"`` when some are left out of the mean."""
+    n, untested = int(group["classes"]), int(group.get("untested") or 0)
+    text = f"{n} class{'es' * (n != 1)}"
+    return text + (f", {untested} without test images" if untested else "")
+
+
 def results_markdown(results: dict[str, Any], title: str) -> str:
     """The Markdown summary of ``results`` (see the module docstring)."""
     rows = judged_encoders(results)
@@ -107,9 +114,7 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
     with_breakdown = [(label, j["breakdown"]) for label, j in own_classes(rows) if j.get("breakdown")]
     if with_breakdown and counts and is_imbalanced(counts):
         shots = with_breakdown[0][1]["shots"]
-        head = " | ".join(
-            f"{k} ({v['rule']}, {v['classes']} class{'es' * (v['classes'] != 1)})" for k, v in shots.items()
-        )
+        head = " | ".join(f"{k} ({v['rule']}, {_group_size(v)})" for k, v in shots.items())
         lines += [
             "",
             "## Many / medium / few-shot top-1 (by pretraining images per class)",

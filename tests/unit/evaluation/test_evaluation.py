@@ -181,6 +181,10 @@ def test_breakdown_equals_hand_computed_values() -> None:
     assert out["shots"]["medium"]["top1"] == pytest.approx((50 + 100 / 3) / 2)
     assert out["shots"]["few"]["top1"] == pytest.approx((100 + 25) / 2)
     assert [out["shots"][k]["classes"] for k in ("many", "medium", "few")] == [2, 2, 2]
+    assert [out["shots"][k]["untested"] for k in ("many", "medium", "few")] == [0, 0, 0]
+    untested = bd.shot_groups([75.0, None, 50.0, None, 100.0, None], counts)  # 3 classes without test rows
+    assert [(g["classes"], g["untested"]) for g in untested.values()] == [(2, 1), (2, 1), (2, 1)]
+    assert untested["few"]["top1"] == 100.0
     assert "blocks_of_10" not in out
     custom = bd.shot_groups(out["per_class"], counts, many=200, few=100)
     assert custom["many"]["top1"] == 75.0 and custom["few"]["top1"] == pytest.approx((100 / 3 + 100 + 25) / 3)
@@ -233,6 +237,16 @@ def test_results_markdown_tables_hold_the_numbers() -> None:
     assert "| pretrained | 41.50 | 47.10 | 47.60 | – |" in md
     assert "| random init (BatchNorm recomputed) | 34.15 | 34.90 | 36.55 | – |" in md
     assert "| pretrained | 100.00 | 100.00 | 50.00 |" in md  # many / medium / few: one class each
+    assert (
+        "| encoder | many (> 100 images, 1 class) | medium (20..100 images, 1 class) "
+        "| few (< 20 images, 1 class) |" in md
+    )
+    res = _results([500, 50, 5, 3])  # a fourth class without any test image: few, left out of its mean
+    res["pretrained"]["breakdown"] = bd.breakdown(
+        np.array([0, 1, 1, 2]), np.array([0, 1, 2, 2]), [500, 50, 5, 3]
+    )
+    res["classes"] = ["cat", "dog", "eel", "fox"]
+    assert "few (< 20 images, 2 classes, 1 without test images) |" in results_markdown(res, "run v")
     assert "| eel | 5 | 50.00 |" in md
     assert "| encoder | k = 10 | k = 20 | k = 100 | k = 200 |" in md
     assert "k = 200; a k above the bank (150 images) votes with all of it" in md
