@@ -122,10 +122,24 @@ def test_concurrency_follows_the_cluster_and_each_trials_scaling() -> None:
         concurrency({"CPU": 1}, cfg, 0.5, None)
 
 
-@pytest.mark.parametrize("stop", ["SIGKILL", "SIGTERM"])
-def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp_path, stop) -> None:
-    """The `tune.py` command on the test cluster, killed (SIGKILL) or stopped (SIGTERM, as a scheduler
-    or a closed terminal does) once a trial has a checkpoint, then run again."""
+def _driver_until(command: list[str], env: dict, log_path: Path, trials: Path, epoch: int) -> tuple:
+    """Start the ``tune.py`` driver; once a trial has a complete checkpoint of ``epoch``, return
+    ``(process, {trial: newest checkpoint})``."""
+    log = log_path.open("w")  # a file, not a pipe: a full pipe would stall the driver
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 400
+    while time.time() < deadline and not list(trials.glob(f"*/checkpoint_e{epoch:04d}_s*/COMPLETE")):
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+        time.sleep(0.5)
+    seen = {p.parent.parent.name: p.parent.name for p in sorted(trials.glob("*/checkpoint_e*/COMPLETE"))}
+    assert seen, "no trial reached a checkpoint"
+    return proc, seen
+
+
+def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp_path) -> None:
+    """The `tune.py` command on the test cluster, stopped (SIGTERM, as a scheduler or a closed
+    terminal does) once a trial has a checkpoint, run again and killed (SIGKILL) at its next
+    checkpoint, then run a third time: each run goes on from where the last one stopped."""
     (tmp_path / "search").mkdir()
     # one trial: the resume of an unfinished trial is what is checked (the four-trial test has
     # several at once), and alone it reaches its checkpoint sooner
@@ -143,36 +157,38 @@ def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp
         "tune.verbose=0",
     ]
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    log = (tmp_path / "first.log").open("w")  # a file, not a pipe: a full pipe would stall the driver
-    first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     trials = tmp_path / "out" / "resume" / "trials"
-    deadline = time.time() + 400
-    while time.time() < deadline and not list(trials.glob("*/checkpoint_e0002_s*/COMPLETE")):
-        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        time.sleep(0.5)
-    before = {p.parent.parent.name: p.parent.name for p in trials.glob("*/checkpoint_e*/COMPLETE")}
-    assert before, "no trial reached a checkpoint"
-    os.kill(first.pid, getattr(signal, stop))  # SIGKILL: the driver dies, its trials go with it
+
+    first, at_term = _driver_until(command, env, tmp_path / "first.log", trials, 2)
+    os.kill(first.pid, signal.SIGTERM)  # a clean stop: Tune saves its state; one line says how to resume
     first.wait(120)
     out = (tmp_path / "first.log").read_text()
-    print(f"sent {stop} to the driver with checkpoints", before, "exit code", first.returncode)
-    if stop == "SIGTERM":  # a clean stop: Tune saved its state; one line says how to resume; no abort
-        assert first.returncode == 143, out[-3000:]
-        assert "search resume stopped by SIGTERM: its state is saved; run the same command again" in out
-        assert not any(bad in out for bad in ("Aborted", "core dumped", "Fatal Python error")), out[-3000:]
-        stopped = list(csv.DictReader((tmp_path / "out" / "resume" / "results.csv").open()))
-        assert [r["status"] for r in stopped] == [UNFINISHED], stopped  # not "stopped early (ASHA)"
+    print("sent SIGTERM to the driver with checkpoints", at_term, "exit code", first.returncode)
+    assert first.returncode == 143, out[-3000:]
+    assert "search resume stopped by SIGTERM: its state is saved; run the same command again" in out
+    assert not any(bad in out for bad in ("Aborted", "core dumped", "Fatal Python error")), out[-3000:]
+    stopped = list(csv.DictReader((tmp_path / "out" / "resume" / "results.csv").open()))
+    assert [r["status"] for r in stopped] == [UNFINISHED], stopped  # not "stopped early (ASHA)"
     wait_until_free(ray_cluster, 90)
 
-    second = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "resuming search resume" in second.stdout
+    second, at_kill = _driver_until(command, env, tmp_path / "second.log", trials, 3)
+    assert "resuming search resume" in (tmp_path / "second.log").read_text()
+    os.kill(second.pid, signal.SIGKILL)  # the driver dies, its trials go with it
+    second.wait(120)
+    print("sent SIGKILL to the resumed driver with checkpoints", at_kill)
+    wait_until_free(ray_cluster, 90)
+
+    third = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stdout[-3000:] + third.stderr[-3000:]
+    assert "resuming search resume" in third.stdout
     rows = list(csv.DictReader((tmp_path / "out" / "resume" / "results.csv").open()))
     assert len(rows) == 1 and all(r["status"] == "completed" and r["epochs"] == "4" for r in rows)
-    for trial, name in before.items():  # resumed from its checkpoint, not from scratch
+    for trial, name in at_term.items():  # each run resumed from the last one's checkpoint, not from scratch
         resumes = [json.loads(x) for x in (trials / trial / "resumes.jsonl").read_text().splitlines()]
-        seen_step = int(name.rsplit("_s", 1)[1])
-        assert resumes and resumes[0]["step"] >= seen_step > 0, resumes
+        seen_steps = [int(name.rsplit("_s", 1)[1]), int(at_kill[trial].rsplit("_s", 1)[1])]
+        assert len(resumes) == 2, resumes
+        assert all(r["step"] >= seen > 0 for r, seen in zip(resumes, seen_steps, strict=True)), resumes
+        assert seen_steps[1] > seen_steps[0]  # the second run trained on before it was killed
         steps = [
             json.loads(x)["step"]
             for x in (trials / trial / "metrics.jsonl").read_text().splitlines()
