@@ -18,11 +18,14 @@ import pyarrow.fs as pafs
 from pipelines.core.storage import Store, is_uri
 from pipelines.data.sources.base import Chunk, Record, Source, record
 
-# torchvision's IMG_EXTENSIONS and three more Pillow reads; not imported from torchvision because
-# the data plan is unpickled in Ray's own processes, where torchvision would cost ~1.5 CPU-s.
+# torchvision's IMG_EXTENSIONS and five more Pillow reads (JPEG's .jfif and .jpe are common in
+# web crawls); not imported from torchvision because the data plan is unpickled in Ray's own
+# processes, where torchvision would cost ~1.5 CPU-s.
 IMAGE_SUFFIXES = (
     ".jpg",
     ".jpeg",
+    ".jfif",
+    ".jpe",
     ".png",
     ".bmp",
     ".gif",

@@ -437,3 +437,15 @@ def test_image_suffixes_cover_torchvisions_image_extensions():
     from pipelines.data.sources.folders import IMAGE_SUFFIXES
 
     assert set(IMG_EXTENSIONS) <= set(IMAGE_SUFFIXES)
+
+
+def test_jpegs_named_jfif_or_jpe_are_read(tmp_path):
+    """Web crawls save JPEGs as .jfif; they were skipped as files without an image extension."""
+    from tests.helpers.data_fixtures import encode, pattern
+
+    (tmp_path / "a").mkdir()
+    jpeg = encode(pattern(8, 8), "JPEG")
+    for name in ("1.jfif", "2.JPE", "3.jpg"):
+        (tmp_path / "a" / name).write_bytes(jpeg)
+    records = read_all(open_source("imagefolder", str(tmp_path)), "all")
+    assert sorted(r["key"] for r in records if r["image"] == jpeg) == ["a/1.jfif", "a/2.JPE", "a/3.jpg"]
