@@ -62,10 +62,32 @@ class Window(io.RawIOBase):
         return len(data)
 
 
-def _sorted_members(tf: tarfile.TarFile) -> list[tarfile.TarInfo]:
+TAR_ERRORS = (tarfile.TarError, EOFError, OSError)
+
+
+def _listed_members(tf: tarfile.TarFile, fileobj: Any) -> tuple[list[tarfile.TarInfo], Exception | None]:
+    """The members of a seekable tar up to where it can be read, and why it ends early (or ``None``).
+
+    ``tarfile`` ends the listing without a word at a header cut short, so a tar whose last
+    headers were cut off looked complete: past the last member there must be the zero end blocks
+    (or nothing, for a writer that leaves them out).
+    """
+    members: list[tarfile.TarInfo] = []
+    try:
+        for member in tf:
+            members.append(member)
+    except TAR_ERRORS as err:
+        return members, err
+    fileobj.seek(tf.offset)
+    tail = fileobj.read(2 * tarfile.BLOCKSIZE)
+    if tail.strip(b"\0"):
+        return members, tarfile.ReadError(f"cut off inside a header after {len(members)} members (truncated)")
+    return members, None
+
+
+def _sorted_members(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
     return sorted(
-        (m for m in tf.getmembers() if m.isfile() and is_image_name(m.name.rsplit("/", 1)[-1])),
-        key=lambda m: m.name,
+        (m for m in members if m.isfile() and is_image_name(m.name.rsplit("/", 1)[-1])), key=lambda m: m.name
     )
 
 
@@ -102,7 +124,7 @@ class ImageNet22k(Source):
         if self._synsets is None:
             try:
                 found = sorted(self._list_synsets())
-            except (tarfile.TarError, EOFError, OSError) as err:
+            except TAR_ERRORS as err:
                 raise ValueError(
                     f"imagenet22k: dataset.root {self.root} cannot be read as a tar to its end "
                     f"({type(err).__name__}: {err}); it is truncated or corrupt: download it again"
@@ -138,7 +160,7 @@ class ImageNet22k(Source):
                 tarfile.open(fileobj=f, mode="r:") as tf,
             ):
                 first = tf.next()
-        except (tarfile.TarError, EOFError, OSError) as err:
+        except TAR_ERRORS as err:
             raise ValueError(
                 f"imagenet22k: {join_location(self.root, name)} cannot be read as a tar ({err}): "
                 "it is truncated or corrupt: download it again"
@@ -201,10 +223,23 @@ class ImageNet22k(Source):
 
     @staticmethod
     def _inner(fileobj: Any) -> Iterator[tuple[str, bytes | None]]:
+        """A synset tar's images in name order.
+
+        A truncated tar yields every complete image, then raises why it ended (the reader keeps
+        the images and reports the tar as unreadable).
+        """
         with tarfile.open(fileobj=fileobj, mode="r:") as tf:
-            for m in _sorted_members(tf):
-                data = tf.extractfile(m)
-                yield m.name.rsplit("/", 1)[-1], None if data is None else data.read()
+            members, problem = _listed_members(tf, fileobj)
+            for m in _sorted_members(members):
+                try:
+                    file = tf.extractfile(m)
+                    data = None if file is None else file.read()
+                except TAR_ERRORS as err:  # this member's data is cut short
+                    problem = problem or err
+                    continue
+                yield m.name.rsplit("/", 1)[-1], data
+            if problem is not None:
+                raise problem
 
     def _count(self, where: tuple[Any, ...]) -> int:
         kind = where[0]
@@ -213,9 +248,10 @@ class ImageNet22k(Source):
         if kind == "member":
             with (
                 self.store.fs.open_input_file(self.store.base) as f,
-                tarfile.open(fileobj=io.BufferedReader(Window(f, where[1], where[2])), mode="r:") as tf,
+                io.BufferedReader(Window(f, where[1], where[2])) as window,
+                tarfile.open(fileobj=window, mode="r:") as tf,
             ):
-                return len(_sorted_members(tf))
+                return len(_sorted_members(_listed_members(tf, window)[0]))
         return sum(1 for _ in self._members(where))
 
     # ------------------------------------------------------------------ Source API

@@ -8,6 +8,7 @@ import pytest
 from pipelines.data.decode import decode_image
 from pipelines.data.sources import SOURCES, open_source
 from tests.helpers import replicas
+from tests.helpers.data_fixtures import encode, pattern
 
 
 def read_all(source, split):
@@ -379,6 +380,47 @@ def test_imagenet22k_roots_that_are_not_the_dataset_name_the_file_and_the_fix(tm
         open_source("imagenet22k", str(cut)).classes()
 
 
+@pytest.mark.parametrize(
+    ("where", "kept"),
+    [("inside the 6th image", 5), ("inside the 7th header", 6), ("after the end blocks", 10)],
+)
+def test_a_synset_tar_cut_short_keeps_its_complete_images_and_is_reported(tmp_path, where, kept):
+    """A synset tar cut inside an image lost all its images; cut inside a header, the rest silently."""
+    import io
+    import tarfile
+
+    from pipelines.data.shard_writer import UNREADABLE, read_chunk
+
+    jpeg = encode(pattern(8, 8), "JPEG")
+
+    def synset_tar(wnid: str) -> bytes:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for i in range(10):
+                info = tarfile.TarInfo(f"{wnid}_{i:04d}.JPEG")
+                info.size = len(jpeg)
+                tf.addfile(info, io.BytesIO(jpeg))
+        return buf.getvalue()
+
+    whole = synset_tar("n00000001")
+    with tarfile.open(fileobj=io.BytesIO(whole)) as tf:
+        members = tf.getmembers()
+    cut = {
+        "inside the 6th image": members[5].offset_data + len(jpeg) // 2,
+        "inside the 7th header": members[6].offset + 200,
+        "after the end blocks": len(whole),
+    }[where]
+    (tmp_path / "n00000001.tar").write_bytes(whole[:cut])
+    (tmp_path / "n00000002.tar").write_bytes(synset_tar("n00000002"))
+    src = open_source("imagenet22k", str(tmp_path))
+    first = src.chunks("train")[0]
+    rows = read_chunk(src, first, num_classes=2, max_pixels=10**6)
+    assert rows.keys == [f"n00000001/n00000001_{i:04d}.JPEG" for i in range(kept)]
+    unreadable = [b for b in rows.log.bad if b["reason"].startswith(UNREADABLE)]
+    assert len(unreadable) == (kept < 10), rows.log.bad
+    assert len(read_chunk(src, src.chunks("train")[1], 2, 10**6).keys) == 10  # the next synset reads whole
+
+
 def test_an_imagenet_root_at_train_or_without_its_devkit_says_what_to_set(tmp_path):
     replicas.imagenet(tmp_path)
     with pytest.raises(
@@ -441,8 +483,6 @@ def test_image_suffixes_cover_torchvisions_image_extensions():
 
 def test_jpegs_named_jfif_or_jpe_are_read(tmp_path):
     """Web crawls save JPEGs as .jfif; they were skipped as files without an image extension."""
-    from tests.helpers.data_fixtures import encode, pattern
-
     (tmp_path / "a").mkdir()
     jpeg = encode(pattern(8, 8), "JPEG")
     for name in ("1.jfif", "2.JPE", "3.jpg"):
