@@ -69,10 +69,26 @@ def run_hydra(main: Callable[[], Any]) -> None:
         main()
     except SystemExit as stop:
         if stop.code == 1 and not _action_started:
+            _hint_for_tilde(sys.argv[1:])
             raise SystemExit(2) from None
         raise
     except Exception:  # HYDRA_FULL_ERROR=1: Hydra lets its error through, to show the traceback
         if _action_started:
             raise
         traceback.print_exc()
+        _hint_for_tilde(sys.argv[1:])
         raise SystemExit(2) from None
+
+
+def _hint_for_tilde(args: list[str]) -> None:
+    """After Hydra refused the command line: a hint for a ``key=~/path`` it cannot parse."""
+    for arg in args:
+        key, eq, value = arg.partition("=")
+        if eq and value.startswith("~") and not key.startswith(("~", "-")):
+            print(
+                f"hint: {arg}: write the home folder as $HOME ({key}=$HOME{value[1:]}), or quote the "
+                f"value ('{key}=\"{value}\"'); the shell does not expand ~ after {key}=, and Hydra's "
+                "override grammar takes no bare ~ in a value",
+                file=sys.stderr,
+                flush=True,
+            )

@@ -258,10 +258,15 @@ def test_hydras_own_command_line_errors_exit_2_like_every_config_error(tmp_path)
         ("pipelines/linear_probe.py", "eval.nope=1", "nope"),
         ("pipelines/tune.py", "search=nope", "search/nope"),
         ("pipelines/study.py", "study.nope=1", "nope"),
+        (
+            "pipelines/prepare.py",
+            "out=~/shards",
+            "hint: out=~/shards: write the home folder as $HOME (out=$HOME/shards)",
+        ),
     ]
     import os
 
-    for (script, override, named), full in zip(cases, ["1", "0", "1", "0", "1", "0"], strict=True):
+    for (script, override, named), full in zip(cases, ["1", "0", "1", "0", "1", "0", "0"], strict=True):
         proc = subprocess.run(
             [sys.executable, script, override, f"hydra.run.dir={tmp_path}"],
             cwd=ROOT,
