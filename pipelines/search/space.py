@@ -108,32 +108,33 @@ def _sampler(spec: dict[str, Any]) -> Any:
 def param_space(search: dict[str, Any]) -> dict[str, Any]:
     """The Tune ``param_space``: ``arm`` (a grid, with several arms) and ``<arm>::<key>`` samplers.
 
-    With several arms, each arm's ``grid`` keys are points of the one ``arm`` grid
-    (``{"name": arm, "<arm>::<key>": value, ...}``), so an arm's grid never multiplies another
-    arm's trials; its other keys are sampled per trial. ``shared`` grids multiply every point.
+    With several arms, ``arm`` is one grid of points ``{"name": arm, "<arm>::<key>": ...}``: one
+    point per combination of the arm's own ``grid`` values, holding the samplers of its other
+    keys. An arm's grid adds trials to that arm only, and a trial samples only its own arm's keys
+    (Tune resolves samplers inside a grid point). ``shared`` params multiply every point.
     """
     from ray import tune
 
     space: dict[str, Any] = {}
     all_arms = arms(search)
-    several = len(all_arms) > 1
-    if several:
-        points = [(a.name, p) for a in all_arms for p in _grid_points(a)]
-        if any(p for _, p in points):
-            space["arm"] = tune.grid_search([{"name": name, **p} for name, p in points])
-        else:
-            space["arm"] = tune.grid_search([a.name for a in all_arms])
-    for arm in all_arms:
-        for key, spec in arm.params.items():
-            if not (several and next(iter(spec)) == "grid"):
-                space[f"{arm.name}{SEP}{key}"] = _sampler(spec)
+    if len(all_arms) > 1:
+        points = []
+        for arm in all_arms:
+            sampled = {key: spec for key, spec in arm.params.items() if next(iter(spec)) != "grid"}
+            for point in _grid_points(arm):
+                samplers = {f"{arm.name}{SEP}{key}": _sampler(spec) for key, spec in sampled.items()}
+                points.append({"name": arm.name, **point, **samplers})
+        space["arm"] = tune.grid_search(points)
+    else:
+        for key, spec in all_arms[0].params.items():
+            space[f"{all_arms[0].name}{SEP}{key}"] = _sampler(spec)
     for name, spec in (search.get("shared") or {}).items():
         space[name] = _sampler(spec)
     return space
 
 
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's Tune ``config`` with its ``arm`` grid point (a dict, with arm grids) spread out."""
+    """A trial's Tune ``config`` with its ``arm`` grid point (a dict, with several arms) spread out."""
     point = config.get("arm")
     if not isinstance(point, dict):
         return config

@@ -70,9 +70,11 @@ def test_param_space_and_trial_values_per_arm() -> None:
     from ray import tune
 
     space = param_space(shipped("baselines"))
-    assert space["arm"] == tune.grid_search(["cl", "hn_cl", "au_cl"])
-    lo, hi = space["au_cl::objective.hparams.unif_t"].lower, space["au_cl::objective.hparams.unif_t"].upper
-    assert (lo, hi) == (0.5, 8.0)
+    points = space["arm"]["grid_search"]
+    assert [p["name"] for p in points] == ["cl", "hn_cl", "au_cl"] and list(space) == ["arm"]
+    sampler = points[2]["au_cl::objective.hparams.unif_t"]  # each arm's sampler in its own point
+    assert isinstance(sampler, tune.search.sample.Float) and (sampler.lower, sampler.upper) == (0.5, 8.0)
+    assert sorted(points[2]) == ["au_cl::objective.hparams.unif_t", "name"]
     config = {
         "arm": "hn_cl",
         "cl::objective.hparams.tau": 0.1,
@@ -86,7 +88,7 @@ def test_param_space_and_trial_values_per_arm() -> None:
 
 
 def test_an_arms_grid_adds_trials_to_that_arm_only() -> None:
-    """Grids in two arms: 3 + 1 + 1 trials per seed (they multiplied into 2 x 3 x 1 x ... before)."""
+    """Grids in two arms: 3 x 2 + 1 + 1 points per seed (they multiplied before), own keys sampled only."""
     from ray.tune.search.variant_generator import generate_variants
 
     search = {
@@ -116,6 +118,9 @@ def test_an_arms_grid_adds_trials_to_that_arm_only() -> None:
         (("objective.t_pos", 0.5), ("seed", 0)),
         (("objective.t_pos", 0.5), ("seed", 1)),
     ]
+    for _, config in generate_variants(param_space(search)):  # a trial samples its own arm's keys only
+        flat = [k for k in {**config, **config["arm"]} if "::" in k]
+        assert {k.split("::")[0] for k in flat} == {config["arm"]["name"]}, config
     c_values = [dict(v) for arm, v in trials if arm == "c"]
     assert len(c_values) == 2 and all(0.1 <= v["optim.lr_per_256"] <= 1.0 for v in c_values)
     overrides = trial_overrides(search, next(c for _, c in generate_variants(param_space(search))))
