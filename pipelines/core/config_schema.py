@@ -46,7 +46,7 @@ class DatasetConfig:
     options: dict[str, Any] = field(default_factory=dict)  # source options (e.g. variant, devkit)
     train_split: str = "train"
     eval_split: str = "test"
-    num_classes: int | None = None  # null: from the source
+    num_classes: int | None = None  # null: from the shards; set: the shards must have that many
     imbalance: ImbalanceConfig = field(default_factory=ImbalanceConfig)
     max_bad_fraction: float = 0.01  # stop the run when more of the images read than this are bad
     max_pixels: int = MAX_PIXELS  # larger images are bad (decompression bombs)

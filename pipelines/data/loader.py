@@ -62,7 +62,8 @@ def open_training_source(dataset: dict[str, Any], group: str = "dataset") -> Sou
 
     Raises:
         ValueError: for a dataset read for training only through shards, a split the shards lack
-            (naming the key to set) or WebDataset shards (converted once by ``prepare``).
+            (naming the key to set), a ``num_classes`` the shards do not have, or WebDataset shards
+            (converted once by ``prepare``).
         FileNotFoundError: when ``dataset.root`` holds no shards.
     """
     name = dataset["name"]
@@ -75,6 +76,13 @@ def open_training_source(dataset: dict[str, Any], group: str = "dataset") -> Sou
     source = open_source(name, str(dataset["root"]))
     for key in ("train_split", "eval_split"):  # name the key to change, not only the split
         source.check_split(dataset[key], key=f"{group}.{key}")
+    declared, found = dataset.get("num_classes"), len(source.classes())
+    if declared is not None and int(declared) != found:  # a preset's dataset, other shards
+        raise ValueError(
+            f"{group}.num_classes={declared} but the shards in {dataset['root']} hold {found} classes: "
+            f"point {group}.root at the {declared}-class shards this setting expects, or set "
+            f"{group}.num_classes=null to train on the shards' {found} classes"
+        )
     if any(str(c.args[0]).endswith(".tar") for c in source.chunks(dataset["train_split"])):
         raise ValueError(
             f"{dataset['root']} holds WebDataset shards; convert them once with `python pipelines/prepare.py "

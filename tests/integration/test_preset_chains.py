@@ -3,8 +3,8 @@
 the preset's evaluation, at toy size.
 
 Each run keeps the preset's framework, objective, augmentation recipe and evaluation protocol and
-overrides only size knobs (batch, epochs, workers, training images, image size where the model
-allows it, widths of queues and banks, GPUs off). All eight took 2 min 52 s here on 2 cores alone
+overrides only size knobs (batch, epochs, workers, training images, the class count of a miniature
+with fewer classes, image size where the model allows it, widths of queues and banks, GPUs off). All eight took 2 min 52 s here on 2 cores alone
 (15-30 s each, one shared Ray cluster), 5-7 min beside the rest of ``make test``; the three
 slowest are marked ``slow`` (``pytest -m "not slow"`` skips them; ``make test`` and CI run them).
 """
@@ -47,6 +47,7 @@ TOY = [
 ]
 SMALL_IMAGES = ["augment.size=32", "model.image_size=32"]  # ImageNet recipes at 32 px
 MOCO_V2 = ["framework.queue_size=16"]
+FEW_CLASSES = ["dataset.num_classes=null"]  # a miniature with a few of the preset's 1,000 classes
 ALEXNET = ["model.width=0.125", "trainer.schedule.milestones=[]"]  # the paper's steps: epochs 155-185
 
 
@@ -73,7 +74,11 @@ CHAINS: dict[str, tuple[Callable[[Path], Any], list[str], list[str] | None]] = {
         ["trainer.batch_size=8", *SMALL_IMAGES, *MOCO_V2, "dataset.max_train_images=32"],
         None,
     ),
-    "webvision_moco_v2_cacr": (replicas.webvision, ["trainer.batch_size=4", *SMALL_IMAGES, *MOCO_V2], None),
+    "webvision_moco_v2_cacr": (
+        replicas.webvision,
+        ["trainer.batch_size=4", *SMALL_IMAGES, *MOCO_V2, *FEW_CLASSES],
+        None,
+    ),
     "imagenet22k_moco_v2_cacr": (
         replicas.imagenet22k,
         ["trainer.batch_size=8", *SMALL_IMAGES, *MOCO_V2, "dataset.max_train_images=32"],
@@ -81,10 +86,14 @@ CHAINS: dict[str, tuple[Callable[[Path], Any], list[str], list[str] | None]] = {
     ),
     "imagenet1k_moco_v3_cacr_r50": (  # with two local crops (96/224 of 32 px)
         replicas.imagenet,
-        ["trainer.batch_size=4", *SMALL_IMAGES, "augment.local_crops=2"],
+        ["trainer.batch_size=4", *SMALL_IMAGES, "augment.local_crops=2", *FEW_CLASSES],
         None,
     ),
-    "imagenet1k_moco_v3_cacr_vitb": (replicas.imagenet, ["trainer.batch_size=4", *SMALL_IMAGES], None),
+    "imagenet1k_moco_v3_cacr_vitb": (
+        replicas.imagenet,
+        ["trainer.batch_size=4", *SMALL_IMAGES, *FEW_CLASSES],
+        None,
+    ),
 }
 
 

@@ -293,6 +293,11 @@ def test_a_dataset_root_without_the_shards_or_splits_is_refused_before_ray_start
             "dataset.eval_split=val: dataset 'cifar10_jpeg'",
         ),
         (["dataset.name=imagefolder", f"dataset.root={tmp_path}"], "run `python pipelines/prepare.py"),
+        (  # a preset's class count on other shards (the 10-class sample) was ignored
+            [f"dataset.root={sample}", "dataset.num_classes=100"],
+            f"dataset.num_classes=100 but the shards in {sample} hold 10 classes: point dataset.root at the "
+            "100-class shards this setting expects, or set dataset.num_classes=null",
+        ),
     ]
     for overrides, expected in cases:
         proc = subprocess.run(
