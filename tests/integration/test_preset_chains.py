@@ -4,9 +4,10 @@ the preset's evaluation, at toy size.
 
 Each run keeps the preset's framework, objective, augmentation recipe and evaluation protocol and
 overrides only size knobs (batch, epochs, workers, training images, the class count of a miniature
-with fewer classes, image size where the model allows it, widths of queues and banks, GPUs off). All eight took 2 min 52 s here on 2 cores alone
-(15-30 s each, one shared Ray cluster), 5-7 min beside the rest of ``make test``; the three
-slowest are marked ``slow`` (``pytest -m "not slow"`` skips them; ``make test`` and CI run them).
+with fewer classes, image size where the model allows it, widths of queues and banks, GPUs off).
+All eight took 2 min 52 s here on 2 cores alone (15-30 s each, one shared Ray cluster), 5-7 min
+beside the rest of ``make test``; the three slowest are marked ``slow`` (``pytest -m "not slow"``
+skips them; ``make test`` and CI run them).
 """
 
 from __future__ import annotations
