@@ -37,7 +37,7 @@ from pipelines.evaluation.judge import BatchCache, Judge
 from pipelines.evaluation.protocols import from_config
 from pipelines.evaluation.report import encoder_table, write_results
 from pipelines.models.build import build_framework
-from pipelines.probe.setup import check_backbone, judged_dataset, probe_eval, probe_key
+from pipelines.probe.setup import check_backbone, judged_dataset, probe_eval, probe_key, protocol_changes
 from pipelines.ray_session import connect
 
 
@@ -202,8 +202,11 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         "mean": list(mean),
         "std": list(std),
         "spe": max(1, int(marker["step"]) // max(1, int(marker["epoch"]))),
-        "key": probe_key(protocol.name, dataset, other, _existing_probes(run_dir))
-        + (f" of {weights.name}" if weights else ""),
+        "key": probe_key(
+            protocol.name, dataset, other, _existing_probes(run_dir), protocol_changes(ev["protocol"])
+        )
+        + (f" of {weights.name}" if weights else "")
+        + _checkpoint_note(run_dir, checkpoint),
         "weights": str(weights or checkpoint / ckpt.BACKBONE),
         "weights_given": weights is not None,
         "judged_on": {
@@ -218,7 +221,12 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     print(
         f"linear probe {protocol.name} ({protocol.epochs} epochs, {how}) of {info['weights']}\n  on "
         f"{dataset['root']} ({dataset['train_split']} -> {dataset['eval_split']}, "
-        f"{len(data.classes)} classes)",
+        f"{len(data.classes)} classes)\n  results.json entry: {info['key']!r}"
+        + (
+            " (replaces the earlier probe with these settings)"
+            if info["key"] in _existing_probes(run_dir)
+            else ""
+        ),
         flush=True,
     )
     gpu = bool(ev.get("use_gpu"))
@@ -235,6 +243,15 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         ),
     ).fit()
     return {**read_results(run_dir), "probe_key": info["key"]}
+
+
+def _checkpoint_note(run_dir: Path, checkpoint: Path) -> str:
+    """`` at <checkpoint>`` for a probe of an earlier checkpoint than the run's latest (its own entry)."""
+    try:
+        latest = find_checkpoint(str(run_dir))[1]
+    except ConfigError:  # ConfigError is a ValueError: no usable latest one to compare with
+        return ""
+    return "" if checkpoint.resolve() == latest.resolve() else f" at {checkpoint.name}"
 
 
 def _weights_file(path: str | None) -> Path | None:

@@ -12,7 +12,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pipelines.core import checkpoints as ckpt
+from pipelines.core.config_schema import with_defaults
 from pipelines.core.errors import ConfigError
 from pipelines.core.storage import is_uri
 from pipelines.evaluation.export import fit_problem, load_state
@@ -109,18 +112,50 @@ def check_backbone(run_cfg: dict[str, Any], checkpoint: Path, weights: Path | No
         )
 
 
-def probe_key(
-    protocol: str, dataset: dict[str, Any], other: bool, probes: dict[str, Any] | None = None
-) -> str:
-    """The name of a probe's entry in ``results.json``: the protocol, and the dataset when another.
+PROTOCOLS = Path(__file__).resolve().parents[2] / "configs" / "eval" / "protocol"  # the shipped ones
 
-    The dataset is named by its folder; when ``probes`` (the entries already there) hold that
-    name for another folder, a short hash of the root tells the two apart.
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def protocol_changes(protocol: dict[str, Any], shipped_dir: Path = PROTOCOLS) -> str:
+    """How ``protocol`` differs from the shipped protocol of its name, e.g. ``"epochs 3, milestones []"``.
+
+    Empty when it is the shipped one, or no shipped protocol has its name.
     """
+    path = shipped_dir / f"{protocol.get('name')}.yaml"
+    if not path.is_file():
+        return ""
+    shipped = {k: v for k, v in (yaml.safe_load(path.read_text()) or {}).items() if k != "defaults"}
+    base, mine = with_defaults("eval/protocol", shipped), with_defaults("eval/protocol", protocol)
+    return ", ".join(f"{k} {_shown(v)}" for k, v in mine.items() if v != base.get(k))
+
+
+def probe_key(
+    protocol: str,
+    dataset: dict[str, Any],
+    other: bool,
+    probes: dict[str, Any] | None = None,
+    changes: str = "",
+) -> str:
+    """The name of a probe's entry in ``results.json``.
+
+    The protocol, how it differs from the shipped one of its name (``changes``, from
+    :func:`protocol_changes`: a probe with other settings never replaces another's entry), and
+    the dataset when another than the run's. The dataset is named by its folder; when ``probes``
+    (the entries already there) hold that name for another folder, a short hash of the root
+    tells the two apart.
+    """
+    name = f"{protocol} ({changes})" if changes else protocol
     if not other:
-        return protocol
+        return name
     root = str(dataset["root"]).rstrip("/")
-    key = f"{protocol} on {Path(root).name}"
+    key = f"{name} on {Path(root).name}"
     there = ((probes or {}).get(key) or {}).get("judged_on") or {}
     if there and str(there.get("root") or "").rstrip("/") != root:
         key += f" ({hashlib.blake2b(root.encode(), digest_size=3).hexdigest()})"

@@ -83,8 +83,9 @@ def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(im
         "eval.knn_k=20",
     )
     results = linear_probe(probe)
-    assert results.pop("probe_key") == "small_scale"
-    judged = results["linear_probes"]["small_scale"]
+    key = "small_scale (epochs 3, milestones [2], val_fraction 0.1)"  # what differs from the shipped one
+    assert results.pop("probe_key") == key
+    judged = results["linear_probes"][key]
     assert judged["knn_k"] == 20 and judged["breakdown"]["shots"]["few"]["rule"] == "< 50 images"  # run's
     lin = judged["linear"]
     assert lin["augment"] is True and len(lin["history"]["test"]) == 3 and len(lin["history"]["val"]) == 3
@@ -93,8 +94,8 @@ def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(im
     assert 10.0 <= judged["knn_top1"] <= 100.0
     assert judged["checkpoint"] == str(find_checkpoint(run_dir)[1])
     assert results["pretrained"] == ran["pretrained"]  # the run's own evaluation is kept
-    assert "pretrained, linear_probe.py small_scale" in (run_dir / "results.md").read_text()
-    table = probe_table(results, "small_scale", str(run_dir))
+    assert f"pretrained, linear_probe.py {key}" in (run_dir / "results.md").read_text()
+    table = probe_table(results, key, str(run_dir))
     assert "many / medium / few-shot top-1" in table and f"{lin['final_top1']:6.2f}" in table
 
     # the exported backbone is the checkpoint's: same weights in backbone.pt and state.pt
@@ -146,7 +147,7 @@ def test_the_probe_judges_on_another_dataset_and_refuses_a_backbone_that_does_no
     results = linear_probe(probe_config(str(run_dir), *short, other))
     key = results.pop("probe_key")
     judged = results["linear_probes"][key]
-    assert key == "small_scale on in1k"
+    assert key == "small_scale (epochs 2, milestones [1], augment false) on in1k"  # the run's augment
     where = {"root": str(tmp_path / "in1k"), "train_split": "train", "eval_split": "val", "classes": 3}
     assert judged["judged_on"] == {**where, "other_dataset": True}
     assert judged["classes"] == sorted(replicas.WNIDS) and judged["train_counts"] == [2, 3, 4]

@@ -624,6 +624,32 @@ def test_probes_on_two_folders_of_the_same_name_get_their_own_entries() -> None:
     assert other != third
 
 
+def test_a_probe_with_other_settings_or_checkpoint_gets_its_own_entry() -> None:
+    """A second probe of a run with other settings replaced the first one's entry."""
+    from pipelines.probe.setup import probe_key, protocol_changes
+
+    assert protocol_changes({"name": "small_scale", "optimizer": "adam", "lr": 1e-3}) == (
+        "betas [0.9, 0.999], batch_size 256, milestones [], gamma 0.1, crop_scale [0.08, 1]"
+    )  # the schema's defaults, not small_scale's: every difference named
+    shipped = {
+        "name": "small_scale",
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "betas": [0.5, 0.999],
+        "batch_size": 128,
+        "milestones": [60, 80],
+        "gamma": 0.2,
+        "crop_scale": [0.2, 1.0],
+    }
+    assert protocol_changes(shipped) == ""
+    demo = {**shipped, "epochs": 60, "milestones": [36, 48], "augment": False, "standardize": True}
+    changes = protocol_changes(demo)
+    assert changes == "epochs 60, milestones [36, 48], standardize true, augment false"
+    assert probe_key("small_scale", {"root": "/d/x"}, False, None, changes) == f"small_scale ({changes})"
+    assert probe_key("small_scale", {"root": "/d/x"}, True, None, "epochs 3") == "small_scale (epochs 3) on x"
+    assert protocol_changes({"name": "my_own", "epochs": 3}) == ""  # no shipped protocol of that name
+
+
 @pytest.mark.parametrize("n", [1, 127, 128, 1000, 8193])
 def test_cached_batches_hand_out_each_epochs_seeded_permutation_in_order(n: int, monkeypatch) -> None:
     monkeypatch.setattr(linear_mod, "GATHER_BATCHES", 3)  # several gathers even for small n
