@@ -156,6 +156,25 @@ def test_the_table_averages_each_cells_completed_trials_and_shows_the_papers_num
     assert files["png"].stat().st_size > 5_000
 
 
+def test_searches_and_studies_go_under_cacr_storage_like_runs(monkeypatch, tmp_path):
+    """CACR_STORAGE moved pretraining runs only; searches and studies still went to ~/cacr-runs."""
+    roots = {}
+    for value in (str(tmp_path), None):
+        if value:
+            monkeypatch.setenv("CACR_STORAGE", value)
+        else:
+            monkeypatch.delenv("CACR_STORAGE", raising=False)
+        with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+            roots[value] = [
+                OmegaConf.to_container(compose(name), resolve=True)["tune"]["storage_path"]
+                for name in ("tune", "study")
+            ]
+            run = OmegaConf.to_container(compose("pretrain"), resolve=True)["trainer"]["storage_path"]
+        assert roots[value] == [f"{run}/searches", f"{run}/studies"]
+    assert roots[str(tmp_path)][0] == f"{tmp_path}/searches"
+    assert roots[None][1] == str(Path.home() / "cacr-runs" / "studies")
+
+
 @pytest.mark.parametrize("name", STUDIES)
 def test_every_shipped_study_composes_and_every_cell_names_a_preset(name):
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
