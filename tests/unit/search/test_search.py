@@ -129,6 +129,20 @@ def test_an_arms_grid_adds_trials_to_that_arm_only() -> None:
     )
 
 
+def test_the_search_file_in_searches_md_checks_and_makes_its_six_trials() -> None:
+    from ray.tune.search.variant_generator import generate_variants
+
+    from pipelines.search.run import _check_trials
+
+    text = (ROOT / "docs" / "searches.md").read_text()
+    example = re.search(r"```yaml\n(# my_searches/search/photos.yaml.*?)```", text, re.S).group(1)
+    search = yaml.safe_load(example.replace("/data/shards/photos", str(ROOT / "data" / "cifar10-sample")))
+    _, _, epochs = _check_trials(search, str(ROOT / "configs"))  # every arm composes and checks
+    assert epochs == 20
+    trials = [trial_overrides(search, config) for _, config in generate_variants(param_space(search))]
+    assert len(trials) == 6 and sum("experiment=cifar10_cl" in t for t in trials) == 2
+
+
 @pytest.mark.parametrize(
     ("change", "words"),
     [
