@@ -14,7 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 import objectives
-from pipelines.core.config_schema import unknown_keys
+from pipelines.core.config_schema import close_key, unknown_keys
 from pipelines.core.errors import ConfigError
 from pipelines.core.storage import is_uri
 from pipelines.data.recipes import MEAN_STD, RECIPES, recipes_for
@@ -240,8 +240,9 @@ def check_config(cfg: dict[str, Any]) -> Plan:
         raise ConfigError("\n".join(errors))
     for group in ("dataset", "objective", "framework", "model", "augment", "trainer", "eval"):
         errors += [
-            f"{key} is not a setting (added with '+'? check its spelling: "
-            f"`python pipelines/pretrain.py --cfg job` lists every key)"
+            f"{key} is not a setting (added with '+'? check its spelling"
+            + (f": did you mean {close_key(key)}?" if close_key(key) else "")
+            + "; `python pipelines/pretrain.py --cfg job` lists every key)"
             for key in unknown_keys(group, cfg[group])
         ]
     _check_dataset(errors, cfg["dataset"])

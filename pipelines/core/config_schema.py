@@ -12,6 +12,7 @@ the workers, ...) is checked by :func:`pipelines.config.checks.check_config`.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -262,3 +263,32 @@ def unknown_keys(group: str | type, values: dict[str, Any], prefix: str = "") ->
         elif dataclasses.is_dataclass(hints.get(key)) and isinstance(value, dict):
             out += unknown_keys(hints[key], value, f"{prefix}{key}.")
     return out
+
+
+def schema_keys(group: str | type, prefix: str = "") -> list[str]:
+    """Every dotted key of ``group``'s schema (nested schemas followed), e.g. ``trainer.epochs``."""
+    schema = GROUPS[group] if isinstance(group, str) else group
+    prefix = prefix or (f"{group}." if isinstance(group, str) else "")
+    hints = typing.get_type_hints(schema)
+    out = []
+    for f in dataclasses.fields(schema):
+        if dataclasses.is_dataclass(hints.get(f.name)):
+            out += schema_keys(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}")
+    return out
+
+
+def close_key(key: str) -> str | None:
+    """The schema key a misspelt dotted ``key`` most likely meant (``trainer.epoch`` -> ``trainer.epochs``).
+
+    ``None`` when ``key`` is a schema key, its group is not a schema group, or nothing is close.
+    """
+    group = key.split(".", 1)[0]
+    if group not in GROUPS or "." not in key:
+        return None
+    known = schema_keys(group)
+    if key in known:
+        return None
+    found = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    return found[0] if found else None

@@ -69,21 +69,34 @@ def run_hydra(main: Callable[[], Any]) -> None:
         main()
     except SystemExit as stop:
         if stop.code == 1 and not _action_started:
-            _hint_for_tilde(sys.argv[1:])
+            _hints(sys.argv[1:])
             raise SystemExit(2) from None
         raise
     except Exception:  # HYDRA_FULL_ERROR=1: Hydra lets its error through, to show the traceback
         if _action_started:
             raise
         traceback.print_exc()
-        _hint_for_tilde(sys.argv[1:])
+        _hints(sys.argv[1:])
         raise SystemExit(2) from None
 
 
-def _hint_for_tilde(args: list[str]) -> None:
-    """After Hydra refused the command line: a hint for a ``key=~/path`` it cannot parse."""
+def _hints(args: list[str]) -> None:
+    """Hints after Hydra refused the command line.
+
+    For a ``key=~/path`` its grammar cannot parse, and for a misspelt key (where Hydra suggests
+    adding it with ``+``).
+    """
+    from pipelines.core.config_schema import close_key
+
     for arg in args:
         key, eq, value = arg.partition("=")
+        meant = close_key(key) if eq and not key.startswith(("~", "-", "+")) else None
+        if meant:
+            print(
+                f"hint: {key} is not a setting: did you mean {meant}? (`--cfg job` lists every key)",
+                file=sys.stderr,
+                flush=True,
+            )
         if eq and value.startswith("~") and not key.startswith(("~", "-")):
             print(
                 f"hint: {arg}: write the home folder as $HOME ({key}=$HOME{value[1:]}), or quote the "

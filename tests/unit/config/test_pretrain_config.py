@@ -158,7 +158,10 @@ def errors_of(cfg: dict) -> str:
         (["eval.centre_crop=1.5"], "eval.centre_crop=1.5"),
         (["+trainer.batchsize=64"], "trainer.batchsize is not a setting (added with '+'? check its spelling"),
         (["+trainer.optimizer.lrr=0.1"], "trainer.optimizer.lrr is not a setting"),
-        (["+model.widht=0.5"], "model.widht is not a setting"),
+        (
+            ["+model.widht=0.5"],
+            "model.widht is not a setting (added with '+'? check its spelling: did you mean model.width?",
+        ),
         (["model.width=0"], "model.width=0.0: must be a number > 0"),
         (["trainer.num_to_keep=0"], "trainer.num_to_keep=0: must be an integer >= 1"),
         (
@@ -263,10 +266,15 @@ def test_hydras_own_command_line_errors_exit_2_like_every_config_error(tmp_path)
             "out=~/shards",
             "hint: out=~/shards: write the home folder as $HOME (out=$HOME/shards)",
         ),
+        (
+            "pipelines/pretrain.py",
+            "trainer.epoch=2",
+            "hint: trainer.epoch is not a setting: did you mean trainer.epochs?",
+        ),
     ]
     import os
 
-    for (script, override, named), full in zip(cases, ["1", "0", "1", "0", "1", "0", "0"], strict=True):
+    for (script, override, named), full in zip(cases, ["1", "0", "1", "0", "1", "0", "0", "1"], strict=True):
         proc = subprocess.run(
             [sys.executable, script, override, f"hydra.run.dir={tmp_path}"],
             cwd=ROOT,
