@@ -191,6 +191,17 @@ def best_config_file(row: TrialRow, search: dict[str, Any], folder: Path, batch:
     return path
 
 
+def _log_axis(ax: Any, xs: list[float]) -> None:
+    """A log x axis; within a decade, four plain-number ticks (the log labels overlapped there)."""
+    from matplotlib.ticker import FormatStrFormatter, MaxNLocator, NullLocator
+
+    ax.set_xscale("log")
+    if min(xs) > 0 and max(xs) < 10 * min(xs):
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%.3g"))
+        ax.xaxis.set_minor_locator(NullLocator())
+
+
 def plot_params(rows: list[TrialRow], search: dict[str, Any], path: Path) -> Path | None:
     """One panel per searched key: each trial's final kNN top-1 against the key's value."""
     import matplotlib
@@ -213,7 +224,7 @@ def plot_params(rows: list[TrialRow], search: dict[str, Any], path: Path) -> Pat
             marker, color = ("*", "C3") if r is best else ("o", "C0" if r.status == "completed" else "C7")
             ax.scatter([xv], [y], marker=marker, s=120 if r is best else 30, color=color)
         if numeric and specs.get(key) == "loguniform":
-            ax.set_xscale("log")
+            _log_axis(ax, [x for x, _, _ in pts])
         if not numeric:
             ax.set_xticks(range(len(labels)), labels)
         ax.set(xlabel=key, ylabel="final kNN top-1 (%)")

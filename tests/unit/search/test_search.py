@@ -143,6 +143,33 @@ def test_the_search_file_in_searches_md_checks_and_makes_its_six_trials() -> Non
     assert len(trials) == 6 and sum("experiment=cifar10_cl" in t for t in trials) == 2
 
 
+@pytest.mark.parametrize("xs", [[0.261, 0.2705, 0.279], [0.06, 0.2, 0.9], [0.5], [0.01, 3.0]])
+def test_log_axes_of_the_search_plot_have_readable_tick_labels(xs) -> None:
+    """Within a decade, matplotlib labelled every minor tick of a log axis: 9 labels overlapped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipelines.search.results import _log_axis
+
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    ax.scatter(xs, [20.0] * len(xs))
+    _log_axis(ax, xs)
+    fig.tight_layout()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    labels = [t for t in ax.get_xticklabels(which="both") if t.get_visible() and t.get_text()]
+    lo, hi = ax.get_xlim()
+    shown = [t for t in labels if lo <= t.get_position()[0] <= hi]
+    boxes = [t.get_window_extent(renderer) for t in shown]
+    plt.close(fig)
+    assert len(shown) >= 2  # the axis is labelled
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1 :]), [
+        t.get_text() for t in shown
+    ]
+
+
 @pytest.mark.parametrize(
     ("change", "words"),
     [
