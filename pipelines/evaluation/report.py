@@ -112,12 +112,15 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
     counts = results.get("train_counts") or []
     classes = results.get("classes") or [str(i) for i in range(len(counts))]
     with_breakdown = [(label, j["breakdown"]) for label, j in own_classes(rows) if j.get("breakdown")]
+    source = _breakdown_source([j for _, j in own_classes(rows) if j.get("breakdown")])
     if with_breakdown and counts and is_imbalanced(counts):
         shots = with_breakdown[0][1]["shots"]
         head = " | ".join(f"{k} ({v['rule']}, {_group_size(v)})" for k, v in shots.items())
         lines += [
             "",
             "## Many / medium / few-shot top-1 (by pretraining images per class)",
+            "",
+            source,
             "",
             f"| encoder | {head} |",
             "|---|---|---|---|",
@@ -130,6 +133,8 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
             "",
             "## Top-1 per block of 10 classes (the official CIFAR-100 report)",
             "",
+            source,
+            "",
             "| encoder | " + " | ".join(f"{10 * i}-{10 * i + 9}" for i in range(len(blocks[0][1]))) + " |",
             "|---" * (len(blocks[0][1]) + 1) + "|",
         ]
@@ -139,6 +144,8 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
             "",
             "## Per class",
             "",
+            source,
+            "",
             "| class | pretraining images | " + " | ".join(label for label, _ in with_breakdown) + " |",
             "|---|---|" + "---|" * len(with_breakdown),
         ]
@@ -146,6 +153,16 @@ def results_markdown(results: dict[str, Any], title: str) -> str:
             accs = " | ".join(_num(b["per_class"][c]) for _, b in with_breakdown)
             lines.append(f"| {name} | {counts[c]} | {accs} |")
     return "\n".join(lines) + "\n"
+
+
+def _breakdown_source(judged: list[dict[str, Any]]) -> str:
+    """The line saying which predictions the per-class tables count (``breakdown_source``)."""
+    sources = {j.get("breakdown_source", "linear") for j in judged}
+    if sources == {"knn"}:
+        return "Top-1 of the kNN classifier (no linear probe ran)."
+    if sources == {"linear"}:
+        return "Top-1 of each encoder's linear probe at its final epoch."
+    return "Top-1 of each encoder's linear probe at its final epoch (kNN's where no probe ran)."
 
 
 def encoder_table(rows: list[tuple[str, dict[str, Any]]]) -> list[str]:

@@ -248,6 +248,15 @@ def test_results_markdown_tables_hold_the_numbers() -> None:
     res["classes"] = ["cat", "dog", "eel", "fox"]
     assert "few (< 20 images, 2 classes, 1 without test images) |" in results_markdown(res, "run v")
     assert "| eel | 5 | 50.00 |" in md
+    assert md.count("Top-1 of each encoder's linear probe at its final epoch.") == 2  # shots, per class
+    res = _results([500, 50, 5])
+    res["pretrained"]["breakdown_source"] = "knn"
+    res["random_init"] = {
+        "knn_top1": 30.0,
+        "breakdown": res["pretrained"]["breakdown"],
+        "breakdown_source": "knn",
+    }
+    assert "Top-1 of the kNN classifier (no linear probe ran)." in results_markdown(res, "run k")
     assert "| encoder | k = 10 | k = 20 | k = 100 | k = 200 |" in md
     assert "k = 200; a k above the bank (150 images) votes with all of it" in md
     assert "| pretrained | 44.25 | 43.00 | 42.00 | 41.50 |" in md
