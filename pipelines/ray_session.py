@@ -9,6 +9,16 @@ from pipelines.data import scheduling
 # Run in every worker process of the job before any task or actor: Ray Data's executor runs in
 # actors of its own (the split coordinator of a Train run), which never import our modules.
 RUNTIME_ENV = {"worker_process_setup_hook": "pipelines.data.scheduling.apply_on_import"}
+PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+def set_preemption_watcher(on: bool) -> None:
+    """Whether the next Ray Train ``fit()`` of this process starts Ray Train's PreemptionWatcher.
+
+    The watcher is one more actor per run that only logs node drains (and Ray prints an error
+    line about its restarts); runs start it only with ``trainer.preemption_watcher=true``.
+    """
+    os.environ[PREEMPTION_WATCHER_ENV] = "1" if on else "0"
 
 
 def connect(address: str | None = None) -> str | None:

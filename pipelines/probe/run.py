@@ -38,7 +38,7 @@ from pipelines.evaluation.protocols import from_config
 from pipelines.evaluation.report import encoder_table, write_results
 from pipelines.models.build import build_framework
 from pipelines.probe.setup import check_backbone, judged_dataset, probe_eval, probe_key, protocol_changes
-from pipelines.ray_session import connect
+from pipelines.ray_session import connect, set_preemption_watcher
 
 
 def find_checkpoint(path: str | Path) -> tuple[Path, Path]:
@@ -231,6 +231,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     )
     gpu = bool(ev.get("use_gpu"))
     datasets = {k: v for k, v in data.datasets.items() if k in ("bank", "eval")}
+    set_preemption_watcher(False)  # one worker judging for minutes: nothing to drain-log
     TorchTrainer(
         probe_loop_per_worker,
         train_loop_config={"cfg": run_cfg, "eval": ev, "info": info},

@@ -39,7 +39,7 @@ from pipelines.data.loader import open_training_source, training_datasets
 from pipelines.data.monitor import monitor
 from pipelines.data.recipes import MEAN_STD, eval_crop_for, recipes_for
 from pipelines.evaluation.report import encoder_table
-from pipelines.ray_session import alive_nodes, connect, starts_local_cluster
+from pipelines.ray_session import alive_nodes, connect, set_preemption_watcher, starts_local_cluster
 from pipelines.training.stop import RunInterruptedError, RunTerminatedError, signals_seen, stopped_error
 from pipelines.training.worker import train_loop_per_worker
 
@@ -47,7 +47,6 @@ from pipelines.training.worker import train_loop_per_worker
 # and marks the workers for ``ray.train.get_preemption_info``, which nothing here reads (a drained
 # node's workers fail and the run restarts from its last checkpoint). A whole process per run,
 # about 2 CPU-seconds of its own on 2 cores. The TrainController reads the driver's value.
-PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 
 
 class RunStoppedError(RuntimeError):
@@ -281,7 +280,7 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
     if dashboard:
         print(f"Ray dashboard: {dashboard}", flush=True)
     gpu = bool(tr.get("use_gpu"))
-    os.environ[PREEMPTION_WATCHER_ENV] = "1" if tr.get("preemption_watcher") else "0"
+    set_preemption_watcher(bool(tr.get("preemption_watcher")))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg, "run": run},

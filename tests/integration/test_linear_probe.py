@@ -19,7 +19,7 @@ from pipelines.core.errors import ConfigError
 from pipelines.evaluation.export import load_state
 from pipelines.probe.run import find_checkpoint, linear_probe, probe_table
 from pipelines.training.run import pretrain
-from tests.helpers.runs import smoke
+from tests.helpers.runs import smoke, watchers
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
@@ -74,6 +74,7 @@ def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(im
     # (few_shot_below=50, a probe without augmentation) with what the command line changes: the
     # small_scale protocol's augmentation (random-resized crops every epoch), 3 epochs, a
     # validation hold-out, k=20
+    seen = watchers()
     probe = probe_config(
         str(run_dir),
         "eval.protocol.epochs=3",
@@ -83,6 +84,7 @@ def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(im
         "eval.knn_k=20",
     )
     results = linear_probe(probe)
+    assert watchers() == seen  # no PreemptionWatcher actor (and no Ray error line about it)
     key = "small_scale (epochs 3, milestones [2], val_fraction 0.1)"  # what differs from the shipped one
     assert results.pop("probe_key") == key
     judged = results["linear_probes"][key]
