@@ -55,7 +55,9 @@ def own_copy(run: tuple[Path, dict], tmp_path: Path) -> tuple[Path, dict]:
     return run_dir, copy.deepcopy(run[1])
 
 
-def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(imb_run, tmp_path) -> None:
+def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(
+    imb_run, tmp_path, monkeypatch
+) -> None:
     run_dir, ran = own_copy(imb_run, tmp_path)
     counts = json.loads((run_dir / "class_counts.json").read_text())["counts"]
     assert max(counts) / min(counts) == pytest.approx(50, rel=0.05)
@@ -75,6 +77,7 @@ def test_imbalanced_run_reports_shots_and_the_probe_command_adds_its_protocol(im
     # small_scale protocol's augmentation (random-resized crops every epoch), 3 epochs, a
     # validation hold-out, k=20
     seen = watchers()
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "1")  # Ray's default in a fresh process
     probe = probe_config(
         str(run_dir),
         "eval.protocol.epochs=3",
