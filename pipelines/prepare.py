@@ -64,7 +64,6 @@ def prepare(cfg: DictConfig) -> str:
     splits = list(cfg.splits) if cfg.splits else None
     for split in splits or []:
         source.check_split(split, key="splits")
-    connect(cfg.ray.address)
     prepare_dataset(
         cfg.dataset.name,
         root,
@@ -74,6 +73,7 @@ def prepare(cfg: DictConfig) -> str:
         max_pixels=int(cfg.dataset.max_pixels),
         shuffle=shuffle,
         holdout=holdout,
+        before_ray=lambda: connect(cfg.ray.address),  # after the out folder is claimed: refusals come first
     )
     return f"manifest: {out.rstrip('/')}/manifest.json"
 

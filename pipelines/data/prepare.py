@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
@@ -160,6 +161,7 @@ def prepare_dataset(
     max_in_flight: int | None = None,
     shuffle: ShuffleSettings | None = None,
     holdout: HoldOutSettings | None = None,
+    before_ray: Callable[[], Any] | None = None,
 ) -> dict[str, Any]:
     """Write ``dataset`` at ``root`` as shards under ``out`` and return the manifest.
 
@@ -182,6 +184,8 @@ def prepare_dataset(
         holdout: divide one split into ``train`` and a held-out split
             (:mod:`pipelines.data.sources.holdout`); the held-out split is written like a training
             split (consolidated shards, one random order) unless ``shuffle.enabled`` is false.
+        before_ray: called once the layout is read and ``out`` is claimed, before any Ray work
+            (the command connects to its cluster there: a refusal comes before Ray starts).
 
     Returns:
         The manifest that was written to ``<out>/manifest.json``.
@@ -204,6 +208,8 @@ def prepare_dataset(
     if holdout.enabled:
         job |= {f"holdout.{k}": v for k, v in asdict(holdout).items()}
     claim_out_folder(store, out, job)
+    if before_ray is not None:
+        before_ray()
 
     def shuffled_split(split: str) -> bool:  # a held-out split's chunks are small: consolidate them
         return shuffle.applies_to(split) or (shuffle.enabled and holdout.enabled and split == holdout.to)

@@ -43,6 +43,17 @@ def test_prepare_command_writes_shards_and_manifest(tmp_path):
     assert manifest["splits"]["test"]["rows"] == 4
     assert "train+unlabeled: 13 images" in proc.stdout
     assert not (tmp_path / "outputs").exists()  # Hydra writes nothing into the working folder
+    again = run(  # other settings into the same folder: refused before Ray starts (it was after)
+        "dataset=stl10",
+        f"dataset.root={tmp_path / 'raw'}",
+        f"out={out}",
+        "splits=[train+unlabeled,test]",
+        "shuffle.seed=1",
+        cwd=tmp_path,
+    )
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert "holds the shards of another prepare: shuffle.seed: 0 -> 1" in again.stderr
+    assert "Started a local Ray instance" not in again.stdout + again.stderr
 
 
 def test_prepare_command_names_the_missing_key(tmp_path):
