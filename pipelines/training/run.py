@@ -95,10 +95,18 @@ def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
         )
         return False
     if changes:
+        longer = any(c.startswith("trainer.epochs:") for c in changes)
         raise ConfigError(
             f"run {cfg['trainer']['name']!r} already exists in {run_dir} with other settings:\n  "
             + "\n  ".join(changes)
             + "\nto start a new run pick another trainer.name=<name>; to resume it, use its settings"
+            + (
+                "\n(a run's length is part of its schedule, so a run cannot be extended: plan the whole "
+                "length with trainer.epochs and stop early with trainer.stop_at_epoch=N, then run the "
+                "same command again without it to go on)"
+                if longer
+                else ""
+            )
         )
     return finished
 

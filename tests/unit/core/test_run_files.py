@@ -123,5 +123,12 @@ def test_a_run_that_failed_before_its_first_checkpoint_restarts_with_corrected_s
 
     write_ckpt(run_dir, 1, 8)  # once it has trained, other settings are refused as before
     refused = r"already exists .* with other settings:\n  objective.hparams.t_neg"
-    with pytest.raises(ConfigError, match=refused):
+    with pytest.raises(ConfigError, match=refused) as other:
         _check_existing(run_dir, fixed)
+    assert "cannot be extended" not in str(other.value)
+    longer = smoke(tmp_path, "trainer.name=w", f"trainer.epochs={cfg['trainer']['epochs'] + 1}")
+    with pytest.raises(ConfigError, match=r"trainer.epochs: \d+ -> \d+") as extended:  # a run made longer
+        _check_existing(run_dir, longer)
+    assert "a run cannot be extended: plan the whole length with trainer.epochs and stop early with" in str(
+        extended.value
+    )
