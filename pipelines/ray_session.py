@@ -51,6 +51,21 @@ def starts_local_cluster(address: str | None = None) -> bool:
     return (address or os.environ.get("RAY_ADDRESS") or "local") == "local"
 
 
+def new_local_cluster_resources(address: str | None = None) -> dict[str, float] | None:
+    """The CPUs and GPUs of the cluster :func:`connect` would start here, known before it starts.
+
+    ``None`` when it would not start one (already connected, or an address given).
+    """
+    import ray
+
+    if ray.is_initialized() or not starts_local_cluster(address):
+        return None
+    import torch
+    from ray._private.utils import get_num_cpus  # what ray.init counts (cgroup limits included)
+
+    return {"CPU": float(get_num_cpus()), "GPU": float(torch.cuda.device_count())}
+
+
 def alive_nodes() -> int:
     """How many nodes of the connected cluster are alive."""
     import ray

@@ -39,7 +39,13 @@ from pipelines.data.loader import open_training_source, training_datasets
 from pipelines.data.monitor import monitor
 from pipelines.data.recipes import MEAN_STD, eval_crop_for, recipes_for
 from pipelines.evaluation.report import encoder_table
-from pipelines.ray_session import alive_nodes, connect, set_preemption_watcher, starts_local_cluster
+from pipelines.ray_session import (
+    alive_nodes,
+    connect,
+    new_local_cluster_resources,
+    set_preemption_watcher,
+    starts_local_cluster,
+)
 from pipelines.training.stop import RunInterruptedError, RunTerminatedError, signals_seen, stopped_error
 from pipelines.training.worker import train_loop_per_worker
 
@@ -220,6 +226,10 @@ def pretrain(cfg: dict[str, Any], callbacks: list[Any] | None = None) -> RunOutc
     except (ValueError, FileNotFoundError) as err:
         raise _dataset_error(ds, err) from err
     address = (cfg.get("ray") or {}).get("address")
+    local = new_local_cluster_resources(address)
+    short = capacity_problem(tr, local) if local else None
+    if short:  # the cluster this command would start cannot hold the run: said before it starts
+        raise ConfigError(short)
     dashboard = connect(address)
     check_shared_storage(tr, alive_nodes())
     short = capacity_problem(tr, ray.cluster_resources())

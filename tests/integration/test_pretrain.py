@@ -140,4 +140,5 @@ def test_a_run_larger_than_the_local_cluster_is_refused_instead_of_waiting_for_e
     )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"config error: the run needs {2 * cores + 1} CPUs at once" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr  # refused before it starts
     assert f"but the cluster has {cores}" in proc.stderr
