@@ -272,7 +272,7 @@ def prepare_dataset(
         print(f"  ... {len(manifest['bad_files']) - 10} more bad files listed in {MANIFEST}", flush=True)
     warn_unreadable(manifest, out)
     warn_empty_classes(manifest)
-    warn_unread_folders(source)
+    warn_unread_entries(source)
     empty = [split for split, info in manifest["splits"].items() if not info["rows"]]
     if empty:
         raise ValueError(
@@ -298,17 +298,15 @@ def warn_skipped_files(manifest: dict[str, Any]) -> None:
             )
 
 
-def warn_unread_folders(source: Any) -> None:
-    """A warning naming the folders under the root that no split reads (their images are not written)."""
-    unread = source.unread_folders()
+def warn_unread_entries(source: Any) -> None:
+    """A warning naming the folders and images under the root that no split reads (not written)."""
+    unread = source.unread_entries()
     if unread:
-        names = ", ".join(f"{n}/" for n in unread[:10]) + (
-            f" and {len(unread) - 10} more" if len(unread) > 10 else ""
-        )
+        names = ", ".join(unread[:10]) + (f" and {len(unread) - 10} more" if len(unread) > 10 else "")
         print(
-            f"WARNING: {len(unread)} folder(s) beside the split folders under {source.root} are not read: "
-            f"{names}; images belong in <root>/<split>/<class>/: move them into a split folder, or "
-            "prepare them on their own",
+            f"WARNING: {len(unread)} folder(s) or image(s) beside the split folders under {source.root} "
+            f"are not read: {names}; images belong in <root>/<split>/<class>/: move them into a split "
+            "folder, or prepare them on their own",
             flush=True,
         )
 

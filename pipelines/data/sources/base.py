@@ -83,8 +83,8 @@ class Source:
         """The records of one chunk, in a stable order."""
         raise NotImplementedError
 
-    def unread_folders(self) -> list[str]:
-        """Folders under the root that hold none of the source's splits, so are not read (none here)."""
+    def unread_entries(self) -> list[str]:
+        """Folders (``name/``) and images under the root that no split holds, so are not read (none here)."""
         return []
 
     def read_selected(self, chunk: Chunk, keep: Callable[[str], bool]) -> Iterator[Record]:

@@ -82,17 +82,25 @@ class ImageFolder(Source):
     def _split_dir(self, split: str) -> str:
         return "" if split == "all" else split
 
-    def unread_folders(self) -> list[str]:
-        """Folders beside the split folders (e.g. a class folder next to ``train/``): not read."""
+    def unread_entries(self) -> list[str]:
+        """Folders (``name/``) and image files beside the split folders: not read.
+
+        For example a class folder, or photos, put next to ``train/``.
+        """
         if self.splits == ("all",):
             return []
-        return sorted(
-            i.base_name
-            for i in self.store.listdir("")
-            if i.type == pafs.FileType.Directory
-            and not i.base_name.startswith(".")
-            and i.base_name not in (*self.split_dirs, *self._own_folders())
-        )
+        out = []
+        for i in self.store.listdir(""):
+            if i.base_name.startswith("."):
+                continue
+            if i.type == pafs.FileType.Directory and i.base_name not in (
+                *self.split_dirs,
+                *self._own_folders(),
+            ):
+                out.append(f"{i.base_name}/")
+            elif i.type == pafs.FileType.File and is_image_name(i.base_name):
+                out.append(i.base_name)
+        return sorted(out)
 
     def _own_folders(self) -> tuple[str, ...]:
         """Folders under the root the source reads for other purposes (ImageNet's devkit)."""

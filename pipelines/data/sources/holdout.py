@@ -109,8 +109,8 @@ class HoldOut(Source):
     def classes(self) -> list[str]:
         return self.base.classes()
 
-    def unread_folders(self) -> list[str]:
-        return self.base.unread_folders()
+    def unread_entries(self) -> list[str]:
+        return self.base.unread_entries()
 
     def chunks(self, split: str) -> list[Chunk]:
         self.check_split(split)

@@ -204,24 +204,25 @@ def test_imagefolder_single_split(tmp_path):
 
 def test_class_folders_beside_the_split_folders_are_named_in_a_warning(tmp_path, capsys):
     """A class folder next to train/ and test/ was left out of the shards without a word."""
-    from pipelines.data.prepare import warn_unread_folders
+    from pipelines.data.prepare import warn_unread_entries
     from pipelines.data.sources.holdout import HoldOut, HoldOutSettings
 
     for folder in ("train/a", "train/b", "test/a", "test/b", "green_square", ".cache", "zz"):
         (tmp_path / folder).mkdir(parents=True)
-    (tmp_path / "notes.txt").write_text("a file, not a folder")
+    (tmp_path / "notes.txt").write_text("a file, not an image")
+    (tmp_path / "stray.JPG").write_bytes(b"an image file beside the split folders")
     src = open_source("imagefolder", str(tmp_path))
-    assert src.splits == ("train", "test") and src.unread_folders() == ["green_square", "zz"]
+    assert src.splits == ("train", "test") and src.unread_entries() == ["green_square/", "stray.JPG", "zz/"]
     held = HoldOut(src, HoldOutSettings(fraction=0.1, split="train"))
-    warn_unread_folders(held)
+    warn_unread_entries(held)
     out = capsys.readouterr().out
     assert (
-        f"WARNING: 2 folder(s) beside the split folders under {tmp_path} are not read: green_square/, zz/"
-        in out
+        f"WARNING: 3 folder(s) or image(s) beside the split folders under {tmp_path} are not read: "
+        "green_square/, stray.JPG, zz/" in out
     )
-    assert open_source("imagefolder", str(tmp_path / "train")).unread_folders() == []  # one split: all read
+    assert open_source("imagefolder", str(tmp_path / "train")).unread_entries() == []  # one split: all read
     replicas.imagenet(tmp_path / "imagenet")  # train/, val/ and the devkit folder the source reads
-    assert open_source("imagenet1k", str(tmp_path / "imagenet")).unread_folders() == []
+    assert open_source("imagenet1k", str(tmp_path / "imagenet")).unread_entries() == []
 
 
 def test_imagefolder_reads_images_in_sub_folders_of_a_class_as_torchvision_does(tmp_path):
