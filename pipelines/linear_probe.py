@@ -13,8 +13,10 @@ With ``eval_dataset.root`` it judges on another dataset's shards, with that data
 ``backbone=<file>`` it judges that file's weights instead of the checkpoint's (a ``backbone.pt``,
 an export, or an official CACR-SSL / MoCo checkpoint), with the run's model, data and settings.
 
-Adds ``linear_probes.<protocol>`` to the run's ``results.json`` and rewrites ``results.md`` and
-``report.png``; prints a short table at the end.
+Adds ``linear_probes.<protocol>`` to the run's ``results.json`` (named with what differs from
+the protocol's shipped settings, the other dataset, or an earlier checkpoint, so that probes of
+other settings keep their own entries) and rewrites ``results.md`` and ``report.png``; prints a
+short table at the end.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.config.command_line import run_hydra
 from pipelines.core.config_schema import register
-from pipelines.core.errors import run_hydra
 from pipelines.probe.run import main_with_errors
 
 register()  # the config groups' typed schemas, before Hydra composes

@@ -15,8 +15,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.config.command_line import run_hydra
 from pipelines.core.config_schema import register
-from pipelines.core.errors import ConfigError, run_command, run_hydra
+from pipelines.core.errors import ConfigError, run_command
 from pipelines.core.storage import is_uri
 from pipelines.data.prepare import prepare_dataset
 from pipelines.data.shuffle_writer import ShuffleSettings

@@ -18,9 +18,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.config.command_line import run_hydra
 from pipelines.config.paths import resolve_paths
 from pipelines.core.config_schema import register
-from pipelines.core.errors import run_hydra
 from pipelines.training.run import main_with_errors
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

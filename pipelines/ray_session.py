@@ -15,8 +15,12 @@ PREEMPTION_WATCHER_ENV = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
 def set_preemption_watcher(on: bool) -> None:
     """Whether the next Ray Train ``fit()`` of this process starts Ray Train's PreemptionWatcher.
 
-    The watcher is one more actor per run that only logs node drains (and Ray prints an error
-    line about its restarts); runs start it only with ``trainer.preemption_watcher=true``.
+    Ray Train 2.60 starts that actor per run unless the variable is "0" (its TrainController reads
+    the driver's value): it polls for node drains and marks the workers for
+    ``ray.train.get_preemption_info``, which nothing here reads (a drained node's workers fail and
+    the run restarts from its last checkpoint). A whole process per run, about 2 CPU-seconds of its
+    own on 2 cores, and Ray prints an error line about its restarts; runs start it only with
+    ``trainer.preemption_watcher=true``.
     """
     os.environ[PREEMPTION_WATCHER_ENV] = "1" if on else "0"
 
@@ -61,8 +65,11 @@ def new_local_cluster_resources(address: str | None = None) -> dict[str, float] 
     if ray.is_initialized() or not starts_local_cluster(address):
         return None
     import torch
-    from ray._private.utils import get_num_cpus  # what ray.init counts (cgroup limits included)
 
+    try:
+        from ray._private.utils import get_num_cpus  # what ray.init counts (cgroup limits included)
+    except ImportError:  # moved in another Ray release: the check after the start still holds
+        return None
     return {"CPU": float(get_num_cpus()), "GPU": float(torch.cuda.device_count())}
 
 

@@ -16,8 +16,8 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pipelines.config.command_line import run_hydra
 from pipelines.core.config_schema import register
-from pipelines.core.errors import run_hydra
 from pipelines.search.run import main_with_errors
 
 register()  # the config groups' typed schemas, before Hydra composes

@@ -24,6 +24,7 @@ RESUMABLE_CHANGES = (
     "eval",
     "ray",
     "dataset.root",
+    "dataset.num_classes",  # a check against the shards only: the count always comes from them
     "experiment_name",  # only the default of trainer.name (renamed presets keep resuming old runs)
 )
 

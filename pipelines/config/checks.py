@@ -241,7 +241,7 @@ def check_config(cfg: dict[str, Any]) -> Plan:
     for group in ("dataset", "objective", "framework", "model", "augment", "trainer", "eval"):
         errors += [
             f"{key} is not a setting (added with '+'? check its spelling"
-            + (f": did you mean {close_key(key)}?" if close_key(key) else "")
+            + (f": did you mean {meant}?" if (meant := close_key(key)) else "")
             + "; `python pipelines/pretrain.py --cfg job` lists every key)"
             for key in unknown_keys(group, cfg[group])
         ]

@@ -245,6 +245,12 @@ def with_defaults(group: str | type, values: dict[str, Any] | None = None) -> di
     return OmegaConf.to_container(merged, resolve=False, throw_on_missing=False)  # type: ignore[return-value]
 
 
+def _schema(group: str | type, prefix: str) -> tuple[type, str, dict[str, Any]]:
+    """``(schema class, dotted prefix of its keys, its type hints)`` of a group name or schema class."""
+    schema = GROUPS[group] if isinstance(group, str) else group
+    return schema, prefix or (f"{group}." if isinstance(group, str) else ""), typing.get_type_hints(schema)
+
+
 def unknown_keys(group: str | type, values: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys of ``values`` that ``group``'s schema does not have (nested schemas followed).
 
@@ -252,9 +258,7 @@ def unknown_keys(group: str | type, values: dict[str, Any], prefix: str = "") ->
     misspelt ``+trainer.batchsize=64`` would otherwise be ignored while the run trains at the
     default batch size.
     """
-    schema = GROUPS[group] if isinstance(group, str) else group
-    prefix = prefix or (f"{group}." if isinstance(group, str) else "")
-    hints = typing.get_type_hints(schema)
+    schema, prefix, hints = _schema(group, prefix)
     names = {f.name for f in dataclasses.fields(schema)}
     out = []
     for key, value in values.items():
@@ -267,9 +271,7 @@ def unknown_keys(group: str | type, values: dict[str, Any], prefix: str = "") ->
 
 def schema_keys(group: str | type, prefix: str = "") -> list[str]:
     """Every dotted key of ``group``'s schema (nested schemas followed), e.g. ``trainer.epochs``."""
-    schema = GROUPS[group] if isinstance(group, str) else group
-    prefix = prefix or (f"{group}." if isinstance(group, str) else "")
-    hints = typing.get_type_hints(schema)
+    schema, prefix, hints = _schema(group, prefix)
     out = []
     for f in dataclasses.fields(schema):
         if dataclasses.is_dataclass(hints.get(f.name)):
@@ -288,7 +290,8 @@ def close_key(key: str) -> str | None:
     if group not in GROUPS or "." not in key:
         return None
     known = schema_keys(group)
-    if key in known:
-        return None
-    found = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    if key in known or any(key.startswith(k + ".") or k.startswith(key + ".") for k in known):
+        return None  # a setting, a key inside a mapping setting (objective.hparams.t_neg), or a group
+    same_depth = [k for k in known if k.count(".") == key.count(".")]
+    found = difflib.get_close_matches(key, same_depth, n=1, cutoff=0.75)
     return found[0] if found else None

@@ -3,8 +3,10 @@
 Finds the checkpoint (a run folder's latest complete one, or the one named), rebuilds the run's
 data (the whole train split and the held-out split as centre crops), and runs one Ray Train
 worker (GPU if ``eval.use_gpu``) that loads ``backbone.pt`` with ``weights_only=True``, computes
-kNN and the ``eval.protocol`` linear probe, and adds the result under ``linear_probes.<protocol>``
-of the run's ``results.json``, rewriting ``results.md`` and ``report.png``.
+kNN and the ``eval.protocol`` linear probe, and adds the result under ``linear_probes.<name>``
+of the run's ``results.json`` (the protocol, with what differs from its shipped settings, the
+dataset and the checkpoint when not the run's latest: :func:`pipelines.probe.setup.probe_key`),
+rewriting ``results.md`` and ``report.png``.
 """
 
 from __future__ import annotations
@@ -162,6 +164,8 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
     from ray.train import DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    if not other:  # the run's own data: its classes are compared with the run's below
+        dataset = {**dataset, "num_classes": None}
     try:  # no shards there, a split they lack: named now, before Ray starts
         source = open_training_source(dataset, group="eval_dataset" if other else "dataset")
     except (ValueError, FileNotFoundError) as err:

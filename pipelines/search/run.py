@@ -22,6 +22,8 @@ from pipelines.config.checks import check_config, worker_resources
 from pipelines.config.paths import check_shared_storage
 from pipelines.core.errors import ConfigError, run_command
 from pipelines.core.run_files import read_run_file
+from pipelines.core.storage import is_uri
+from pipelines.data.loader import open_training_source
 from pipelines.ray_session import alive_nodes, connect
 from pipelines.search.callbacks import ReleaseTrialResources, release_trial_resources
 from pipelines.search.results import METRIC, best_config_file, best_row, plot_params, trial_rows, write_tables
@@ -116,7 +118,8 @@ def _check_trials(search: dict[str, Any], config_dir: str) -> tuple[dict[str, An
             raise ConfigError(f"{where}: {err}") from err
         try:
             check_config(cfg)
-        except ConfigError as err:
+            open_training_source(cfg["dataset"])  # its shards, splits and class count, before Ray
+        except (ConfigError, ValueError, FileNotFoundError) as err:
             raise ConfigError(f"{where}:\n{err}") from err
         base_cfg = base_cfg or cfg
         epochs = max(epochs, int(cfg["trainer"]["epochs"]))
@@ -176,6 +179,13 @@ def check_search_settings(search: dict[str, Any], tune_cfg: dict[str, Any]) -> N
             )
     elif asha not in (None, False):
         errors.append(f"search.asha={asha!r}: {{grace_period: <n>, reduction_factor: <r>}} or null (no ASHA)")
+    storage = str(tune_cfg.get("storage_path") or "")
+    if is_uri(storage):  # Path() would make s3://b/x a local folder named "s3:"
+        errors.append(
+            f"tune.storage_path={storage}: a search keeps its trials and tables in a folder; use a local "
+            "folder, or one every node shares (NFS) with trainer.storage_shared=true in search.overrides "
+            "(CACR_STORAGE set to a URI: set tune.storage_path=<folder>)"
+        )
     cap = tune_cfg.get("max_concurrent_trials")
     if cap is not None and not _count(cap):
         errors.append(

@@ -49,11 +49,6 @@ from pipelines.ray_session import (
 from pipelines.training.stop import RunInterruptedError, RunTerminatedError, signals_seen, stopped_error
 from pipelines.training.worker import train_loop_per_worker
 
-# Ray Train 2.60 starts a PreemptionWatcher actor per run unless this is "0": it polls for node drains
-# and marks the workers for ``ray.train.get_preemption_info``, which nothing here reads (a drained
-# node's workers fail and the run restarts from its last checkpoint). A whole process per run,
-# about 2 CPU-seconds of its own on 2 cores. The TrainController reads the driver's value.
-
 
 class RunStoppedError(RuntimeError):
     """The run stopped on purpose (non-finite loss, too many bad images); the message says why."""
@@ -84,6 +79,27 @@ def run_folder(cfg: dict[str, Any]) -> Path:
     return Path(storage) / name
 
 
+def _changed(saved: dict[str, Any], cfg: dict[str, Any], group: str, key: str) -> tuple[Any, Any] | None:
+    """``(saved, new)`` values of ``group.key`` when they differ."""
+    old, new = (saved.get(group) or {}).get(key), (cfg.get(group) or {}).get(key)
+    return (old, new) if old != new else None
+
+
+def _length_hint(old: Any, new: Any) -> str:
+    """Why a run's length cannot change, and how to plan for a shorter invocation."""
+    if isinstance(old, int) and isinstance(new, int) and new < old:
+        plan = (
+            f"to stop this run after epoch {new}, keep trainer.epochs={old} and add "
+            f"trainer.stop_at_epoch={new}"
+        )
+    else:
+        plan = (
+            "a run cannot be extended: plan the whole length with trainer.epochs and stop early with "
+            "trainer.stop_at_epoch=N, then run the same command again without it to go on"
+        )
+    return f"\n(a run's length is part of its learning-rate schedule; {plan})"
+
+
 def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
     """Refuse to resume a run under a changed config; return whether the run already finished."""
     saved_path = run_dir / CONFIG_FILE
@@ -101,18 +117,12 @@ def _check_existing(run_dir: Path, cfg: dict[str, Any]) -> bool:
         )
         return False
     if changes:
-        longer = any(c.startswith("trainer.epochs:") for c in changes)
+        length = _changed(saved, cfg, "trainer", "epochs")
         raise ConfigError(
             f"run {cfg['trainer']['name']!r} already exists in {run_dir} with other settings:\n  "
             + "\n  ".join(changes)
             + "\nto start a new run pick another trainer.name=<name>; to resume it, use its settings"
-            + (
-                "\n(a run's length is part of its schedule, so a run cannot be extended: plan the whole "
-                "length with trainer.epochs and stop early with trainer.stop_at_epoch=N, then run the "
-                "same command again without it to go on)"
-                if longer
-                else ""
-            )
+            + (_length_hint(*length) if length else "")
         )
     return finished
 

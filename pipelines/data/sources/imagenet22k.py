@@ -85,6 +85,12 @@ def _listed_members(tf: tarfile.TarFile, fileobj: Any) -> tuple[list[tarfile.Tar
     return members, None
 
 
+def _count_images(fileobj: Any) -> int:
+    """The images a seekable synset tar lists, up to where it can be read."""
+    with tarfile.open(fileobj=fileobj, mode="r:") as tf:
+        return len(_sorted_members(_listed_members(tf, fileobj)[0]))
+
+
 def _sorted_members(members: list[tarfile.TarInfo]) -> list[tarfile.TarInfo]:
     return sorted(
         (m for m in members if m.isfile() and is_image_name(m.name.rsplit("/", 1)[-1])), key=lambda m: m.name
@@ -242,17 +248,22 @@ class ImageNet22k(Source):
                 raise problem
 
     def _count(self, where: tuple[Any, ...]) -> int:
+        """A synset's images, from its tar's member list (no image read); a cut tar counts what it holds."""
         kind = where[0]
         if kind == "dir":
             return sum(1 for i in self.store.listdir(where[1]) if is_image_name(i.base_name))
-        if kind == "member":
+        if kind == "stream":  # a .tar.gz outer tar: one sequential pass to the member
             with (
-                self.store.fs.open_input_file(self.store.base) as f,
-                io.BufferedReader(Window(f, where[1], where[2])) as window,
-                tarfile.open(fileobj=window, mode="r:") as tf,
+                self.store.fs.open_input_stream(self.store.base, compression=None) as f,
+                tarfile.open(fileobj=f, mode="r|gz") as tf,
             ):
-                return len(_sorted_members(_listed_members(tf, window)[0]))
-        return sum(1 for _ in self._members(where))
+                member = next((m for m in tf if m.name == where[1]), None)
+                return 0 if member is None else _count_images(io.BytesIO(tf.extractfile(member).read()))
+        if kind == "tar":
+            with self.store.fs.open_input_file(self.store.path(where[1])) as f:
+                return _count_images(f)
+        with self.store.fs.open_input_file(self.store.base) as f:
+            return _count_images(io.BufferedReader(Window(f, where[1], where[2])))
 
     # ------------------------------------------------------------------ Source API
     def _kept(self) -> list[tuple[str, tuple[Any, ...]]]:

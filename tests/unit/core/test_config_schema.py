@@ -276,3 +276,23 @@ def test_an_old_run_resumes_under_a_renamed_preset_with_its_old_name():
     old = {**new, "experiment_name": "imagenet100_mocov2_cacr"}
     assert new["experiment_name"] == "imagenet100_moco_v2_cacr"
     assert config_changes(migrate_saved(old), new) == []
+
+
+@pytest.mark.parametrize(
+    ("key", "meant"),
+    [
+        ("trainer.epoch", "trainer.epochs"),
+        ("model.widht", "model.width"),
+        ("eval.protocol.epoch", "eval.protocol.epochs"),
+        ("trainer.epochs", None),  # a setting
+        ("objective.hparams.t_neg", None),  # inside a mapping setting: not a misspelling of it
+        ("dataset.options.variant", None),
+        ("eval.protocol", None),  # a group of settings
+        ("tune.name", None),  # not a pretraining group
+        ("trainer.qqqq", None),  # nothing close
+    ],
+)
+def test_close_key_suggests_the_setting_a_misspelt_key_meant_and_nothing_for_valid_keys(key, meant) -> None:
+    from pipelines.core.config_schema import close_key
+
+    assert close_key(key) == meant

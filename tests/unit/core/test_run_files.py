@@ -132,3 +132,10 @@ def test_a_run_that_failed_before_its_first_checkpoint_restarts_with_corrected_s
     assert "a run cannot be extended: plan the whole length with trainer.epochs and stop early with" in str(
         extended.value
     )
+    epochs = cfg["trainer"]["epochs"]
+    shorter = smoke(tmp_path, "trainer.name=w", f"trainer.epochs={epochs - 1}", "objective.hparams.t_neg=2.0")
+    with pytest.raises(ConfigError) as cut:
+        _check_existing(run_dir, shorter)
+    assert f"keep trainer.epochs={epochs} and add trainer.stop_at_epoch={epochs - 1}" in str(cut.value)
+    # dataset.num_classes only checks the shards: a run started with the preset's count resumes with null
+    assert _check_existing(run_dir, smoke(tmp_path, "trainer.name=w", "dataset.num_classes=null")) is False

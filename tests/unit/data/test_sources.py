@@ -422,6 +422,29 @@ def test_a_synset_tar_cut_short_keeps_its_complete_images_and_is_reported(tmp_pa
     assert len(read_chunk(src, src.chunks("train")[1], 2, 10**6).keys) == 10  # the next synset reads whole
 
 
+def test_the_21k_p_class_rule_counts_a_cut_synset_tar_without_failing(tmp_path):
+    """Counting a cut synset tar's images (21k_p keeps classes of over 500) raised ReadError."""
+    import io
+    import tarfile
+
+    jpeg = encode(pattern(4, 4), "JPEG")
+    for wnid in ("n00000001", "n00000002"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for i in range(520):
+                info = tarfile.TarInfo(f"{wnid}_{i:04d}.JPEG")
+                info.size = len(jpeg)
+                tf.addfile(info, io.BytesIO(jpeg))
+        data = buf.getvalue()
+        if wnid == "n00000002":
+            with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+                data = data[: tf.getmembers()[510].offset_data + 3]  # cut inside its 511th image
+        (tmp_path / f"{wnid}.tar").write_bytes(data)
+    src = open_source("imagenet22k", str(tmp_path), variant="21k_p")
+    assert src.classes() == ["n00000001", "n00000002"]  # 520 and 511 listed: both over 500
+    assert [src._count(where) for _, where in src.synsets()] == [520, 511]
+
+
 def test_an_imagenet_root_at_train_or_without_its_devkit_says_what_to_set(tmp_path):
     replicas.imagenet(tmp_path)
     with pytest.raises(

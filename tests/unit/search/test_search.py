@@ -141,6 +141,10 @@ def test_the_search_file_in_searches_md_checks_and_makes_its_six_trials() -> Non
     assert epochs == 20
     trials = [trial_overrides(search, config) for _, config in generate_variants(param_space(search))]
     assert len(trials) == 6 and sum("experiment=cifar10_cl" in t for t in trials) == 2
+    # the shards are opened before Ray: a class count they lack is refused up front, not in each trial
+    counted = {**search, "overrides": [*search["overrides"], "dataset.num_classes=100"]}
+    with pytest.raises(ConfigError, match=r"search arm 'cacr' .*\n.*dataset.num_classes=100 but the shards"):
+        _check_trials(counted, str(ROOT / "configs"))
 
 
 @pytest.mark.parametrize("xs", [[0.261, 0.2705, 0.279], [0.06, 0.2, 0.9], [0.5], [0.01, 3.0]])
@@ -290,6 +294,10 @@ def test_the_tune_command_refuses_a_bad_search_before_ray(tmp_path) -> None:
         (["search.asha.grace_period=0"], "search.asha.grace_period=0: must be an integer >= 1"),
         (["search.asha.reduction_factor=1"], "search.asha.reduction_factor=1: must be a number > 1"),
         (["tune.max_concurrent_trials=0"], "tune.max_concurrent_trials=0: must be an integer >= 1, or null"),
+        (  # CACR_STORAGE=s3://... made searches go into a local folder named "s3:"
+            ["tune.storage_path=s3://bucket/runs/searches"],
+            "tune.storage_path=s3://bucket/runs/searches: a search keeps its trials and tables in a folder",
+        ),
     ],
 )
 def test_the_searchs_own_numbers_are_checked_before_anything_is_written(tmp_path, overrides, words) -> None:
