@@ -198,6 +198,8 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         else list(data.train_counts)
     )
     protocol = from_config(ev["protocol"])
+    existing = _existing_probes(run_dir)
+    named_checkpoint = Path(cfg["run"]).expanduser().resolve() != run_dir  # run=<a checkpoint folder>
     info = {
         "run_dir": str(run_dir),
         "checkpoint": str(checkpoint),
@@ -206,11 +208,9 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         "mean": list(mean),
         "std": list(std),
         "spe": max(1, int(marker["step"]) // max(1, int(marker["epoch"]))),
-        "key": probe_key(
-            protocol.name, dataset, other, _existing_probes(run_dir), protocol_changes(ev["protocol"])
-        )
+        "key": probe_key(protocol.name, dataset, other, existing, protocol_changes(ev["protocol"]))
         + (f" of {weights.name}" if weights else "")
-        + _checkpoint_note(run_dir, checkpoint),
+        + (_checkpoint_note(run_dir, checkpoint) if named_checkpoint else ""),
         "weights": str(weights or checkpoint / ckpt.BACKBONE),
         "weights_given": weights is not None,
         "judged_on": {
@@ -226,11 +226,7 @@ def linear_probe(cfg: dict[str, Any]) -> dict[str, Any]:
         f"linear probe {protocol.name} ({protocol.epochs} epochs, {how}) of {info['weights']}\n  on "
         f"{dataset['root']} ({dataset['train_split']} -> {dataset['eval_split']}, "
         f"{len(data.classes)} classes)\n  results.json entry: {info['key']!r}"
-        + (
-            " (replaces the earlier probe with these settings)"
-            if info["key"] in _existing_probes(run_dir)
-            else ""
-        ),
+        + (" (replaces the earlier probe with these settings)" if info["key"] in existing else ""),
         flush=True,
     )
     gpu = bool(ev.get("use_gpu"))

@@ -381,38 +381,38 @@ def test_imagenet22k_roots_that_are_not_the_dataset_name_the_file_and_the_fix(tm
         open_source("imagenet22k", str(cut)).classes()
 
 
+def synset_tar(wnid: str, n: int, jpeg: bytes) -> tuple[bytes, list]:
+    """An ImageNet-22K synset tar of ``n`` copies of ``jpeg`` named ``<wnid>_<i>.JPEG``, and its members."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for i in range(n):
+            info = tarfile.TarInfo(f"{wnid}_{i:04d}.JPEG")
+            info.size = len(jpeg)
+            tf.addfile(info, io.BytesIO(jpeg))
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tf:
+        return buf.getvalue(), tf.getmembers()
+
+
 @pytest.mark.parametrize(
     ("where", "kept"),
     [("inside the 6th image", 5), ("inside the 7th header", 6), ("after the end blocks", 10)],
 )
 def test_a_synset_tar_cut_short_keeps_its_complete_images_and_is_reported(tmp_path, where, kept):
     """A synset tar cut inside an image lost all its images; cut inside a header, the rest silently."""
-    import io
-    import tarfile
-
     from pipelines.data.shard_writer import UNREADABLE, read_chunk
 
     jpeg = encode(pattern(8, 8), "JPEG")
-
-    def synset_tar(wnid: str) -> bytes:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tf:
-            for i in range(10):
-                info = tarfile.TarInfo(f"{wnid}_{i:04d}.JPEG")
-                info.size = len(jpeg)
-                tf.addfile(info, io.BytesIO(jpeg))
-        return buf.getvalue()
-
-    whole = synset_tar("n00000001")
-    with tarfile.open(fileobj=io.BytesIO(whole)) as tf:
-        members = tf.getmembers()
+    whole, members = synset_tar("n00000001", 10, jpeg)
     cut = {
         "inside the 6th image": members[5].offset_data + len(jpeg) // 2,
         "inside the 7th header": members[6].offset + 200,
         "after the end blocks": len(whole),
     }[where]
     (tmp_path / "n00000001.tar").write_bytes(whole[:cut])
-    (tmp_path / "n00000002.tar").write_bytes(synset_tar("n00000002"))
+    (tmp_path / "n00000002.tar").write_bytes(synset_tar("n00000002", 10, jpeg)[0])
     src = open_source("imagenet22k", str(tmp_path))
     first = src.chunks("train")[0]
     rows = read_chunk(src, first, num_classes=2, max_pixels=10**6)
@@ -424,22 +424,12 @@ def test_a_synset_tar_cut_short_keeps_its_complete_images_and_is_reported(tmp_pa
 
 def test_the_21k_p_class_rule_counts_a_cut_synset_tar_without_failing(tmp_path):
     """Counting a cut synset tar's images (21k_p keeps classes of over 500) raised ReadError."""
-    import io
-    import tarfile
-
     jpeg = encode(pattern(4, 4), "JPEG")
-    for wnid in ("n00000001", "n00000002"):
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tf:
-            for i in range(520):
-                info = tarfile.TarInfo(f"{wnid}_{i:04d}.JPEG")
-                info.size = len(jpeg)
-                tf.addfile(info, io.BytesIO(jpeg))
-        data = buf.getvalue()
-        if wnid == "n00000002":
-            with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-                data = data[: tf.getmembers()[510].offset_data + 3]  # cut inside its 511th image
-        (tmp_path / f"{wnid}.tar").write_bytes(data)
+    (tmp_path / "n00000001.tar").write_bytes(synset_tar("n00000001", 520, jpeg)[0])
+    data, members = synset_tar("n00000002", 520, jpeg)
+    (tmp_path / "n00000002.tar").write_bytes(
+        data[: members[510].offset_data + 3]
+    )  # cut inside its 511th image
     src = open_source("imagenet22k", str(tmp_path), variant="21k_p")
     assert src.classes() == ["n00000001", "n00000002"]  # 520 and 511 listed: both over 500
     assert [src._count(where) for _, where in src.synsets()] == [520, 511]
