@@ -33,6 +33,10 @@ client_env() {
   echo "export RAY_API_SERVER_ADDRESS=$address"
 }
 
+dashboard_up() {  # the dashboard answers (401 when it wants the token)
+  curl -s -o /dev/null -w '%{http_code}' "$address/api/version" 2> /dev/null | grep -qE '200|401'
+}
+
 make_token() {
   mkdir -p "$state_dir" && chmod 700 "$state_dir"
   if [[ ! -s "$token_file" ]]; then
@@ -54,6 +58,8 @@ case "$cmd" in
     [[ -n "${CACR_NUM_CPUS:-}" ]] && args+=(--num-cpus "$CACR_NUM_CPUS")
     [[ -n "${CACR_OBJECT_STORE_BYTES:-}" ]] && args+=(--object-store-memory "$CACR_OBJECT_STORE_BYTES")
     "$ray_bin" "${args[@]}" > "$state_dir/ray-start.log" 2>&1 || { cat "$state_dir/ray-start.log" >&2; exit 1; }
+    # `ray start` returns before the dashboard answers: wait (up to 60 s) so a submission right after works
+    if command -v curl > /dev/null; then for _ in $(seq 120); do dashboard_up && break; sleep 0.5; done; fi
     echo "Ray head is up: dashboard and Jobs API on $address (127.0.0.1 only), auth: $auth"
     echo "Submit a job from the project folder:"
     echo "  eval \"\$(platform/local/ray-head.sh env)\""
@@ -63,7 +69,7 @@ case "$cmd" in
     ;;
   env) client_env ;;
   status)
-    if curl -s -o /dev/null -w '%{http_code}' "$address/api/version" | grep -qE '200|401'; then
+    if dashboard_up; then
       echo "up: $address"
     else
       echo "down"; exit 1

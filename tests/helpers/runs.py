@@ -28,10 +28,12 @@ def smoke(tmp_path: Path, *overrides: str) -> dict:
 
 
 def jsonl(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines file (none when it is missing)."""
+    """The rows of a JSON-lines file (none when it is missing), without a last line still being
+    written (no newline yet): tests read files a run appends to while it runs."""
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().split("\n")[:-1]  # the part after the last newline is unfinished
+    return [json.loads(line) for line in lines if line.strip()]
 
 
 def step_losses(run_dir: Path) -> dict[int, float]:

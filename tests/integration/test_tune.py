@@ -18,10 +18,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from pipelines.config.paths import resolve_paths
+from pipelines.core import checkpoints as ckpt
 from pipelines.core.errors import ConfigError
 from pipelines.search.results import UNFINISHED
 from pipelines.search.run import concurrency, search
-from tests.helpers.runs import step_losses, wait_for, wait_until_free, watchers, worker_pid
+from tests.helpers.runs import jsonl, step_losses, wait_for, wait_until_free, watchers, worker_pid
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)
@@ -55,7 +56,10 @@ def tune_config(storage: Path, **tune: object) -> dict:
 
 def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster, tmp_path) -> None:
     seen = watchers()
-    out = search(tune_config(tmp_path, max_concurrent_trials=2))
+    # one trial at a time, in grid order: ASHA lets the first trial to reach a rung go on and stops
+    # a later one below the rung's cutoff, so which trials stop depends on their order of arrival;
+    # two at a time made it a race (the scores themselves are the same every run)
+    out = search(tune_config(tmp_path, max_concurrent_trials=1))
     assert watchers() == seen  # tune.preemption_watcher=false: no watcher actor per trial
     rows = {r.values["objective.hparams.t_neg"]: r for r in out.rows}
     assert sorted(rows) == [0.3, 0.9, 3.0, 1e300]
@@ -124,22 +128,37 @@ def test_concurrency_follows_the_cluster_and_each_trials_scaling() -> None:
 
 def _newest_epoch(trials: Path) -> int:
     """The newest epoch with a complete checkpoint in any trial (0 when none has one)."""
-    return max((int(p.parent.name[12:16]) for p in trials.glob("*/checkpoint_e*/COMPLETE")), default=0)
+    done = [c for c in trials.glob("*/checkpoint_e*") if ckpt.is_complete(c)]
+    return max((int(c.name[12:16]) for c in done), default=0)
 
 
 def _driver_until(command: list[str], env: dict, log_path: Path, trials: Path, epoch: int) -> tuple:
-    """Start the ``tune.py`` driver; once a trial has a complete checkpoint of ``epoch`` or later
-    written by this driver (newer than every checkpoint there before it started), return
-    ``(process, {trial: newest checkpoint})``."""
-    epoch = max(epoch, _newest_epoch(trials) + 1)
+    """Start the ``tune.py`` driver and return ``(process, {trial: newest complete checkpoint})``
+    once it wrote a complete checkpoint of ``epoch`` or later of its own: on a rerun, one past the
+    step this driver's trial resumed from (not one an earlier driver's trial wrote as it ended)."""
+    resumed_before = len(jsonl(next(trials.glob("*/resumes.jsonl"), trials / "none")))
+    rerun = trials.exists()
+
+    def reached() -> dict[str, str]:
+        resumes = jsonl(next(trials.glob("*/resumes.jsonl"), trials / "none"))
+        if rerun and len(resumes) <= resumed_before:
+            return {}  # this driver's trial has not resumed yet
+        after = resumes[-1]["step"] if rerun else 0
+        done = sorted(
+            c
+            for c in trials.glob("*/checkpoint_e*")
+            if int(c.name[12:16]) >= epoch and int(c.name.rsplit("_s", 1)[1]) > after and ckpt.is_complete(c)
+        )
+        return {c.parent.name: c.name for c in done}
+
     log = log_path.open("w")  # a file, not a pipe: a full pipe would stall the driver
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 400
-    while time.time() < deadline and _newest_epoch(trials) < epoch:
+    while time.time() < deadline and not reached():
         assert proc.poll() is None, log_path.read_text()[-3000:]
         time.sleep(0.5)
-    seen = {p.parent.parent.name: p.parent.name for p in sorted(trials.glob("*/checkpoint_e*/COMPLETE"))}
-    assert _newest_epoch(trials) >= epoch, f"no trial reached a checkpoint of epoch {epoch}: {seen}"
+    seen = reached()
+    assert seen, f"the driver wrote no complete checkpoint of epoch {epoch} or later in 400 s"
     return proc, seen
 
 
@@ -185,8 +204,8 @@ def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp
     assert [r["status"] for r in stopped] == [UNFINISHED], stopped  # not "stopped early (ASHA)"
     wait_until_free(ray_cluster, 90)
 
-    # the first driver's trial may have written its next checkpoint after SIGTERM (a race CI lost
-    # once): the second driver is stopped at a checkpoint of its own, newer than every one before
+    # the first driver's trial may write its next checkpoint after SIGTERM (a race CI lost once):
+    # the second driver is killed at a checkpoint of its own, past the step it resumed from
     second, at_kill = _driver_until(command, env, tmp_path / "second.log", trials, 3)
     os.kill(second.pid, signal.SIGKILL)  # the driver dies, its trials go with it
     second.wait(120)
