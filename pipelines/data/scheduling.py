@@ -9,9 +9,15 @@ first *new* output of any task (:class:`PromptWait`) and the timeout only bounds
 notices what ``ray.wait`` cannot see (room freed by the consumer). :func:`apply` sets the three
 in the process it runs in; entry points also install :func:`apply_on_import` as the job's
 ``worker_process_setup_hook``, because the executor of a split dataset runs in Ray's own
-actors. The attributes are private to Ray, which is pinned exactly;
-``tests/unit/data/test_data_scheduling.py`` fails when an upgrade renames them, and
-:func:`apply` then warns once and leaves Ray as it is.
+actors. A fourth setting is about shares of the cluster: Ray Data divides the cluster's CPUs
+among the datasets executing at once (its autoscaling coordinator), and a dataset whose process
+died without shutting down (a run's worker or driver killed) kept its share for 180 s, so a
+resumed run read with half the CPUs on 2 cores for three minutes; its share now lapses after
+:data:`RESERVATION_EXPIRY_S` (live datasets renew theirs every 10 s). Ray Train books its
+workers' resources there too, ahead of datasets, and a killed driver's booking stood 180 s as
+well; it lapses after :data:`TRAIN_RESERVATION_EXPIRY_S` (live runs renew every 20 s). The
+attributes are private to Ray, which is pinned exactly; ``tests/unit/data/test_data_scheduling.py``
+fails when an upgrade renames them, and :func:`apply` then warns once and leaves Ray as it is.
 """
 
 from __future__ import annotations
@@ -30,17 +36,23 @@ WAIT_S = 0.05
 LIMITS_REFRESH_S = 0.1
 PROMPT_WAIT = True
 METADATA_ON_THREAD = False
+RESERVATION_EXPIRY_S = 30  # three of the 10 s between a live dataset's renewals
+TRAIN_RESERVATION_EXPIRY_S = 60  # three of the 20 s between a live Train run's renewals
 RAY_DEFAULTS = {  # Ray 2.60's own
     "wait_s": 0.1,
     "limits_refresh_s": 1.0,
     "metadata_on_thread": True,
     "prompt_wait": False,
+    "reservation_expiry_s": 180,
+    "train_reservation_expiry_s": 180,
 }
 OURS = {  # what apply() and apply_on_import() set by default
     "wait_s": WAIT_S,
     "limits_refresh_s": LIMITS_REFRESH_S,
     "metadata_on_thread": METADATA_ON_THREAD,
     "prompt_wait": PROMPT_WAIT,
+    "reservation_expiry_s": RESERVATION_EXPIRY_S,
+    "train_reservation_expiry_s": TRAIN_RESERVATION_EXPIRY_S,
 }
 _LOOP_MODULE = "ray.data._internal.execution.streaming_executor_state"  # calls ray.wait in its loop
 
@@ -53,7 +65,28 @@ _TARGETS = {
     ),
     # read when each executor starts (RAY_DATA_METADATA_PREFETCH_ON_THREAD at import)
     "metadata_on_thread": ("ray.data._internal.execution.metadata_fetcher", None, "_PREFETCH_ON_THREAD"),
+    # how long a dataset's share of the cluster outlives its last renewal: the default autoscaler
+    # (RAY_DATA_CLUSTER_AUTOSCALER=RATE_BASED) takes it as a keyword default of its __init__, which
+    # _set_values sets too (RAY_DATA_AUTOSCALING_REQUEST_EXPIRE_TIME_S at import)
+    "reservation_expiry_s": (
+        "ray.data._internal.cluster_autoscaler.rate_based_cluster_autoscaler",
+        "RateBasedClusterAutoscaler",
+        "AUTOSCALING_REQUEST_EXPIRE_TIME_S",
+    ),
+    "reservation_expiry_s_v2": (
+        "ray.data._internal.cluster_autoscaler.default_cluster_autoscaler_v2",
+        "DefaultClusterAutoscalerV2",
+        "AUTOSCALING_REQUEST_EXPIRE_TIME_S",
+    ),
+    # a Ray Train run asks the same coordinator for its workers' resources (ahead of datasets);
+    # read at each renewal, in the run's controller actor
+    "train_reservation_expiry_s": (
+        "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client",
+        None,
+        "AUTOSCALING_REQUESTS_EXPIRE_TIME_S",
+    ),
 }
+_EXPIRY_KEYWORD = "autoscaling_request_expire_time_s"
 
 
 class PromptWait:
@@ -114,11 +147,20 @@ def _set_prompt_wait(module: ModuleType, on: bool) -> None:
     module.ray = PromptWait(ray_module) if on else ray_module
 
 
+def _value(values: dict[str, Any], name: str) -> Any:
+    """The value of target ``name`` (the V2 autoscaler's expiry is the same setting)."""
+    return values[name.removesuffix("_v2")]
+
+
 def _set_values(module: ModuleType, values: dict[str, Any]) -> None:
     """Set the values that belong to ``module`` (one of Ray Data's, freshly imported or not)."""
     for name, (mod, cls, attr) in _TARGETS.items():
         if mod == module.__name__:
-            setattr(_owner(module, cls), attr, values[name])
+            owner = _owner(module, cls)
+            setattr(owner, attr, _value(values, name))
+            keywords = getattr(getattr(owner, "__init__", None), "__kwdefaults__", None) or {}
+            if _EXPIRY_KEYWORD in keywords and name.startswith("reservation_expiry_s"):
+                keywords[_EXPIRY_KEYWORD] = _value(values, name)  # read as the default at each __init__
     if module.__name__ == _LOOP_MODULE:
         _set_prompt_wait(module, bool(values["prompt_wait"]))
 
@@ -135,6 +177,9 @@ def _holder(module: str, cls: str | None) -> object:
 def current() -> dict[str, Any]:
     """Ray Data's current settings, by our names (the timings in seconds)."""
     values: dict[str, Any] = {name: getattr(_holder(m, c), a) for name, (m, c, a) in _TARGETS.items()}
+    del values["reservation_expiry_s_v2"]  # the same setting; the default autoscaler's is the one read
+    rate_based = _holder(*_TARGETS["reservation_expiry_s"][:2])
+    values["reservation_expiry_s"] = rate_based.__init__.__kwdefaults__[_EXPIRY_KEYWORD]
     loop = importlib.import_module(_LOOP_MODULE)
     if not hasattr(loop, "ray"):
         raise AttributeError(f"{_LOOP_MODULE} no longer uses `ray` as a module name")
@@ -147,6 +192,8 @@ def apply(
     limits_refresh_s: float = LIMITS_REFRESH_S,
     metadata_on_thread: bool = METADATA_ON_THREAD,
     prompt_wait: bool = PROMPT_WAIT,
+    reservation_expiry_s: float = RESERVATION_EXPIRY_S,
+    train_reservation_expiry_s: float = TRAIN_RESERVATION_EXPIRY_S,
 ) -> dict[str, Any] | None:
     """Set the executor's scheduler settings in this process.
 
@@ -158,6 +205,9 @@ def apply(
             free CPU only at the end of its timeout); else in the loop, as it reads the output.
         prompt_wait: the loop's wait returns at the first new task output (:class:`PromptWait`)
             instead of waiting ``wait_s`` for all running tasks.
+        reservation_expiry_s: how long a dataset's share of the cluster outlives its last renewal
+            (datasets executing in this process; a dead one's share lapses after it).
+        train_reservation_expiry_s: the same for a Ray Train run's workers (its controller).
 
     Returns:
         The previous values (pass them back as keyword arguments to restore Ray's), or ``None``
@@ -178,6 +228,8 @@ def apply(
         "limits_refresh_s": limits_refresh_s,
         "metadata_on_thread": metadata_on_thread,
         "prompt_wait": prompt_wait,
+        "reservation_expiry_s": reservation_expiry_s,
+        "train_reservation_expiry_s": train_reservation_expiry_s,
     }
     for module in {m for m, _, _ in _TARGETS.values()}:
         _set_values(importlib.import_module(module), values)

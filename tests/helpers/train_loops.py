@@ -11,6 +11,8 @@ SCHEDULER_SETTINGS = {
     "limits_refresh_s": 0.1,
     "metadata_on_thread": False,
     "prompt_wait": True,
+    "reservation_expiry_s": 30,
+    "train_reservation_expiry_s": 60,
 }
 
 

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from pipelines.data import scheduling
+from tests.helpers.runs import wait_for
 
 
 @pytest.fixture()
@@ -88,9 +89,38 @@ def task_ends(ray_cluster, seconds: list[float]) -> list[float]:
     return [end[i] for i in range(n)]
 
 
+def dataset_shares(ray_cluster) -> dict[str, float]:
+    """The datasets holding a share of the cluster in Ray Data's autoscaling coordinator, which
+    divides the cluster's CPUs among them: ``{dataset: seconds until its share lapses}`` (live
+    ones renew theirs; none before any dataset ran)."""
+    try:
+        coordinator = ray_cluster.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
+    except ValueError:
+        return {}
+
+    def table(actor) -> dict[str, float]:
+        with actor._lock:
+            actor._purge_expired_requests()  # what its tick does every few seconds
+            now = actor._get_current_time()
+            return {str(k): round(r.expiration_time - now, 1) for k, r in actor._ongoing_reqs.items()}
+
+    return ray_cluster.get(coordinator.__ray_call__.remote(table))
+
+
+def no_dataset_holds_a_share(ray_cluster) -> None:
+    """Wait until no dataset or Train run of an earlier test (killed there) holds a share of the
+    cluster (a killed driver's Train run books its workers' CPUs ahead of every dataset)."""
+    try:
+        seconds = 1.5 * scheduling.TRAIN_RESERVATION_EXPIRY_S
+        wait_for(lambda: not dataset_shares(ray_cluster), seconds, "shares")
+    except AssertionError as err:
+        raise AssertionError(f"{err}: {dataset_shares(ray_cluster)}") from None
+
+
 def short_tasks_left_when_the_long_one_ends(ray_cluster, **settings) -> int:
     """How many of four 0.3 s tasks queued behind a 6 s one (on the 2-CPU cluster, the loop's wait
     timeout at 2 s) had not ended when it did: none if each free CPU gets the next task at once."""
+    no_dataset_holds_a_share(ray_cluster)  # else this one gets part of the 2 CPUs
     task_ends(ray_cluster, [1.0, 1.0])  # two worker processes up, so none starts during the count
     before = scheduling.apply(**{**settings, "wait_s": 2.0})
     try:
@@ -104,3 +134,30 @@ def test_ray_data_hands_a_free_cpu_the_next_task_at_once_not_after_its_wait(ray_
     assert short_tasks_left_when_the_long_one_ends(ray_cluster) == 0
     ray_own = {"metadata_on_thread": True, "prompt_wait": False}  # Ray's wait and metadata thread
     assert short_tasks_left_when_the_long_one_ends(ray_cluster, **ray_own) >= 2
+
+
+def test_a_killed_datasets_share_of_the_cluster_lapses_after_the_expiry(ray_cluster):
+    """Ray Data divides the cluster among the datasets executing at once; a dataset whose process
+    is killed keeps its share until it lapses (Ray's 180 s: the next dataset then ran one task at
+    a time on 2 CPUs; ours :data:`RESERVATION_EXPIRY_S`, set to 12 s here)."""
+
+    @ray_cluster.remote(num_cpus=0)
+    class Reader:
+        def read(self) -> None:
+            scheduling.apply(reservation_expiry_s=12)
+            rows = ray_cluster.data.range(400, override_num_blocks=200)
+            slow = rows.map_batches(lambda b: time.sleep(0.2) or b, num_cpus=0.5)
+            for _ in slow.iter_batches(batch_size=1):
+                pass
+
+    no_dataset_holds_a_share(ray_cluster)
+    reader = Reader.remote()
+    reader.read.remote()
+    wait_for(lambda: len(dataset_shares(ray_cluster)) == 1, 60, "the reader's dataset to take a share")
+    ray_cluster.kill(reader)
+    killed = time.monotonic()
+    time.sleep(3)
+    assert len(dataset_shares(ray_cluster)) == 1  # the dead dataset still holds its share
+    lapsed = wait_for(lambda: not dataset_shares(ray_cluster) and time.monotonic(), 30, "the lapse")
+    print(f"the killed dataset's share lapsed {lapsed - killed:.1f} s after the kill")
+    assert lapsed - killed <= 12 + 1

@@ -63,7 +63,13 @@ from pipelines.data import scheduling
 scheduling.apply_on_import()  # the job's worker_process_setup_hook
 imported = "ray.data" in sys.modules
 from ray.data._internal.execution import metadata_fetcher, resource_manager, streaming_executor_state
+from ray.data._internal.cluster_autoscaler import DefaultClusterAutoscalerV2, RateBasedClusterAutoscaler
+from ray.train.v2._internal.execution.scaling_policy import autoscaling_coordinator_client as train
+expiry = [RateBasedClusterAutoscaler.__init__.__kwdefaults__["autoscaling_request_expire_time_s"],
+          DefaultClusterAutoscalerV2.AUTOSCALING_REQUEST_EXPIRE_TIME_S,
+          train.AUTOSCALING_REQUESTS_EXPIRE_TIME_S]
 print(json.dumps({"imported_by_hook": imported,
+                  "reservation_expiry_s": expiry,
                   "metadata_on_thread": metadata_fetcher._PREFETCH_ON_THREAD,
                   "wait_s": streaming_executor_state.WAIT_FOR_TASK_COMPLETION_TIMEOUT_S,
                   "limits_refresh_s": resource_manager.ResourceManager.GLOBAL_LIMITS_UPDATE_INTERVAL_S,
@@ -83,5 +89,6 @@ def test_the_setup_hook_leaves_ray_data_unimported_and_sets_the_values_when_it_i
         "limits_refresh_s": 0.1,
         "metadata_on_thread": False,
         "prompt_wait": True,
+        "reservation_expiry_s": [30, 30, 60],  # what Ray Data's two autoscalers and Ray Train read
         "finder_left": False,
     }
