@@ -11,7 +11,8 @@ in the process it runs in; entry points also install :func:`apply_on_import` as 
 ``worker_process_setup_hook``, because the executor of a split dataset runs in Ray's own
 actors. A fourth setting is about shares of the cluster: Ray Data divides the cluster's CPUs
 among the datasets executing at once (its autoscaling coordinator), and a dataset whose process
-died without shutting down (a run's worker or driver killed) kept its share for 180 s, so a
+died without shutting down (a run's worker or driver killed, a search trial stopped by ASHA)
+kept its share for 180 s, so a
 resumed run read with half the CPUs on 2 cores for three minutes; its share now lapses after
 :data:`RESERVATION_EXPIRY_S` (live datasets renew theirs every 10 s). Ray Train books its
 workers' resources there too, ahead of datasets, and a killed driver's booking stood 180 s as
