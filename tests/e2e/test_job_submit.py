@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import threading
@@ -22,10 +23,26 @@ RAY = ROOT / ".venv" / "bin" / "ray"
 pytestmark = pytest.mark.timeout(900)
 
 
+GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range (32768 and up), where a port free now can
+    still be taken by an outgoing connection of Ray's own before the head binds it; never one
+    given before."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        if port in GIVEN:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            GIVEN.add(port)
+            return port
+    raise AssertionError("no free port in 20000-31999")
 
 
 @pytest.fixture(scope="module")

@@ -659,6 +659,24 @@ def test_a_probe_with_other_settings_or_checkpoint_gets_its_own_entry() -> None:
     assert protocol_changes({"name": "my_own", "epochs": 3}) == ""  # no shipped protocol of that name
 
 
+def test_a_probe_of_an_earlier_checkpoint_is_named_by_it(tmp_path) -> None:
+    """` at <checkpoint>` in the entry's name for any checkpoint but the run's latest complete one."""
+    from pipelines.core import checkpoints as ckpt
+    from pipelines.probe.run import _checkpoint_note, find_checkpoint
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("experiment_name: x\n")
+    for epoch, step in ((1, 8), (2, 16)):
+        state = {"epoch": epoch, "step": step, "model": {"w": torch.zeros(2)}}
+        ckpt.write_checkpoint(run / f"checkpoint_e{epoch:04d}_s{step:08d}", state, {"w": torch.zeros(2)})
+    (run / "checkpoint_e0003_s00000024").mkdir()  # torn: no COMPLETE marker, never the latest
+    earlier, latest = run / "checkpoint_e0001_s00000008", run / "checkpoint_e0002_s00000016"
+    assert find_checkpoint(run) == (run.resolve(), latest.resolve())
+    assert _checkpoint_note(run, earlier) == " at checkpoint_e0001_s00000008"
+    assert _checkpoint_note(run, latest) == ""  # the latest one is the run's own entry
+
+
 @pytest.mark.parametrize("n", [1, 127, 128, 1000, 8193])
 def test_cached_batches_hand_out_each_epochs_seeded_permutation_in_order(n: int, monkeypatch) -> None:
     monkeypatch.setattr(linear_mod, "GATHER_BATCHES", 3)  # several gathers even for small n
