@@ -6,15 +6,15 @@ limits once a second; on small machines both left workers idle for about a third
 (docs/architecture.md has the measurements). A shorter wait alone makes the loop spin instead
 (0.01 s: 0.8 ms of the driver's CPU per 224-px photo), so the loop's wait also returns at the
 first *new* output of any task (:class:`PromptWait`) and the timeout only bounds how late it
-notices what ``ray.wait`` cannot see (room freed by the consumer). :func:`apply` sets the three
-in the process it runs in; entry points also install :func:`apply_on_import` as the job's
+notices what ``ray.wait`` cannot see (room freed by the consumer). :func:`apply` sets these in
+the process it runs in; entry points also install :func:`apply_on_import` as the job's
 ``worker_process_setup_hook``, because the executor of a split dataset runs in Ray's own
-actors. A fourth setting is about shares of the cluster: Ray Data divides the cluster's CPUs
+actors. Two more settings are about shares of the cluster: Ray Data divides the cluster's CPUs
 among the datasets executing at once (its autoscaling coordinator), and a dataset whose process
 died without shutting down (a run's worker or driver killed, a search trial stopped by ASHA)
-kept its share for 180 s, so a
-resumed run read with half the CPUs on 2 cores for three minutes; its share now lapses after
-:data:`RESERVATION_EXPIRY_S` (live datasets renew theirs every 10 s). Ray Train books its
+kept its share for 180 s, so a resumed run read with half the CPUs on 2 cores for three
+minutes; its share now lapses after :data:`RESERVATION_EXPIRY_S` (live datasets renew theirs
+every 10 s). Ray Train books its
 workers' resources there too, ahead of datasets, and a killed driver's booking stood 180 s as
 well; it lapses after :data:`TRAIN_RESERVATION_EXPIRY_S` (live runs renew every 20 s). The
 attributes are private to Ray, which is pinned exactly; ``tests/unit/data/test_data_scheduling.py``
@@ -160,8 +160,8 @@ def _set_values(module: ModuleType, values: dict[str, Any]) -> None:
             owner = _owner(module, cls)
             setattr(owner, attr, _value(values, name))
             keywords = getattr(getattr(owner, "__init__", None), "__kwdefaults__", None) or {}
-            if _EXPIRY_KEYWORD in keywords and name.startswith("reservation_expiry_s"):
-                keywords[_EXPIRY_KEYWORD] = _value(values, name)  # read as the default at each __init__
+            if _EXPIRY_KEYWORD in keywords:  # the rate-based autoscaler: read as each __init__'s default
+                keywords[_EXPIRY_KEYWORD] = _value(values, name)
     if module.__name__ == _LOOP_MODULE:
         _set_prompt_wait(module, bool(values["prompt_wait"]))
 

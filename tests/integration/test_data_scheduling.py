@@ -89,10 +89,10 @@ def task_ends(ray_cluster, seconds: list[float]) -> list[float]:
     return [end[i] for i in range(n)]
 
 
-def dataset_shares(ray_cluster) -> dict[str, float]:
-    """The datasets holding a share of the cluster in Ray Data's autoscaling coordinator, which
-    divides the cluster's CPUs among them: ``{dataset: seconds until its share lapses}`` (live
-    ones renew theirs; none before any dataset ran)."""
+def cluster_shares(ray_cluster) -> dict[str, float]:
+    """The datasets and Train runs holding a share of the cluster in Ray's autoscaling
+    coordinator, which divides the cluster's CPUs among them: ``{requester: seconds until its
+    share lapses}`` (live ones renew theirs; none before any dataset or run asked)."""
     try:
         coordinator = ray_cluster.get_actor("AutoscalingCoordinator", namespace="AutoscalingCoordinator")
     except ValueError:
@@ -112,9 +112,9 @@ def no_dataset_holds_a_share(ray_cluster) -> None:
     cluster (a killed driver's Train run books its workers' CPUs ahead of every dataset)."""
     try:
         seconds = 1.5 * scheduling.TRAIN_RESERVATION_EXPIRY_S
-        wait_for(lambda: not dataset_shares(ray_cluster), seconds, "shares")
+        wait_for(lambda: not cluster_shares(ray_cluster), seconds, "shares")
     except AssertionError as err:
-        raise AssertionError(f"{err}: {dataset_shares(ray_cluster)}") from None
+        raise AssertionError(f"{err}: {cluster_shares(ray_cluster)}") from None
 
 
 def short_tasks_left_when_the_long_one_ends(ray_cluster, **settings) -> int:
@@ -153,11 +153,11 @@ def test_a_killed_datasets_share_of_the_cluster_lapses_after_the_expiry(ray_clus
     no_dataset_holds_a_share(ray_cluster)
     reader = Reader.remote()
     reader.read.remote()
-    wait_for(lambda: len(dataset_shares(ray_cluster)) == 1, 60, "the reader's dataset to take a share")
+    wait_for(lambda: len(cluster_shares(ray_cluster)) == 1, 60, "the reader's dataset to take a share")
     ray_cluster.kill(reader)
     killed = time.monotonic()
     time.sleep(3)
-    assert len(dataset_shares(ray_cluster)) == 1  # the dead dataset still holds its share
-    lapsed = wait_for(lambda: not dataset_shares(ray_cluster) and time.monotonic(), 30, "the lapse")
+    assert len(cluster_shares(ray_cluster)) == 1  # the dead dataset still holds its share
+    lapsed = wait_for(lambda: not cluster_shares(ray_cluster) and time.monotonic(), 30, "the lapse")
     print(f"the killed dataset's share lapsed {lapsed - killed:.1f} s after the kill")
     assert lapsed - killed <= 12 + 1

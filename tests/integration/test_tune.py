@@ -126,30 +126,29 @@ def test_concurrency_follows_the_cluster_and_each_trials_scaling() -> None:
         concurrency({"CPU": 1}, cfg, 0.5, None)
 
 
-def _newest_epoch(trials: Path) -> int:
-    """The newest epoch with a complete checkpoint in any trial (0 when none has one)."""
-    done = [c for c in trials.glob("*/checkpoint_e*") if ckpt.is_complete(c)]
-    return max((int(c.name[12:16]) for c in done), default=0)
+def _checkpoints(trials: Path) -> list[ckpt.Found]:
+    """Every trial's complete checkpoints (their files as their ``COMPLETE`` marker records)."""
+    return [c for t in sorted(trials.glob("*")) for c in ckpt.scan_checkpoints(str(trials), t.name)[0]]
+
+
+def _resumes(trials: Path) -> list[dict]:
+    """The lines of the (one) trial's ``resumes.jsonl``."""
+    return jsonl(next(trials.glob("*/resumes.jsonl"), trials / "none"))
 
 
 def _driver_until(command: list[str], env: dict, log_path: Path, trials: Path, epoch: int) -> tuple:
     """Start the ``tune.py`` driver and return ``(process, {trial: newest complete checkpoint})``
     once it wrote a complete checkpoint of ``epoch`` or later of its own: on a rerun, one past the
     step this driver's trial resumed from (not one an earlier driver's trial wrote as it ended)."""
-    resumed_before = len(jsonl(next(trials.glob("*/resumes.jsonl"), trials / "none")))
-    rerun = trials.exists()
+    resumed_before, rerun = len(_resumes(trials)), trials.exists()
 
     def reached() -> dict[str, str]:
-        resumes = jsonl(next(trials.glob("*/resumes.jsonl"), trials / "none"))
+        resumes = _resumes(trials)
         if rerun and len(resumes) <= resumed_before:
             return {}  # this driver's trial has not resumed yet
         after = resumes[-1]["step"] if rerun else 0
-        done = sorted(
-            c
-            for c in trials.glob("*/checkpoint_e*")
-            if int(c.name[12:16]) >= epoch and int(c.name.rsplit("_s", 1)[1]) > after and ckpt.is_complete(c)
-        )
-        return {c.parent.name: c.name for c in done}
+        done = sorted((c.step, c.path) for c in _checkpoints(trials) if c.epoch >= epoch and c.step > after)
+        return {Path(path).parent.name: Path(path).name for _, path in done}
 
     log = log_path.open("w")  # a file, not a pipe: a full pipe would stall the driver
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
@@ -167,8 +166,8 @@ def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp
     terminal does) once a trial has a checkpoint, run again and killed (SIGKILL) at its next
     checkpoint, then run a third time: each run goes on from where the last one stopped."""
     (tmp_path / "search").mkdir()
-    # one trial: the resume of an unfinished trial is what is checked (the four-trial test has
-    # several at once), and alone it reaches its checkpoint sooner
+    # one trial: the resume of an unfinished trial is what is checked, and alone it reaches its
+    # checkpoint sooner
     # five epochs: the first driver may write one more checkpoint between SIGTERM and its trial's
     # end, and the second must still stop (SIGKILL) short of the last one
     spec = {
@@ -210,7 +209,7 @@ def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp
     os.kill(second.pid, signal.SIGKILL)  # the driver dies, its trials go with it
     second.wait(120)
     assert "resuming search resume" in (tmp_path / "second.log").read_text()
-    assert _newest_epoch(trials) < 5, at_kill  # killed short of the end: the third run has work left
+    assert max(c.epoch for c in _checkpoints(trials)) < 5, at_kill  # the third run has work left
     print("sent SIGKILL to the resumed driver with checkpoints", at_kill)
     wait_until_free(ray_cluster, 90)
 
