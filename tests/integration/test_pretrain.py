@@ -85,15 +85,18 @@ def test_two_workers_equal_one_worker_with_the_double_batch(ddp_runs, setting) -
         np.testing.assert_allclose(two["queue"], one["queue"], rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.timeout(1500)  # 136 s alone here, 350 s beside the other pytest process in a slow CI run
+@pytest.mark.timeout(1500)  # 105 s alone here, 350 s (with K = 4) beside the other pytest process in CI
 def test_pretraining_on_real_cifar10_beats_the_random_init_encoder(ray_cluster, tmp_path) -> None:
-    """A shorter demo: 2 epochs instead of 6 (the demo measured +7.6 points after 6, +6.5 after 2)."""
+    """A shorter demo: 2 epochs instead of 6, K = 2 instead of 4 (3 views instead of 5). Measured
+    here (kNN gain over random init, deterministic on one machine): +5.0 with K = 2 in 106 s,
+    +5.5 with K = 4 in 140 s, +4.3 with K = 1 or after 1 epoch; CPUs of another kind moved the
+    demo's gain by about 0.9 points, so the bar is 1.5 points below what this machine measures."""
     cfg = smoke(
         tmp_path,
         "trainer.name=real",
         "dataset.max_train_images=null",
         "model.width=0.125",
-        "objective.K=4",
+        "objective.K=2",
         "trainer.num_workers=2",
         "trainer.epochs=2",
         "trainer.batch_size=128",
@@ -105,7 +108,7 @@ def test_pretraining_on_real_cifar10_beats_the_random_init_encoder(ray_cluster, 
     out = pretrain(cfg)
     gain = out.results["pretrained"]["knn_top1"] - out.results["random_init"]["knn_top1"]
     assert out.results["random_init"]["batchnorm_images"] == 10000
-    assert gain >= 4.0, out.results
+    assert gain >= 3.5, out.results
     # rank 0 judged with both workers' threads (each trains with OMP_NUM_THREADS, Ray's 1 by default)
     assert out.results["threads"] == 2 * int(os.environ.get("OMP_NUM_THREADS", "1"))
     assert 0 < out.results["evaluation_seconds"] < out.seconds  # the final evaluation's part of the run

@@ -54,18 +54,55 @@ def tune_config(storage: Path, **tune: object) -> dict:
     return cfg
 
 
-def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster, tmp_path) -> None:
+VICTIM = 0.5  # the t_neg of the trial whose Train worker the merged search's test kills
+
+
+def kill_the_victims_worker(trials: Path, killed: dict[str, object]) -> None:
+    """Once the trial with ``t_neg = VICTIM`` has logged 3 steps, SIGKILL its Train worker."""
+
+    def started() -> list[Path]:
+        if not trials.exists():
+            return []
+        return [
+            d
+            for d in trials.glob("*")
+            if (d / "config.yaml").exists()
+            and yaml.safe_load((d / "config.yaml").read_text())["objective"]["hparams"]["t_neg"] == VICTIM
+            and len(step_losses(d)) >= 3
+        ]
+
+    victim = wait_for(started, 600, "the victim trial to log 3 steps", every=0.2)[0]
+    killed.update(trial=victim.name, pid=worker_pid(victim))
+    os.kill(killed["pid"], signal.SIGKILL)
+
+
+def test_a_search_with_asha_an_error_a_killed_worker_and_the_best_config(ray_cluster, tmp_path) -> None:
+    """Five trials, one at a time: three judged by ASHA, one whose loss is not finite, one whose
+    Ray Train worker is killed mid-epoch (both recorded as errors, and the search goes on)."""
     seen = watchers()
     # one trial at a time, in grid order: ASHA lets the first trial to reach a rung go on and stops
     # a later one below the rung's cutoff, so which trials stop depends on their order of arrival;
-    # two at a time made it a race (the scores themselves are the same every run)
-    out = search(tune_config(tmp_path, max_concurrent_trials=1))
+    # two at a time made it a race (the scores themselves are the same every run). The killed
+    # trial reports no epoch, so ASHA judges the other three the same wherever it stands.
+    cfg = tune_config(tmp_path, max_concurrent_trials=1)
+    cfg["search"]["overrides"].append("trainer.log_every_steps=1")
+    cfg["search"]["params"] = {"objective.hparams.t_neg": {"grid": [0.3, VICTIM, 0.9, 3.0, 1e300]}}
+    killed: dict[str, object] = {}
+    killer = threading.Thread(
+        target=kill_the_victims_worker, args=(tmp_path / "tiny" / "trials", killed), daemon=True
+    )
+    killer.start()
+    out = search(cfg)
+    killer.join(5)
     assert watchers() == seen  # tune.preemption_watcher=false: no watcher actor per trial
+    print(f"injected: SIGKILL to trial {killed['trial']}'s Train worker (pid {killed['pid']})")
     rows = {r.values["objective.hparams.t_neg"]: r for r in out.rows}
-    assert sorted(rows) == [0.3, 0.9, 3.0, 1e300]
-    print({k: (r.status, r.epochs, r.final) for k, r in rows.items()})
+    assert sorted(rows) == [0.3, VICTIM, 0.9, 3.0, 1e300]
+    print({k: (r.status, r.epochs, r.final, r.error[:120]) for k, r in rows.items()})
     assert rows[1e300].status == "error" and "non-finite loss" in rows[1e300].error  # the search went on
-    good = [r for k, r in rows.items() if k < 1e300]
+    assert rows[VICTIM].trial_id == killed["trial"] and rows[VICTIM].status == "error" and rows[VICTIM].error
+    assert "non-finite" not in rows[VICTIM].error
+    good = [r for k, r in rows.items() if k not in (VICTIM, 1e300)]
     assert {r.trial_id.rsplit("_", 1)[0] for r in rows.values()} == {good[0].trial_id.rsplit("_", 1)[0]}
     assert any(r.status == "stopped early (ASHA)" and r.epochs < 4 for r in good)
     assert any(r.status == "completed" and r.epochs == 4 for r in good)
@@ -74,7 +111,7 @@ def test_a_four_trial_search_with_asha_an_error_and_the_best_config(ray_cluster,
     assert wait_until_free(ray_cluster)["CPU"] == pytest.approx(ray_cluster.cluster_resources()["CPU"])
 
     table = list(csv.DictReader(out.files["csv"].open()))
-    assert len(table) == 4 and {t["status"] for t in table} >= {"error", "completed", "stopped early (ASHA)"}
+    assert len(table) == 5 and {t["status"] for t in table} >= {"error", "completed", "stopped early (ASHA)"}
     assert out.files["plot"].read_bytes()[:4] == b"\x89PNG"
     for r in good:
         assert list((out.folder / "trials" / r.trial_id / "tensorboard").glob("events.out.tfevents.*"))
@@ -231,39 +268,3 @@ def test_stopping_the_driver_and_rerunning_continues_the_search(ray_cluster, tmp
         ]
         assert len(steps) == len(set(steps)) and max(steps) == 5 * 8  # no step logged twice
     assert len(list(trials.iterdir())) == 1  # no new trial: the same search went on
-
-
-def test_a_trial_whose_worker_is_killed_is_recorded_as_failed_and_the_search_goes_on(
-    ray_cluster, tmp_path
-) -> None:
-    spec = {
-        **TINY,
-        "overrides": [*TINY["overrides"], "trainer.epochs=2", "trainer.log_every_steps=1"],
-        "params": {"objective.hparams.t_neg": {"grid": [0.5, 2.0]}},
-        "asha": {"grace_period": 2},
-    }
-    cfg = tune_config(tmp_path, max_concurrent_trials=2)
-    cfg["search"] = {**spec, "name": "kill"}
-    trials = tmp_path / "kill" / "trials"
-    killed: dict[str, object] = {}
-
-    def kill() -> None:
-        def started() -> list[Path]:  # a trial with a few logged steps
-            return [d for d in trials.glob("*") if len(step_losses(d)) >= 3] if trials.exists() else []
-
-        victim = wait_for(started, 400, "a trial to log 3 steps", every=0.2)[0]
-        killed.update(trial=victim.name, pid=worker_pid(victim))
-        os.kill(killed["pid"], signal.SIGKILL)
-
-    killer = threading.Thread(target=kill, daemon=True)
-    killer.start()
-    out = search(cfg)
-    killer.join(5)
-    print(f"injected: SIGKILL to trial {killed['trial']}'s Train worker (pid {killed['pid']})")
-    rows = {r.trial_id: r for r in out.rows}
-    print(f"observed: {[(r.trial_id, r.status, r.epochs, r.error[:120]) for r in rows.values()]}")
-    assert len(rows) == 2 and rows[killed["trial"]].status == "error" and rows[killed["trial"]].error
-    other = next(r for t, r in rows.items() if t != killed["trial"])
-    assert other.status == "completed" and other.epochs == 2  # the search went on
-    assert out.best.trial_id == other.trial_id
-    assert wait_until_free(ray_cluster)["CPU"] == pytest.approx(ray_cluster.cluster_resources()["CPU"])
