@@ -36,7 +36,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.cpu_sampler import CpuSampler  # noqa: E402
-from pipelines.training.run import PREEMPTION_WATCHER_ENV  # noqa: E402
+from pipelines.ray_session import PREEMPTION_WATCHER_ENV  # noqa: E402
 
 
 def demo_config() -> dict:
@@ -175,7 +175,7 @@ def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cfg = demo_config()
     args = {"steps": a.steps, "warmup": a.warmup, "batch": a.batch}
-    ours = {PREEMPTION_WATCHER_ENV: "0"}  # what pipelines/training/run.py sets by default
+    ours = {PREEMPTION_WATCHER_ENV: "0"}  # what a run sets by default (trainer.preemption_watcher=false)
     arms = {"plain": plain_round, "ray": lambda c, x: ray_round(c, x, ours)}
     if env:
         arms["ray_env"] = lambda c, x: ray_round(c, x, ours | env)
