@@ -40,7 +40,9 @@ def compose(*overrides: str) -> dict:
     from omegaconf import OmegaConf
 
     from pipelines.config.paths import resolve_paths
+    from pipelines.core.config_schema import register
 
+    register()  # the config groups' typed schemas, before Hydra composes
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         cfg = hydra_compose("pretrain", overrides=["experiment=imagenet100_moco_v2_cacr", *overrides])
     return resolve_paths(OmegaConf.to_container(cfg, resolve=True), ROOT)

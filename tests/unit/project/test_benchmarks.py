@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,16 @@ def test_the_project_names_a_benchmark_imports_exist(script: Path) -> None:
         except ImportError:
             missing.append(f"{script.name}:{line}: {module} has no {name}")
     assert not missing, "\n".join(missing)
+
+
+def test_the_gpu_benchmark_composes_its_preset_in_a_fresh_process() -> None:
+    """It runs once, on a lent GPU machine: its config must compose there without the test session's
+    set-up (the typed schemas registered by ``tests/conftest.py``)."""
+    code = (
+        "import sys; sys.path.insert(0, 'benchmarks'); import gpu_pretrain; "
+        "cfg = gpu_pretrain.compose('trainer.use_gpu=false'); "
+        "print(cfg['experiment_name'], cfg['framework']['name'], cfg['objective']['name'])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["imagenet100_moco_v2_cacr", "moco_v2", "cacr_moco_v2"]
