@@ -35,17 +35,11 @@ sys.path.insert(0, str(ROOT))
 
 def compose(*overrides: str) -> dict:
     """The resolved config of the ImageNet-100 MoCo-v2 CACR preset with ``overrides``."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
+    from pipelines.search.trial import compose_pretrain  # registers the typed schemas first
 
-    from pipelines.config.paths import resolve_paths
-    from pipelines.core.config_schema import register
-
-    register()  # the config groups' typed schemas, before Hydra composes
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = hydra_compose("pretrain", overrides=["experiment=imagenet100_moco_v2_cacr", *overrides])
-    return resolve_paths(OmegaConf.to_container(cfg, resolve=True), ROOT)
+    return compose_pretrain(
+        str(ROOT / "configs"), ["experiment=imagenet100_moco_v2_cacr", *overrides], str(ROOT)
+    )
 
 
 def synthetic(cfg: dict, device: torch.device, steps: int, windows: int) -> dict:
