@@ -156,7 +156,7 @@ class TrainerConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | bf16 | fp16 (with a GradScaler) | fp32
-    channels_last: Any = "auto"  # auto (on GPU) | true | false
+    channels_last: Any = "auto"  # auto (GPU; CPU for conv nets) | true | false
     checkpoint_every_steps: int = 0  # 0: at the end of every epoch only
     num_to_keep: int = 2
     max_failures: int = 0  # worker failures survived (restarts from the latest checkpoint)

@@ -192,6 +192,17 @@ def test_hue_shift():
     torch.testing.assert_close(A.adjust_hue(grey_px, torch.tensor([0.25])), grey_px)  # no hue to turn
 
 
+def test_hue_shift_equals_torchvision_on_random_images():
+    import torchvision.transforms.v2.functional as TF
+
+    x = rgb(n=40, h=7, w=6, seed=5)
+    x[:8] = x[:8].round()  # pure and saturated colours: the sector boundaries
+    x[8:12] = x[8:12, :1].expand(-1, 3, -1, -1)  # greys: no hue
+    shift = torch.from_numpy(RNG(6).uniform(-0.5, 0.5, size=40)).float()
+    expected = torch.stack([TF.adjust_hue(x[i], float(shift[i])) for i in range(40)])
+    torch.testing.assert_close(A.adjust_hue(x, shift), expected, atol=5e-6, rtol=0)
+
+
 def test_gaussian_blur_per_image_sigma():
     x = torch.zeros(2, 3, 41, 41)
     x[:, :, 20, 20] = 1.0
@@ -234,6 +245,33 @@ def test_photometric_probabilities_and_determinism():
     p_change = 1 - (1 - 0.8) * (1 - 0.2)
     assert abs(changed.float().mean().item() - p_change) < 4 * math.sqrt(p_change * (1 - p_change) / 4000)
     assert abs(greyed.float().mean().item() - 0.2) < 4 * math.sqrt(0.16 / 4000)
+
+
+def test_photometric_gives_each_view_its_own_recipe_and_each_image_its_own_draw():
+    # views of one recipe go through in one batch; the others must still get their own recipe
+    plain = R.ViewRecipe(4, (1, 1), jitter=(0, 0, 0, 0), jitter_p=0.0, grayscale_p=0.0)
+    solar = replace(plain, solarize_p=1.0)
+    jitter = replace(plain, jitter=(0.4, 0, 0, 0), jitter_p=1.0)
+    views = torch.randint(0, 256, (6, 5, 3, 4, 4), dtype=torch.uint8)
+    out, _ = A.Photometric([plain, solar, jitter, plain, jitter], (0, 0, 0), (1, 1, 1))(
+        views, torch.Generator().manual_seed(3)
+    )
+    x = views.double() / 255
+    for v in (0, 3):
+        torch.testing.assert_close(out[:, v].double(), x[:, v])
+    torch.testing.assert_close(out[:, 1].double(), torch.where(x[:, 1] >= 128 / 255, 1 - x[:, 1], x[:, 1]))
+    for v in (2, 4):  # brightness: one factor in [0.6, 1.4] per image and view, drawn independently
+        bright = x[:, v] > 0.02
+        ratio = torch.where(bright, out[:, v].double() / x[:, v].clamp_min(1e-9), torch.nan)
+        unclipped = bright & (out[:, v] < 1)
+        f = torch.stack([ratio[i][unclipped[i]].median() for i in range(6)])
+        assert ((f >= 0.6 - 1e-6) & (f <= 1.4 + 1e-6)).all()
+        for i in range(6):
+            torch.testing.assert_close(
+                ratio[i][unclipped[i]], f[i].expand(int(unclipped[i].sum())), rtol=1e-5, atol=0
+            )
+        assert len(set(f.tolist())) == 6
+    assert not torch.equal(out[:, 2], out[:, 4])
 
 
 def test_solarize_inverts_bright_pixels_only():
