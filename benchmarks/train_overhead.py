@@ -4,7 +4,9 @@
     python benchmarks/train_overhead.py --ray-env RAY_TRAIN_METRICS_ENABLED=0   # + Ray with that set
 
 Both sides run the same step (the demo preset's framework and objective, DDP over gloo, SGD) on
-the same in-memory uint8 views, with one thread per process, for the same number of steps:
+the same in-memory uint8 views, with one thread per process and the trainer's memory layout
+(channels-last for the demo's SmallAlexNet, as ``trainer.channels_last: auto`` on a CPU), for the same
+number of steps:
 * **plain**: ``torch.multiprocessing`` spawns 2 processes that form a gloo group themselves;
 * **ray**: a ``TorchTrainer`` with 2 workers (1 CPU each) runs the step function as its
   ``train_loop_per_worker`` on a local cluster started for the round, with the project's Ray
@@ -53,12 +55,16 @@ def demo_config() -> dict:
 def step_loop(cfg: dict, steps: int, warmup: int, batch: int) -> dict:
     """Build the framework under DDP and time ``steps`` optimizer steps after ``warmup`` ones."""
     from pipelines.models.build import build_framework
+    from pipelines.training.pretrainer import channels_last_for
 
     t_build = time.time()
     torch.set_num_threads(1)
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(0)
     framework = build_framework(cfg, distributed=world > 1)
+    if channels_last_for(cfg["trainer"]["channels_last"], cfg["model"]["name"], on_gpu=False):
+        framework = framework.to(memory_format=torch.channels_last)  # as the trainer lays it out
+        framework.channels_last = True
     framework.use_online(torch.nn.parallel.DistributedDataParallel(framework.online))
     optimizer = torch.optim.SGD(framework.online.parameters(), lr=0.05, momentum=0.9)
     views = int(cfg["objective"]["K"]) + 1
