@@ -3,7 +3,8 @@
     python benchmarks/train_step.py              # 5 rounds, writes benchmarks/results/train_step.json
     python benchmarks/train_step.py --rounds 3 --out /tmp/step.json
 
-Each round measures, alternating the arms so that a machine's drift hits both alike:
+Each round measures every case, its baseline arm then the other, so that a machine's drift over
+the rounds hits both arms alike:
 
 * **photometric**: the demo's augmentation (the ``cifar`` recipe, K + 1 = 5 views of 32 px) on one
   worker's share of a batch, as :class:`~pipelines.data.augment.Photometric` runs it (views that

@@ -156,6 +156,7 @@ def errors_of(cfg: dict) -> str:
         (["eval.few_shot_below=200"], "eval.few_shot_below=200"),
         (["augment.mean_std=cifar"], "augment.mean_std='cifar'"),
         (["trainer.channels_last=yes"], "trainer.channels_last='yes': choose true, false or auto"),
+        (["trainer.channels_last=1"], "trainer.channels_last=1: choose true, false or auto"),
         (["eval.centre_crop=1.5"], "eval.centre_crop=1.5"),
         (["+trainer.batchsize=64"], "trainer.batchsize is not a setting (added with '+'? check its spelling"),
         (["+trainer.optimizer.lrr=0.1"], "trainer.optimizer.lrr is not a setting"),
