@@ -63,8 +63,7 @@ def step_loop(cfg: dict, steps: int, warmup: int, batch: int) -> dict:
     torch.manual_seed(0)
     framework = build_framework(cfg, distributed=world > 1)
     if channels_last_for(cfg["trainer"]["channels_last"], cfg["model"]["name"], on_gpu=False):
-        framework = framework.to(memory_format=torch.channels_last)  # as the trainer lays it out
-        framework.channels_last = True
+        framework.use_channels_last()  # as the trainer lays it out
     framework.use_online(torch.nn.parallel.DistributedDataParallel(framework.online))
     optimizer = torch.optim.SGD(framework.online.parameters(), lr=0.05, momentum=0.9)
     views = int(cfg["objective"]["K"]) + 1

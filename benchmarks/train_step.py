@@ -90,8 +90,7 @@ def step_arms(overrides: list[str], batch: int, repeats: int) -> dict[str, float
         torch.manual_seed(0)
         framework = build_framework(cfg, distributed=False)
         if layout == "channels_last":
-            framework = framework.to(memory_format=torch.channels_last)
-            framework.channels_last = True
+            framework.use_channels_last()
         optimizer = torch.optim.SGD(framework.online.parameters(), lr=0.01, momentum=0.9)
 
         out[layout] = timed(functools.partial(sgd_step, framework, optimizer, views), repeats)

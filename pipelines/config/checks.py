@@ -134,8 +134,9 @@ def _check_trainer(errors: list[str], cfg: dict[str, Any]) -> None:
             )
     if tr.get("precision") not in PRECISIONS:
         errors.append(f"trainer.precision={tr.get('precision')!r}: choose one of {', '.join(PRECISIONS)}")
-    if not (isinstance(tr.get("channels_last"), bool) or tr.get("channels_last") == "auto"):  # not 1 / 0
-        errors.append(f"trainer.channels_last={tr.get('channels_last')!r}: choose true, false or auto")
+    layout = tr.get("channels_last")
+    if not (isinstance(layout, bool) or layout == "auto"):  # 1 == True: a bool, not any value equal to one
+        errors.append(f"trainer.channels_last={layout!r}: choose true, false or auto")
     if fw.get("forward") not in FORWARDS:
         errors.append(f"framework.forward={fw.get('forward')!r}: choose one of {', '.join(FORWARDS)}")
     if fw.get("name") == "moco_v3" and not model.get("predictor"):

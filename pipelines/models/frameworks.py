@@ -55,7 +55,7 @@ class Framework(nn.Module):
         """
         super().__init__()
         self.per_view = per_view
-        self.channels_last = False  # set by the trainer on GPUs: every encoder input in that layout
+        self.channels_last = False  # see use_channels_last: every encoder input in that layout
         self.online = online
         self.objective = objective
         self._backbone = [backbone]  # not registered twice: it lives inside ``online``
@@ -66,6 +66,11 @@ class Framework(nn.Module):
     def backbone(self) -> nn.Module:
         """The online backbone (what is exported and evaluated)."""
         return self._backbone[0]
+
+    def use_channels_last(self) -> None:
+        """Lay out every weight channels-last and feed every encoder input that way (4-D batches)."""
+        self.to(memory_format=torch.channels_last)
+        self.channels_last = True
 
     def use_online(self, wrapped: nn.Module) -> None:
         """Route the online encoder's forward through ``wrapped`` (e.g. its DDP wrapper)."""

@@ -68,8 +68,7 @@ class Pretrainer:
             if hasattr(self.framework, "momentum_encoder"):
                 self.framework.momentum_encoder = convert(self.framework.momentum_encoder)
         if self.channels_last:
-            self.framework = self.framework.to(memory_format=torch.channels_last)
-            self.framework.channels_last = True  # the views, one 4-D batch at a time
+            self.framework.use_channels_last()
         if self.world > 1:  # Ray Train's DDP wrap (device_ids on GPU); one worker trains unwrapped
             import ray.train.torch
 
